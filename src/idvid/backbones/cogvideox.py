@@ -1,0 +1,284 @@
+"""Backbone adapter for CogVideoX (diffusers' ``CogVideoXTransformer3DModel``).
+
+This is the only code in idvid that knows CogVideoX's block internals. It owns
+the transformer's forward pass (same diffusers submodules, so state-dict keys
+are diffusers' own) in order to call the injection sites at exact places:
+
+    pre_attn -> norm1 -> attn1 -> gated residual -> attn_ffn -> norm2 -> FFN -> gated residual -> post_attn
+
+``attn_ffn`` cannot be done with hooks: changing ``norm2``'s input would change
+what the FFN sees but not the residual stream, so the block is run here.
+
+The adapter also holds the model family's frozen parts (VAE, T5 text encoder,
+tokenizer, scheduler). Everything is either built from config (tiny random
+models for the demo and tests) or loaded from one local diffusers pipeline
+folder (``pretrained``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKLCogVideoX, CogVideoXDPMScheduler, CogVideoXTransformer3DModel
+from diffusers.models.embeddings import get_3d_rotary_pos_embed
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from transformers import AutoTokenizer, T5Config, T5EncoderModel
+
+from idvid.backbones.demo_tokenizer import build_demo_tokenizer
+from idvid.backbones.info import BackboneInfo
+from idvid.injection.plan import NO_INJECTION, PreparedInjection
+from idvid.injection.sites import Site
+from idvid.registry import register_backbone
+
+log = logging.getLogger(__name__)
+
+PIPELINE_LAYOUT = "transformer/, vae/, text_encoder/, tokenizer/, scheduler/"
+
+
+def _require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"{what} not found at {path}. `backbone.pretrained` must be a local diffusers CogVideoX pipeline "
+            f"folder containing {PIPELINE_LAYOUT} (for example a downloaded THUDM/CogVideoX-5b-I2V or "
+            f"ConsisID-preview snapshot copied to this machine). No model is downloaded at run time."
+        )
+    return path
+
+
+@register_backbone("cogvideox")
+class CogVideoXBackbone(nn.Module):
+    """CogVideoX transformer + VAE + T5 text encoder + tokenizer + DPM scheduler."""
+
+    def __init__(
+        self,
+        pretrained: str | None = None,
+        transformer: dict[str, Any] | None = None,
+        vae: dict[str, Any] | None = None,
+        text_encoder: dict[str, Any] | None = None,
+        scheduler: dict[str, Any] | None = None,
+        gradient_checkpointing: bool = False,
+    ):
+        super().__init__()
+        if pretrained:
+            root = _require_dir(Path(pretrained).expanduser(), "Pretrained CogVideoX folder")
+            log.info("loading CogVideoX components from %s", root)
+            self.transformer = CogVideoXTransformer3DModel.from_pretrained(
+                _require_dir(root / "transformer", "transformer/ subfolder")
+            )
+            self.vae = AutoencoderKLCogVideoX.from_pretrained(_require_dir(root / "vae", "vae/ subfolder"))
+            self.text_encoder = T5EncoderModel.from_pretrained(
+                _require_dir(root / "text_encoder", "text_encoder/ subfolder")
+            )
+            self.tokenizer = AutoTokenizer.from_pretrained(_require_dir(root / "tokenizer", "tokenizer/ subfolder"))
+            self.scheduler = CogVideoXDPMScheduler.from_pretrained(
+                _require_dir(root / "scheduler", "scheduler/ subfolder")
+            )
+        else:
+            missing = [k for k, v in {"transformer": transformer, "vae": vae, "text_encoder": text_encoder}.items() if not v]
+            if missing:
+                raise ValueError(
+                    f"backbone.pretrained is not set, so the backbone is built from config, but "
+                    f"backbone.{missing[0]} is empty. Give a local pipeline folder as backbone.pretrained=PATH "
+                    f"or a config for each of transformer, vae, text_encoder (see hydra_conf/backbone/)."
+                )
+            log.info("building a randomly initialised CogVideoX backbone from config (demo scale, not trained weights)")
+            self.transformer = CogVideoXTransformer3DModel(**transformer)
+            self.vae = AutoencoderKLCogVideoX(**vae)
+            self.tokenizer = build_demo_tokenizer(self.transformer.config.max_text_seq_length)
+            self.text_encoder = T5EncoderModel(T5Config(**{"vocab_size": len(self.tokenizer), **text_encoder}))
+            self.scheduler = CogVideoXDPMScheduler(**(scheduler or {}))
+        config = self.transformer.config
+        if config.patch_size_t is not None or config.ofs_embed_dim:
+            raise NotImplementedError(
+                "CogVideoXBackbone supports the CogVideoX 1.0 family (2D patches, no ofs embedding); this "
+                f"transformer has patch_size_t={config.patch_size_t}, ofs_embed_dim={config.ofs_embed_dim} "
+                "(CogVideoX 1.5). Add a separate adapter for it."
+            )
+        for frozen in (self.vae, self.text_encoder):
+            frozen.requires_grad_(False)
+            frozen.eval()
+        self.gradient_checkpointing = gradient_checkpointing
+        self.latent_channels = self.vae.config.latent_channels
+
+    # ------------------------------------------------------------------ shape
+    @property
+    def info(self) -> BackboneInfo:
+        config = self.transformer.config
+        return BackboneInfo(
+            hidden_size=config.num_attention_heads * config.attention_head_dim,
+            num_layers=config.num_layers,
+            latent_channels=self.latent_channels,
+            text_hidden_size=config.text_embed_dim,
+            vae_temporal_compression=self.vae.config.temporal_compression_ratio,
+            vae_spatial_compression=2 ** (len(self.vae.config.block_out_channels) - 1),
+        )
+
+    @property
+    def frozen_modules(self) -> dict[str, nn.Module]:
+        """Parts that never train; they are rebuilt from config/pretrained, not stored in checkpoints."""
+        return {"vae": self.vae, "text_encoder": self.text_encoder}
+
+    def train(self, mode: bool = True) -> "CogVideoXBackbone":
+        super().train(mode)
+        for module in self.frozen_modules.values():
+            module.eval()
+        return self
+
+    def set_input_channels(self, extra_channels: int) -> None:
+        """Make the patch embedding accept ``latent_channels + extra_channels`` input channels.
+
+        A model built for fewer channels is widened: old weights are copied, the new
+        input channels start at zero, so the output is unchanged until they train. A
+        model that already has exactly that many (e.g. an I2V or ConsisID checkpoint)
+        is kept as it is.
+        """
+        wanted = self.latent_channels + extra_channels
+        proj: nn.Conv2d = self.transformer.patch_embed.proj
+        have = proj.in_channels
+        if have == wanted:
+            return
+        if have != self.latent_channels:
+            raise ValueError(
+                f"The transformer takes {have} input channels, but this plan needs {wanted} "
+                f"({self.latent_channels} latent + {extra_channels} from input_concat injectors). Only a "
+                f"{self.latent_channels}-channel model can be widened; pick a plan whose input_concat channels "
+                f"add up to {have - self.latent_channels}, or start from a {self.latent_channels}-channel model."
+            )
+        widened = nn.Conv2d(wanted, proj.out_channels, proj.kernel_size, proj.stride, bias=proj.bias is not None)
+        with torch.no_grad():
+            widened.weight.zero_()
+            widened.weight[:, :have] = proj.weight
+            if proj.bias is not None:
+                widened.bias.copy_(proj.bias)
+        widened.to(device=proj.weight.device, dtype=proj.weight.dtype)
+        self.transformer.patch_embed.proj = widened
+        self.transformer.register_to_config(in_channels=wanted)
+
+    # --------------------------------------------------------------- encoders
+    @torch.no_grad()
+    def encode_text(self, captions: list[str]) -> torch.Tensor:
+        max_length = self.transformer.config.max_text_seq_length
+        tokens = self.tokenizer(
+            list(captions), padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
+        )
+        device = next(self.text_encoder.parameters()).device
+        return self.text_encoder(tokens.input_ids.to(device))[0]
+
+    @torch.no_grad()
+    def encode_video(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``[B, F, 3, H, W]`` in [-1, 1] -> scaled latents ``[B, f, C, h, w]`` (a sample of the posterior)."""
+        posterior = self.vae.encode(video.permute(0, 2, 1, 3, 4)).latent_dist
+        latents = posterior.sample(generator=generator) * self.vae.config.scaling_factor
+        return latents.permute(0, 2, 1, 3, 4).contiguous()
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents ``[B, f, C, h, w]`` -> video ``[B, F, 3, H, W]`` in [-1, 1]."""
+        latents = latents.permute(0, 2, 1, 3, 4) / self.vae.config.scaling_factor
+        return self.vae.decode(latents).sample.permute(0, 2, 1, 3, 4).clamp(-1, 1)
+
+    # ----------------------------------------------------------------- forward
+    def rotary_embedding(self, latent_frames: int, latent_height: int, latent_width: int, device: torch.device):
+        """CogVideoX 1.0's 3D RoPE for a latent grid, computed as diffusers' CogVideoX pipelines do."""
+        config = self.transformer.config
+        if not config.use_rotary_positional_embeddings:
+            return None
+        p = config.patch_size
+        grid_h, grid_w = latent_height // p, latent_width // p
+        base_h, base_w = config.sample_height // p, config.sample_width // p
+        # Fit the grid into the base grid keeping aspect ratio, centred (diffusers' get_resize_crop_region_for_grid).
+        if grid_h / grid_w > base_h / base_w:
+            resize_h, resize_w = base_h, int(round(base_h / grid_h * grid_w))
+        else:
+            resize_h, resize_w = int(round(base_w / grid_w * grid_h)), base_w
+        top, left = int(round((base_h - resize_h) / 2.0)), int(round((base_w - resize_w) / 2.0))
+        return get_3d_rotary_pos_embed(
+            embed_dim=config.attention_head_dim,
+            crops_coords=((top, left), (top + resize_h, left + resize_w)),
+            grid_size=(grid_h, grid_w),
+            temporal_size=latent_frames,
+            device=device,
+        )
+
+    def forward(
+        self,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        text_embeddings: torch.Tensor,
+        injection: PreparedInjection = NO_INJECTION,
+        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+        timestep_cond: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Predict from ``latents`` ``[B, f, C_in, h, w]`` (noisy latent plus any input_concat channels).
+
+        ``image_rotary_emb`` defaults to the adapter's own RoPE for this grid; it is a
+        parameter so that a caller holding the pipeline's embedding can pass it through.
+        """
+        model = self.transformer
+        batch, frames, channels, height, width = latents.shape
+        if channels != model.patch_embed.proj.in_channels:
+            raise ValueError(
+                f"The transformer expects {model.patch_embed.proj.in_channels} input channels but got {channels}; "
+                f"call set_input_channels() with the plan's extra input_concat channels first."
+            )
+        if image_rotary_emb is None:
+            image_rotary_emb = self.rotary_embedding(frames, height, width, latents.device)
+
+        t_emb = model.time_proj(timestep).to(dtype=latents.dtype)
+        temb = model.time_embedding(t_emb, timestep_cond)
+        tokens = model.embedding_dropout(model.patch_embed(text_embeddings, latents))
+        text_length = text_embeddings.shape[1]
+        text_tokens, video_tokens = tokens[:, :text_length], tokens[:, text_length:]
+
+        for index, block in enumerate(model.transformer_blocks):
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                video_tokens, text_tokens = checkpoint(
+                    self._run_block, index, block, video_tokens, text_tokens, temb, image_rotary_emb, injection,
+                    use_reentrant=False,
+                )
+            else:
+                video_tokens, text_tokens = self._run_block(
+                    index, block, video_tokens, text_tokens, temb, image_rotary_emb, injection
+                )
+
+        video_tokens = model.norm_final(video_tokens)
+        video_tokens = model.norm_out(video_tokens, temb=temb)
+        video_tokens = model.proj_out(video_tokens)
+        p = model.config.patch_size
+        output = video_tokens.reshape(batch, frames, height // p, width // p, -1, p, p)
+        return output.permute(0, 1, 4, 2, 5, 3, 6).flatten(5, 6).flatten(3, 4)
+
+    @staticmethod
+    def _run_block(
+        index: int,
+        block: nn.Module,
+        video: torch.Tensor,
+        text: torch.Tensor,
+        temb: torch.Tensor,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None,
+        injection: PreparedInjection,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """diffusers' CogVideoXBlock.forward, with the three in-block sites called explicitly."""
+        text_length = text.shape[1]
+        video = injection.apply(Site.PRE_ATTN, index, video)
+
+        norm_video, norm_text, gate_msa, text_gate_msa = block.norm1(video, text, temb)
+        attn_video, attn_text = block.attn1(
+            hidden_states=norm_video, encoder_hidden_states=norm_text, image_rotary_emb=rotary
+        )
+        video = video + gate_msa * attn_video
+        text = text + text_gate_msa * attn_text
+
+        video = injection.apply(Site.ATTN_FFN, index, video)
+
+        norm_video, norm_text, gate_ff, text_gate_ff = block.norm2(video, text, temb)
+        ff_output = block.ff(torch.cat([norm_text, norm_video], dim=1))
+        video = video + gate_ff * ff_output[:, text_length:]
+        text = text + text_gate_ff * ff_output[:, :text_length]
+
+        video = injection.apply(Site.POST_ATTN, index, video)
+        return video, text

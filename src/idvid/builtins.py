@@ -1,0 +1,5 @@
+"""The core's own plugins: imported by the registry before any entry point."""
+
+import idvid.backbones.cogvideox  # noqa: F401  (registers "cogvideox")
+import idvid.conditioning.reference_latents  # noqa: F401  (registers "reference_latents")
+import idvid.training.losses  # noqa: F401  (registers the losses)

@@ -1,0 +1,29 @@
+"""VAE latents of the reference face and its keypoint drawing (the low-frequency identity signal)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+
+from idvid.conditioning.base import Conditioner
+from idvid.registry import register_conditioner
+
+
+@register_conditioner("reference_latents")
+class ReferenceLatents(Conditioner):
+    """``face_latent`` and ``kps_latent``: one latent frame each, ``[B, 1, C, h, w]``.
+
+    Reads ``ref_image`` and ``ref_kps_image`` (``[B, 3, H, W]`` in [-1, 1], the video's
+    size). During training the recipe may add ``ref_image_noisy`` (the reference with
+    Gaussian noise); when present it is what the VAE encodes.
+    """
+
+    produces = ("face_latent", "kps_latent")
+
+    def forward(self, batch: Mapping[str, Any], backbone, generator: torch.Generator | None) -> dict[str, Any]:
+        image = batch.get("ref_image_noisy", batch["ref_image"])
+        images = torch.stack([image, batch["ref_kps_image"]], dim=0).flatten(0, 1)  # one VAE call for both
+        latents = backbone.encode_video(images.unsqueeze(1), generator=generator)
+        face_latent, kps_latent = latents.chunk(2, dim=0)
+        return {"face_latent": face_latent, "kps_latent": kps_latent}

@@ -1,0 +1,66 @@
+"""The `fit` verb: compose, print and save the config, build every component, train."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.syntax import Syntax
+from rich.tree import Tree
+
+log = logging.getLogger("idvid")
+
+# Printed first, in this order; the rest follow alphabetically.
+TREE_ORDER = ("experiment_name", "backbone", "conditioners", "injectors", "recipe", "data", "model", "trainer")
+
+
+def config_tree(cfg: DictConfig) -> Tree:
+    tree = Tree("config", guide_style="dim")
+    keys = [k for k in TREE_ORDER if k in cfg] + sorted(k for k in cfg if k not in TREE_ORDER)
+    for key in keys:
+        value = cfg[key]
+        text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
+        tree.add(f"[bold]{key}[/bold]").add(Syntax(text, "yaml", background_color="default"))
+    return tree
+
+
+def _resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
+    if ckpt_path in (None, "", "null"):
+        return None
+    if ckpt_path == "last":
+        candidate = run_dir / "checkpoints" / "last.ckpt"
+        if not candidate.is_file():
+            raise FileNotFoundError(
+                f"ckpt_path=last but {candidate} does not exist. Resume in the same run dir "
+                f"(hydra.run.dir=<that run>) or give the checkpoint path: ckpt_path=/path/to/x.ckpt."
+            )
+        return str(candidate)
+    if not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist; give an existing .ckpt file or 'last'.")
+    return ckpt_path
+
+
+def fit(cfg: DictConfig) -> float | None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    Console().print(config_tree(cfg))
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    log.info("run dir: %s (config saved as config.yaml; TensorBoard: tensorboard --logdir %s)", run_dir, run_dir)
+    if cfg.backbone.get("pretrained") is None:
+        log.warning("DEMO SCALE: the backbone and encoders are tiny and randomly initialised; samples are noise.")
+
+    L.seed_everything(cfg.seed, workers=True)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    datamodule = hydra.utils.instantiate(cfg.data)
+    model = hydra.utils.instantiate(cfg.model)
+    callbacks = [hydra.utils.instantiate(node) for node in cfg.callbacks.values() if node is not None]
+    loggers = [hydra.utils.instantiate(node) for node in cfg.logger.values() if node is not None]
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=_resolve_ckpt_path(cfg.get("ckpt_path"), run_dir))
+    loss = trainer.callback_metrics.get("train/loss")
+    return float(loss) if loss is not None else None

@@ -1,0 +1,20 @@
+"""The site contract: where identity signals enter a backbone, and the injector base classes."""
+
+from idvid.injection.injector import Conditions, InputConcatInjector, Injector, TokenInjector
+from idvid.injection.plan import NO_INJECTION, InjectionPlan, PreparedInjection
+from idvid.injection.sites import BLOCK_SITES, SITE_DESCRIPTIONS, BlockSelection, Site, parse_site
+
+__all__ = [
+    "BLOCK_SITES",
+    "SITE_DESCRIPTIONS",
+    "BlockSelection",
+    "Conditions",
+    "InjectionPlan",
+    "Injector",
+    "InputConcatInjector",
+    "NO_INJECTION",
+    "PreparedInjection",
+    "Site",
+    "TokenInjector",
+    "parse_site",
+]

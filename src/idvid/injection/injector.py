@@ -1,0 +1,70 @@
+"""Base classes every injector plugin derives from.
+
+Two shapes of injector exist, matching the two kinds of site:
+
+* ``InputConcatInjector`` (site ``input_concat``): returns extra latent channels that
+  are concatenated to the noisy video latent. The backbone widens its input layer.
+* ``TokenInjector`` (sites ``pre_attn``, ``attn_ffn``, ``post_attn``): returns a
+  residual added to the video tokens at that site of each selected block.
+
+An injector declares the named conditions it consumes (``self.consumes``); the
+plan refuses to start when no conditioner produces one of them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Mapping
+
+import torch
+from torch import nn
+
+from idvid.backbones.info import BackboneInfo
+from idvid.injection.sites import BlockSelection, Site, parse_site
+
+Conditions = Mapping[str, Any]
+
+
+class Injector(nn.Module):
+    #: the site an injector of this class uses when the config does not say
+    default_site: ClassVar[Site]
+    #: every condition this class can consume (for listings); instances narrow it in ``self.consumes``
+    consumes: tuple[str, ...] = ()
+
+    site: Site
+
+
+class InputConcatInjector(Injector):
+    default_site = Site.INPUT_CONCAT
+
+    def __init__(self, backbone: BackboneInfo, channels: int):
+        super().__init__()
+        self.site = Site.INPUT_CONCAT
+        self.channels = channels
+        self.backbone_info = backbone
+
+    def concat_latents(self, conditions: Conditions, noisy_latents: torch.Tensor) -> torch.Tensor:
+        """Return ``[B, F, self.channels, h, w]`` to concatenate to ``noisy_latents`` ``[B, F, C, h, w]``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement concat_latents(conditions, noisy_latents)")
+
+
+class TokenInjector(Injector):
+    default_site = Site.ATTN_FFN
+
+    def __init__(self, backbone: BackboneInfo, site: str | Site | None = None, blocks: Any = "all"):
+        super().__init__()
+        self.site = parse_site(site or self.default_site)
+        if not self.site.in_block:
+            raise ValueError(
+                f"{type(self).__name__} adds to video tokens inside blocks; site {self.site.value!r} is for "
+                f"input-channel injectors. Use one of: pre_attn, attn_ffn, post_attn."
+            )
+        self.backbone_info = backbone
+        self.block_indices: list[int] = BlockSelection(blocks).indices(backbone.num_layers)
+
+    def prepare(self, conditions: Conditions) -> Any:
+        """Timestep-independent work, done once per forward (and once per video when sampling)."""
+        return None
+
+    def forward(self, block_index: int, hidden_states: torch.Tensor, prepared: Any) -> torch.Tensor:
+        """Return the residual to add to ``hidden_states`` ``[B, N, D]`` (video tokens) at ``block_index``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement forward(block_index, hidden_states, prepared)")

@@ -1,0 +1,132 @@
+"""An injection plan: the set of injectors a run installs on a backbone.
+
+A plan is built from config (a mapping ``label -> {name: <registered injector>, ...}``)
+and is the only object the backbone sees. It checks up front that every condition
+an injector consumes is produced by some conditioner, so a bad plan fails at
+start-up with a message instead of a shape error mid-run.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from idvid.backbones.info import BackboneInfo
+from idvid.injection.injector import Conditions, InputConcatInjector, Injector, TokenInjector
+from idvid.injection.sites import BLOCK_SITES, Site
+from idvid.registry import PluginKind, build
+
+
+class InjectionPlan(nn.Module):
+    def __init__(self, injectors: Mapping[str, Injector]):
+        super().__init__()
+        for label, injector in injectors.items():
+            if not isinstance(injector, (InputConcatInjector, TokenInjector)):
+                raise TypeError(
+                    f"Injector {label!r} is a {type(injector).__name__}; injectors must derive from "
+                    f"idvid.injection.InputConcatInjector or idvid.injection.TokenInjector."
+                )
+        self.injectors = nn.ModuleDict(dict(injectors))
+        # Coarse-to-fine training switches the in-block (high-frequency) path off for a while.
+        self.in_block_enabled = True
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | None, backbone: BackboneInfo) -> "InjectionPlan":
+        injectors = {}
+        for label, node in (config or {}).items():
+            if node is None:  # an experiment may switch an injector off with `label: null`
+                continue
+            node = dict(node)
+            if "name" not in node:
+                raise ValueError(
+                    f"Injector {label!r} has no `name`; set it to a registered injector "
+                    f"(see `python -m idvid plugins`)."
+                )
+            name = node.pop("name")
+            injectors[label] = build(PluginKind.INJECTOR, name, backbone=backbone, **node)
+        return cls(injectors)
+
+    # ----------------------------------------------------------------- queries
+    @property
+    def concat_injectors(self) -> list[InputConcatInjector]:
+        return [i for i in self.injectors.values() if isinstance(i, InputConcatInjector)]
+
+    @property
+    def token_injectors(self) -> list[TokenInjector]:
+        return [i for i in self.injectors.values() if isinstance(i, TokenInjector)]
+
+    @property
+    def extra_input_channels(self) -> int:
+        return sum(i.channels for i in self.concat_injectors)
+
+    def consumed_conditions(self) -> dict[str, list[str]]:
+        """condition name -> labels of the injectors that consume it."""
+        consumed: dict[str, list[str]] = {}
+        for label, injector in self.injectors.items():
+            for condition in injector.consumes:
+                consumed.setdefault(condition, []).append(label)
+        return consumed
+
+    def check_conditions(self, produced: Mapping[str, str]) -> None:
+        """Refuse a plan whose injectors need conditions that no conditioner produces.
+
+        ``produced`` maps condition name -> label of the conditioner that produces it.
+        """
+        missing = {c: users for c, users in self.consumed_conditions().items() if c not in produced}
+        if missing:
+            lines = [f"  - {c!r}, needed by injector(s) {', '.join(users)}" for c, users in missing.items()]
+            available = ", ".join(f"{c} (from {p})" for c, p in sorted(produced.items())) or "none"
+            raise ValueError(
+                "This plan's injectors consume conditions that no conditioner produces:\n"
+                + "\n".join(lines)
+                + f"\nProduced conditions: {available}.\nAdd a conditioner that produces them under "
+                "`conditioners:` in the config, or remove the injector."
+            )
+
+    # ----------------------------------------------------------------- running
+    def concat_latents(self, conditions: Conditions, noisy_latents: torch.Tensor) -> torch.Tensor | None:
+        """Extra input channels of all ``input_concat`` injectors, in plan order, or None."""
+        parts = []
+        for injector in self.concat_injectors:
+            extra = injector.concat_latents(conditions, noisy_latents)
+            expected = (*noisy_latents.shape[:2], injector.channels, *noisy_latents.shape[3:])
+            if tuple(extra.shape) != expected:
+                raise ValueError(
+                    f"{type(injector).__name__} returned input channels of shape {tuple(extra.shape)}; "
+                    f"expected {expected} (batch, frames, its {injector.channels} channels, height, width)."
+                )
+            parts.append(extra)
+        return torch.cat(parts, dim=2) if parts else None
+
+    def prepare(self, conditions: Conditions) -> "PreparedInjection":
+        """Run each in-block injector's timestep-independent part once."""
+        active = self.token_injectors if self.in_block_enabled else []
+        return PreparedInjection([(injector, injector.prepare(conditions)) for injector in active])
+
+
+class PreparedInjection:
+    """What a backbone calls at each site of each block while it runs."""
+
+    def __init__(self, prepared: list[tuple[TokenInjector, Any]]):
+        self._by_site_block: dict[tuple[Site, int], list[tuple[TokenInjector, Any]]] = {}
+        for injector, state in prepared:
+            for block_index in injector.block_indices:
+                self._by_site_block.setdefault((injector.site, block_index), []).append((injector, state))
+
+    def apply(self, site: Site, block_index: int, hidden_states: torch.Tensor) -> torch.Tensor:
+        entries = self._by_site_block.get((site, block_index))
+        if not entries:
+            return hidden_states
+        # Every injector at one site sees the same input; their residuals add up (order-independent).
+        residual = sum(injector(block_index, hidden_states, state) for injector, state in entries)
+        return hidden_states + residual
+
+    def sites_used(self) -> set[tuple[Site, int]]:
+        return set(self._by_site_block)
+
+
+NO_INJECTION = PreparedInjection([])
+
+__all__ = ["InjectionPlan", "PreparedInjection", "NO_INJECTION", "BLOCK_SITES"]

@@ -1,0 +1,40 @@
+"""`python -m idvid plugins`: the injection sites and every registered plugin."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from idvid.injection.injector import Injector, TokenInjector
+from idvid.injection.sites import Site
+from idvid.registry import REGISTRIES, PluginKind
+
+
+def _describe(kind: PluginKind, obj: type) -> tuple[str, str, str]:
+    """(site, consumes, produces) columns for one plugin class."""
+    site = consumes = produces = "-"
+    if kind is PluginKind.INJECTOR and issubclass(obj, Injector):
+        site = obj.default_site.value
+        if issubclass(obj, TokenInjector):
+            site += " (default; any in-block site)"
+        consumes = ", ".join(obj.consumes) or "-"
+    produces = ", ".join(getattr(obj, "produces", ())) or "-"
+    return site, consumes, produces
+
+
+def print_plugins() -> None:
+    console = Console(width=160)
+    sites = Table(title="Injection sites", show_lines=False)
+    sites.add_column("site")
+    sites.add_column("where")
+    for site in Site:
+        sites.add_row(site.value, site.description)
+    console.print(sites)
+
+    plugins = Table(title="Registered plugins")
+    for column in ("kind", "name", "site", "consumes", "produces", "source"):
+        plugins.add_column(column, no_wrap=column == "name")
+    for kind, registry in REGISTRIES.items():
+        for entry in registry.entries():
+            plugins.add_row(kind.value, entry.name, *_describe(kind, entry.obj), entry.source)
+    console.print(plugins)

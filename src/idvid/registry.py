@@ -1,0 +1,172 @@
+"""Named registries for plugin kinds, and discovery through entry points.
+
+A plugin is any class registered under a name in one of the registries below.
+Third-party (and first-party) plugin packages announce themselves with an
+entry point in the group ``idvid.plugins``; the entry point names a module (or
+a callable) whose import registers its plugins with the decorators here::
+
+    # pyproject.toml of a plugin package
+    [project.entry-points."idvid.plugins"]
+    my_method = "my_method_package"
+
+    # my_method_package/__init__.py
+    from idvid.registry import register_injector
+
+    @register_injector("my_method.adapter")
+    class MyInjector(TokenInjector): ...
+
+The core never imports a plugin by name: configs refer to plugins by their
+registered names, and ``build`` looks them up.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import inspect
+import logging
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Callable, TypeVar
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "idvid.plugins"
+
+T = TypeVar("T")
+
+
+class PluginKind(str, Enum):
+    BACKBONE = "backbone"
+    INJECTOR = "injector"
+    CONDITIONER = "conditioner"
+    LOSS = "loss"
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    obj: Any
+    source: str  # "idvid (core)" or "<distribution> (<module>)"
+
+
+class Registry:
+    """Name -> plugin class for one plugin kind. Duplicate names are an error."""
+
+    def __init__(self, kind: PluginKind):
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+
+    def register(self, name: str, obj: Any, source: str | None = None) -> Any:
+        if name in self._entries:
+            previous = self._entries[name]
+            raise ValueError(
+                f"{self.kind.value} plugin name {name!r} is already registered by {previous.source} "
+                f"({previous.obj.__module__}.{previous.obj.__qualname__}); choose a different name, "
+                f"e.g. prefix it with your package name."
+            )
+        self._entries[name] = Entry(name, obj, source or _source_of(obj))
+        return obj
+
+    def get(self, name: str) -> Any:
+        load_plugins()
+        if name not in self._entries:
+            known = ", ".join(sorted(self._entries)) or "(none)"
+            raise KeyError(
+                f"Unknown {self.kind.value} plugin {name!r}. Registered {self.kind.value} plugins: {known}. "
+                f"Run `python -m idvid plugins` to see them with their sources; a plugin package must be "
+                f"installed (pip install -e path/to/plugin) to be discovered."
+            )
+        return self._entries[name].obj
+
+    def entries(self) -> list[Entry]:
+        load_plugins()
+        return [self._entries[k] for k in sorted(self._entries)]
+
+    def __contains__(self, name: str) -> bool:
+        load_plugins()
+        return name in self._entries
+
+
+REGISTRIES: dict[PluginKind, Registry] = {kind: Registry(kind) for kind in PluginKind}
+
+
+def _source_of(obj: Any) -> str:
+    module = inspect.getmodule(obj)
+    module_name = module.__name__ if module else "?"
+    if module_name.split(".")[0] == "idvid":
+        return "idvid (core)"
+    top = module_name.split(".")[0]
+    for dist_name, packages in _packages_to_distributions().items():
+        if top in packages:
+            return f"{dist_name} ({module_name})"
+    return module_name
+
+
+def _packages_to_distributions() -> dict[str, list[str]]:
+    mapping: dict[str, list[str]] = {}
+    for package, dists in importlib.metadata.packages_distributions().items():
+        for dist in dists:
+            mapping.setdefault(dist, []).append(package)
+    return mapping
+
+
+def _decorator(kind: PluginKind, name: str) -> Callable[[T], T]:
+    def decorate(obj: T) -> T:
+        REGISTRIES[kind].register(name, obj)
+        setattr(obj, "plugin_name", name)
+        return obj
+
+    return decorate
+
+
+def register_backbone(name: str) -> Callable[[T], T]:
+    return _decorator(PluginKind.BACKBONE, name)
+
+
+def register_injector(name: str) -> Callable[[T], T]:
+    return _decorator(PluginKind.INJECTOR, name)
+
+
+def register_conditioner(name: str) -> Callable[[T], T]:
+    return _decorator(PluginKind.CONDITIONER, name)
+
+
+def register_loss(name: str) -> Callable[[T], T]:
+    return _decorator(PluginKind.LOSS, name)
+
+
+_plugins_loaded = False
+
+
+def load_plugins() -> None:
+    """Import the core's built-in plugins and every installed ``idvid.plugins`` entry point (once)."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    importlib.import_module("idvid.builtins")
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            loaded = entry_point.load()
+        except Exception as error:  # a broken plugin must not hide the others, but must be loud
+            raise ImportError(
+                f"Plugin entry point {entry_point.name!r} ({entry_point.value}) in group {ENTRY_POINT_GROUP!r} "
+                f"failed to import: {error}. Fix or uninstall that plugin package."
+            ) from error
+        if callable(loaded) and not inspect.ismodule(loaded):
+            loaded()
+        log.debug("loaded plugin entry point %s = %s", entry_point.name, entry_point.value)
+
+
+def build(kind: PluginKind | str, name: str, /, **kwargs: Any) -> Any:
+    """Instantiate the plugin registered as ``name`` with keyword arguments from config."""
+    kind = PluginKind(kind)
+    cls = REGISTRIES[kind].get(name)
+    try:
+        return cls(**kwargs)
+    except TypeError as error:
+        params = ", ".join(p for p in inspect.signature(cls).parameters if p != "self")
+        raise TypeError(
+            f"Could not build {kind.value} plugin {name!r} ({cls.__qualname__}) from config keys "
+            f"{sorted(kwargs)}: {error}. Its parameters are: {params}."
+        ) from error

@@ -1,0 +1,1 @@
+"""Inference: the denoising loop and (later) the sample verb."""

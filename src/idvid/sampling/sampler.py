@@ -1,0 +1,68 @@
+"""Denoising loop shared by validation sampling and the `sample` verb.
+
+Classifier-free guidance is text-only, as in ConsisID's pipeline: identity
+conditions go to both branches. Injectors' timestep-independent work (e.g. the
+identity tokens of a Q-Former) is prepared once per video, not once per step.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from tqdm.auto import tqdm
+
+from idvid.conditioning.base import repeat_batch
+from idvid.injection.plan import InjectionPlan
+
+
+@torch.no_grad()
+def sample_latents(
+    backbone,
+    plan: InjectionPlan,
+    conditions: Mapping[str, Any],
+    text_embeddings: torch.Tensor,
+    negative_text_embeddings: torch.Tensor,
+    latent_shape: tuple[int, int, int, int, int],
+    num_inference_steps: int = 50,
+    guidance_scale: float = 6.0,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Return denoised latents ``[B, f, C, h, w]`` with the backbone's (CogVideoX DPM) scheduler."""
+    scheduler = backbone.scheduler
+    device = text_embeddings.device
+    scheduler.set_timesteps(num_inference_steps, device=device)
+    timesteps = scheduler.timesteps
+
+    latents = torch.randn(latent_shape, generator=generator, dtype=torch.float32).to(device, text_embeddings.dtype)
+    latents = latents * scheduler.init_noise_sigma
+
+    use_cfg = guidance_scale > 1.0
+    branches = 2 if use_cfg else 1
+    branch_conditions = {k: repeat_batch(v, branches) for k, v in conditions.items()}
+    text = torch.cat([negative_text_embeddings, text_embeddings]) if use_cfg else text_embeddings
+    injection = plan.prepare(branch_conditions)  # once per video
+    extra_latents = plan.concat_latents(branch_conditions, latents.repeat(branches, 1, 1, 1, 1))
+
+    old_pred_original_sample = None
+    for i, t in enumerate(tqdm(timesteps, desc="sampling", disable=not progress)):
+        model_input = latents.repeat(branches, 1, 1, 1, 1)
+        model_input = scheduler.scale_model_input(model_input, t)
+        if extra_latents is not None:
+            model_input = torch.cat([model_input, extra_latents], dim=2)
+        prediction = backbone(model_input, t.expand(model_input.shape[0]), text, injection).float()
+        if use_cfg:
+            uncond, cond = prediction.chunk(2)
+            prediction = uncond + guidance_scale * (cond - uncond)
+        latents, old_pred_original_sample = scheduler.step(
+            prediction,
+            old_pred_original_sample,
+            t,
+            timesteps[i - 1] if i > 0 else None,
+            latents,
+            generator=generator,
+            return_dict=False,
+        )
+        latents = latents.to(text_embeddings.dtype)
+    return latents

@@ -1,0 +1,1 @@
+"""Training: the LightningModule, losses, the identity recipe and its callbacks."""

@@ -1,0 +1,224 @@
+"""The LightningModule: a swappable DiT backbone, conditioners, an injection plan and the recipe.
+
+Everything method-specific arrives by registry name from config; this module only
+knows sites and contracts. Randomness of a step (timesteps, noise, recipe coins)
+comes from a generator seeded by ``(seed, global_step, batch_idx)``, so resuming
+from a checkpoint reproduces the uninterrupted run's losses exactly.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from typing import Any, Mapping
+
+import hydra
+import lightning as L
+import torch
+import numpy as np
+from diffusers.optimization import get_scheduler
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from idvid.conditioning.base import run_conditioners
+from idvid.injection.plan import InjectionPlan
+from idvid.registry import PluginKind, build
+from idvid.sampling.sampler import sample_latents
+from idvid.training.recipe import Recipe
+from idvid.training.visuals import frame_grid
+
+log = logging.getLogger(__name__)
+
+TRAINABLE_CHOICES = ("all", "injectors")
+
+
+def _plain(config: Any) -> Any:
+    return OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else config
+
+
+def _build_named(kind: PluginKind, node: Mapping[str, Any], **extra: Any) -> Any:
+    node = dict(node)
+    if "name" not in node:
+        raise ValueError(f"A {kind.value} config node needs `name` (a registered {kind.value}); got keys {sorted(node)}.")
+    name = node.pop("name")
+    return build(kind, name, **extra, **node)
+
+
+class IdentityVideoModule(L.LightningModule):
+    def __init__(
+        self,
+        backbone: Mapping[str, Any],
+        conditioners: Mapping[str, Any] | None = None,
+        injectors: Mapping[str, Any] | None = None,
+        recipe: Mapping[str, Any] | None = None,
+        loss: Mapping[str, Any] | None = None,
+        optimizer: Any = None,
+        lr_scheduler: Mapping[str, Any] | None = None,
+        trainable: str = "all",
+        validation: Mapping[str, Any] | None = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        backbone, conditioners, injectors = _plain(backbone), _plain(conditioners) or {}, _plain(injectors) or {}
+        self.save_hyperparameters()
+        self.seed = seed
+        self.backbone = _build_named(PluginKind.BACKBONE, backbone)
+        info = self.backbone.info
+        self.conditioners = nn.ModuleDict(
+            {label: _build_named(PluginKind.CONDITIONER, node, backbone=info) for label, node in conditioners.items() if node}
+        )
+        self.plan = InjectionPlan.from_config(injectors, info)
+        self.plan.check_conditions(
+            {condition: label for label, c in self.conditioners.items() for condition in c.produces}
+        )
+        self.backbone.set_input_channels(self.plan.extra_input_channels)
+        self.recipe = Recipe(**(_plain(recipe) or {}))
+        self.loss_fn = _build_named(PluginKind.LOSS, _plain(loss) or {"name": "v_to_x0"})
+        self.optimizer_config = optimizer
+        self.lr_scheduler_config = _plain(lr_scheduler) or {"name": "constant"}
+        self.validation = {"num_inference_steps": 4, "guidance_scale": 6.0, "sample": True, **(_plain(validation) or {})}
+        self._set_trainable(trainable)
+
+    # ------------------------------------------------------------- parameters
+    def _set_trainable(self, trainable: str) -> None:
+        if trainable not in TRAINABLE_CHOICES:
+            raise ValueError(f"trainable={trainable!r}; choose one of {', '.join(TRAINABLE_CHOICES)}.")
+        self.requires_grad_(False)
+        self.plan.requires_grad_(True)
+        if trainable == "all":  # full fine-tune of the transformer, as ConsisID's released code does
+            self.backbone.transformer.requires_grad_(True)
+        # The widened input layer must learn to read the new channels even when the backbone is frozen.
+        if trainable == "injectors" and self.plan.extra_input_channels:
+            self.backbone.transformer.patch_embed.proj.requires_grad_(True)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def _frozen_prefixes(self) -> list[str]:
+        return [f"backbone.{name}." for name in self.backbone.frozen_modules]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Frozen encoders (VAE, text encoder) are rebuilt from config or `pretrained`; storing them
+        # would make every checkpoint carry gigabytes that never change.
+        prefixes = tuple(self._frozen_prefixes())
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(prefixes)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        prefixes = tuple(self._frozen_prefixes())
+        for key, value in self.state_dict().items():
+            if key.startswith(prefixes):
+                checkpoint["state_dict"].setdefault(key, value)
+
+    # ---------------------------------------------------------------- running
+    def step_generator(self, batch_idx: int) -> torch.Generator:
+        state = np.random.SeedSequence([self.seed, self.global_step, batch_idx]).generate_state(1, np.uint64)[0]
+        return torch.Generator().manual_seed(int(state))
+
+    def conditions_for(self, batch: Mapping[str, Any], generator: torch.Generator | None) -> dict[str, Any]:
+        with torch.no_grad():
+            return run_conditioners(self.conditioners, batch, self.backbone, generator)
+
+    def compute_loss(self, batch: Mapping[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        backbone = self.backbone
+        clean = backbone.encode_video(batch["video"], generator=generator)
+        batch = self.recipe.choose_reference(dict(batch), generator)
+        captions = self.recipe.drop_text(batch["caption"], generator)
+        text = backbone.encode_text(captions)
+        conditions = self.conditions_for(batch, generator)
+
+        scheduler = backbone.scheduler
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (clean.shape[0],), generator=generator)
+        noise = torch.randn(clean.shape, generator=generator).to(clean)
+        noisy = scheduler.add_noise(clean, noise, timesteps.to(clean.device))
+
+        model_input = noisy
+        extra = self.plan.concat_latents(conditions, noisy)
+        if extra is not None:
+            model_input = torch.cat([noisy, self.recipe.drop_image_latents(extra, generator)], dim=2)
+        injection = self.plan.prepare(conditions)
+        prediction = backbone(model_input, timesteps.to(clean.device), text, injection)
+
+        mask = self.recipe.loss_mask(batch.get("face_mask"), clean.shape, generator).to(clean.device)
+        alphas_cumprod = scheduler.alphas_cumprod.to(clean.device)[timesteps.to(clean.device)]
+        loss = self.loss_fn(prediction, clean, noisy, alphas_cumprod, mask)
+        return {"loss": loss, "prediction": prediction}
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self.compute_loss(batch, self.step_generator(batch_idx))["loss"]
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["video"].shape[0])
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        grads = [p.grad.detach().float().norm() for p in self.trainable_parameters() if p.grad is not None]
+        grad_norm = torch.stack(grads).norm() if grads else torch.tensor(0.0)
+        self.log("train/grad_norm", grad_norm)
+
+    # ------------------------------------------------------------- validation
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        # A fixed generator per batch: the held-out loss is deterministic and comparable across steps.
+        generator = torch.Generator().manual_seed(self.seed + batch_idx)
+        loss = self.compute_loss(batch, generator)["loss"]
+        self.log("val/loss", loss, prog_bar=True, batch_size=batch["video"].shape[0], sync_dist=True)
+        if batch_idx == 0 and self.validation["sample"] and self.trainer.is_global_zero:
+            self._log_validation_sample(batch)
+
+    @torch.no_grad()
+    def generate(self, batch: Mapping[str, Any], num_inference_steps: int, guidance_scale: float, seed: int) -> torch.Tensor:
+        """Generate videos ``[B, F, 3, H, W]`` in [-1, 1] for the batch's references and captions."""
+        generator = torch.Generator().manual_seed(seed)
+        conditions = self.conditions_for(batch, None)
+        text = self.backbone.encode_text(list(batch["caption"]))
+        negative = self.backbone.encode_text([""] * len(batch["caption"]))
+        video = batch["video"]
+        info = self.backbone.info
+        frames = (video.shape[1] - 1) // info.vae_temporal_compression + 1
+        shape = (
+            video.shape[0], frames, info.latent_channels,
+            video.shape[3] // info.vae_spatial_compression, video.shape[4] // info.vae_spatial_compression,
+        )
+        latents = sample_latents(
+            self.backbone, self.plan, conditions, text, negative, shape,
+            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, generator=generator,
+        )
+        return self.backbone.decode_latents(latents)
+
+    def _log_validation_sample(self, batch: Mapping[str, Any]) -> None:
+        video = self.generate(
+            batch, self.validation["num_inference_steps"], self.validation["guidance_scale"], seed=self.seed
+        )
+        grid = frame_grid(video.cpu(), references=batch["ref_image"].cpu())
+        for logger in self.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_image"):
+                experiment.add_image("val/samples", grid, self.global_step)
+            if hasattr(experiment, "add_video"):
+                try:  # TensorBoard's video summary needs moviepy; the frame grid above is always there
+                    experiment.add_video("val/videos", ((video.cpu() + 1) / 2).clamp(0, 1), self.global_step, fps=8)
+                except (ImportError, ModuleNotFoundError):
+                    pass
+        del video, grid
+        gc.collect()
+
+    # -------------------------------------------------------------- optimizer
+    def configure_optimizers(self) -> dict[str, Any]:
+        if self.optimizer_config is None:
+            optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=1e-4)
+        else:
+            optimizer = hydra.utils.instantiate(self.optimizer_config)(params=self.trainable_parameters())
+        max_steps = self.trainer.max_steps
+        if max_steps is None or max_steps < 0:
+            raise ValueError(
+                "trainer.max_steps must be set (training streams data without epochs); e.g. trainer.max_steps=1800."
+            )
+        config = dict(self.lr_scheduler_config)
+        scheduler = get_scheduler(
+            config.pop("name"),
+            optimizer,
+            num_warmup_steps=config.pop("warmup_steps", 0),
+            num_training_steps=max_steps,
+            **config,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+__all__ = ["IdentityVideoModule"]
