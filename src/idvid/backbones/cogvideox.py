@@ -65,18 +65,19 @@ class CogVideoXBackbone(nn.Module):
         super().__init__()
         if pretrained:
             root = _require_dir(Path(pretrained).expanduser(), "Pretrained CogVideoX folder")
+            for part in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"):
+                _require_dir(root / part, f"{part}/ subfolder")
+                if part != "tokenizer" and not any((root / part).glob("*config.json")):
+                    raise FileNotFoundError(
+                        f"{root / part} has no config.json; it must be a diffusers/transformers save_pretrained "
+                        f"folder ({PIPELINE_LAYOUT} each with its config and weights)."
+                    )
             log.info("loading CogVideoX components from %s", root)
-            self.transformer = CogVideoXTransformer3DModel.from_pretrained(
-                _require_dir(root / "transformer", "transformer/ subfolder")
-            )
-            self.vae = AutoencoderKLCogVideoX.from_pretrained(_require_dir(root / "vae", "vae/ subfolder"))
-            self.text_encoder = T5EncoderModel.from_pretrained(
-                _require_dir(root / "text_encoder", "text_encoder/ subfolder")
-            )
-            self.tokenizer = AutoTokenizer.from_pretrained(_require_dir(root / "tokenizer", "tokenizer/ subfolder"))
-            self.scheduler = CogVideoXDPMScheduler.from_pretrained(
-                _require_dir(root / "scheduler", "scheduler/ subfolder")
-            )
+            self.transformer = CogVideoXTransformer3DModel.from_pretrained(root / "transformer")
+            self.vae = AutoencoderKLCogVideoX.from_pretrained(root / "vae")
+            self.text_encoder = T5EncoderModel.from_pretrained(root / "text_encoder")
+            self.tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
+            self.scheduler = CogVideoXDPMScheduler.from_pretrained(root / "scheduler")
         else:
             missing = [k for k, v in {"transformer": transformer, "vae": vae, "text_encoder": text_encoder}.items() if not v]
             if missing:

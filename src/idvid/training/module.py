@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
+from pathlib import Path
 from typing import Any, Mapping
 
 import hydra
@@ -25,7 +26,7 @@ from idvid.injection.plan import InjectionPlan
 from idvid.registry import PluginKind, build
 from idvid.sampling.sampler import sample_latents
 from idvid.training.recipe import Recipe
-from idvid.training.visuals import frame_grid
+from idvid.training.visuals import frame_grid, write_video
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,10 @@ class IdentityVideoModule(L.LightningModule):
         seed: int = 0,
     ):
         super().__init__()
+        # Plain containers, so that checkpoints hold no OmegaConf objects (they load with weights_only).
         backbone, conditioners, injectors = _plain(backbone), _plain(conditioners) or {}, _plain(injectors) or {}
+        recipe, loss, optimizer = _plain(recipe) or {}, _plain(loss) or {"name": "v_to_x0"}, _plain(optimizer)
+        lr_scheduler, validation = _plain(lr_scheduler) or {"name": "constant"}, _plain(validation) or {}
         self.save_hyperparameters()
         self.seed = seed
         self.backbone = _build_named(PluginKind.BACKBONE, backbone)
@@ -72,11 +76,11 @@ class IdentityVideoModule(L.LightningModule):
             {condition: label for label, c in self.conditioners.items() for condition in c.produces}
         )
         self.backbone.set_input_channels(self.plan.extra_input_channels)
-        self.recipe = Recipe(**(_plain(recipe) or {}))
-        self.loss_fn = _build_named(PluginKind.LOSS, _plain(loss) or {"name": "v_to_x0"})
+        self.recipe = Recipe(**recipe)
+        self.loss_fn = _build_named(PluginKind.LOSS, loss)
         self.optimizer_config = optimizer
-        self.lr_scheduler_config = _plain(lr_scheduler) or {"name": "constant"}
-        self.validation = {"num_inference_steps": 4, "guidance_scale": 6.0, "sample": True, **(_plain(validation) or {})}
+        self.lr_scheduler_config = lr_scheduler
+        self.validation = {"num_inference_steps": 4, "guidance_scale": 6.0, "sample": True, **validation}
         self._set_trainable(trainable)
 
     # ------------------------------------------------------------- parameters
@@ -144,7 +148,11 @@ class IdentityVideoModule(L.LightningModule):
         return {"loss": loss, "prediction": prediction}
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
-        loss = self.compute_loss(batch, self.step_generator(batch_idx))["loss"]
+        generator = self.step_generator(batch_idx)
+        # Plugins may draw from torch's global RNG (dropout, DropToken): seed it per step too, so
+        # a resumed run draws exactly what the uninterrupted run drew.
+        torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+        loss = self.compute_loss(batch, generator)["loss"]
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["video"].shape[0])
         return loss
 
@@ -157,6 +165,7 @@ class IdentityVideoModule(L.LightningModule):
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         # A fixed generator per batch: the held-out loss is deterministic and comparable across steps.
         generator = torch.Generator().manual_seed(self.seed + batch_idx)
+        torch.manual_seed(self.seed + batch_idx)
         loss = self.compute_loss(batch, generator)["loss"]
         self.log("val/loss", loss, prog_bar=True, batch_size=batch["video"].shape[0], sync_dist=True)
         if batch_idx == 0 and self.validation["sample"] and self.trainer.is_global_zero:
@@ -186,16 +195,16 @@ class IdentityVideoModule(L.LightningModule):
         video = self.generate(
             batch, self.validation["num_inference_steps"], self.validation["guidance_scale"], seed=self.seed
         )
-        grid = frame_grid(video.cpu(), references=batch["ref_image"].cpu())
+        video = video.cpu()
+        grid = frame_grid(video, references=batch["ref_image"].cpu())
         for logger in self.loggers:
             experiment = getattr(logger, "experiment", None)
-            if hasattr(experiment, "add_image"):
+            if hasattr(experiment, "add_image"):  # TensorBoard: one row per sample, reference first
                 experiment.add_image("val/samples", grid, self.global_step)
-            if hasattr(experiment, "add_video"):
-                try:  # TensorBoard's video summary needs moviepy; the frame grid above is always there
-                    experiment.add_video("val/videos", ((video.cpu() + 1) / 2).clamp(0, 1), self.global_step, fps=8)
-                except (ImportError, ModuleNotFoundError):
-                    pass
+        if self.trainer.log_dir:
+            out_dir = Path(self.trainer.default_root_dir) / "samples"
+            for index, sample in enumerate(video):
+                write_video(out_dir / f"step{self.global_step:06d}_{batch['id'][index]}.mp4", sample)
         del video, grid
         gc.collect()
 

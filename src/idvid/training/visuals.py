@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+
+from idvid.data.video_io import write_mp4
 
 
 def frame_grid(video: torch.Tensor, references: torch.Tensor | None = None) -> torch.Tensor:
@@ -17,3 +21,11 @@ def frame_grid(video: torch.Tensor, references: torch.Tensor | None = None) -> t
     rows = torch.cat([references.unsqueeze(1), video.float()], dim=1)  # [B, F+1, 3, H, W]
     grid = rows.permute(2, 0, 3, 1, 4).reshape(channels, batch * height, (frames + 1) * width)
     return ((grid + 1) / 2).clamp(0, 1)
+
+
+def write_video(path: Path, video: torch.Tensor, fps: int = 8) -> Path:
+    """Write ``[F, 3, H, W]`` in [-1, 1] as an mp4."""
+    frames = (((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)).permute(0, 2, 3, 1).numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_mp4(path, frames, fps=fps)
+    return path

@@ -1,0 +1,86 @@
+"""Clip manifest: JSON Lines, one training clip per line.
+
+Each line is an object with these keys (paths are relative to the manifest's directory)::
+
+    {"id": "t1-3", "video": "videos/t1-3.mp4", "caption": "a person looking at the camera, the camera slowly zooms in.", "annotations": "annotations/t1-3.npz", "identity": "t1-3"}
+
+- id: unique clip name.
+- video: the clip as mp4 (any size; frames are read as RGB).
+- caption: the text prompt.
+- annotations: a .npz whose arrays are indexed by frame t of the mp4 (T frames):
+    boxes       [T, 4] float32  face box x0, y0, x1, y1 in pixels (NaN rows where no face)
+    kps         [T, 5, 2] float32  ArcFace-order keypoints (NaN where no face)
+    valid       [T] bool        frame has a detected face
+    masks       [T, H, W] uint8 face mask {0,1} at video resolution
+    embeddings  [T, D] float32  L2-normalised identity embedding (zeros where not valid)
+    embedding_dim  scalar int  D
+    mask_source    string      how masks were made, e.g. "landmark_hull"
+- identity: the person; clips that share it show the same person.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+REQUIRED_KEYS = ("id", "video", "caption", "annotations", "identity")
+ANNOTATION_KEYS = ("boxes", "kps", "valid", "masks", "embeddings", "embedding_dim", "mask_source")
+
+
+def read_manifest(path: str | Path) -> list[dict]:
+    """Load and check a manifest; returns entries with `video`/`annotations` made absolute.
+
+    Raises ValueError naming the line number for a malformed line, a missing key, a missing
+    file or a repeated id.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"manifest not found: {path}; pass the path of a .jsonl manifest (or None for the demo)"
+        )
+    root = path.parent
+    entries: list[dict] = []
+    seen: dict[str, int] = {}
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{lineno}: not valid JSON ({err}); each line must be one JSON object") from err
+        if not isinstance(entry, dict):
+            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(entry).__name__}")
+        for key in REQUIRED_KEYS:
+            if key not in entry:
+                raise ValueError(f"{path}:{lineno}: missing key {key!r}; every line needs {list(REQUIRED_KEYS)}")
+        for key in ("video", "annotations"):
+            file = root / entry[key]
+            if not file.is_file():
+                raise ValueError(f"{path}:{lineno}: {key} file not found: {file} (paths are relative to the manifest)")
+            entry[key] = str(file)
+        if entry["id"] in seen:
+            first = seen[entry["id"]]
+            raise ValueError(f"{path}:{lineno}: id {entry['id']!r} already used on line {first}; ids must be unique")
+        seen[entry["id"]] = lineno
+        entries.append(entry)
+    if not entries:
+        raise ValueError(f"{path}: manifest has no clips")
+    return entries
+
+
+def write_manifest(path: str | Path, entries: list[dict]) -> None:
+    """Write entries (with paths already relative to the manifest's directory) as JSON Lines."""
+    lines = [json.dumps({key: entry[key] for key in REQUIRED_KEYS}) for entry in entries]
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+def load_annotations(path: str | Path, *, with_masks: bool = True) -> dict[str, np.ndarray]:
+    """Read a clip's .npz; masks are skipped unless needed since they are the bulk of the file."""
+    with np.load(path, allow_pickle=False) as npz:
+        missing = [key for key in ANNOTATION_KEYS if key not in npz.files]
+        if missing:
+            raise ValueError(f"annotations {path} lack arrays {missing}; expected {list(ANNOTATION_KEYS)}")
+        keys = [key for key in npz.files if with_masks or key != "masks"]
+        return {key: npz[key] for key in keys}

@@ -1,0 +1,24 @@
+"""Offline face tooling: detection, landmarks, embeddings, alignment, masks, keypoint images."""
+
+from idvid.faces.align import ARCFACE_TEMPLATE_112, HEAD_MARGIN_SCALE, align_face, face_template, transform_points
+from idvid.faces.dlib_analyzer import DlibFaceAnalyzer, default_models_dir, kps_from_landmarks
+from idvid.faces.draw import draw_kps
+from idvid.faces.masks import landmark_hull_mask, whiten_background
+from idvid.faces.types import KPS_NAMES, Face, FaceAnalyzer
+
+__all__ = [
+    "ARCFACE_TEMPLATE_112",
+    "HEAD_MARGIN_SCALE",
+    "KPS_NAMES",
+    "DlibFaceAnalyzer",
+    "Face",
+    "FaceAnalyzer",
+    "align_face",
+    "default_models_dir",
+    "draw_kps",
+    "face_template",
+    "kps_from_landmarks",
+    "landmark_hull_mask",
+    "transform_points",
+    "whiten_background",
+]

@@ -1,0 +1,168 @@
+"""Experiments compose, every plan trains with the intended gradients, resume is exact."""
+
+from __future__ import annotations
+
+import math
+
+import hydra
+import lightning as L
+import pytest
+import torch
+from hydra.errors import InstantiationException
+from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from idvid.fit import fit
+from idvid.injection import Site
+
+from ..conftest import EXPERIMENTS, compose_config
+
+# experiment -> (extra input channels, {site: blocks} of the in-block identity path)
+EXPECTED_PLANS = {
+    "plan_a": (16, {}),
+    "plan_b": (0, {Site.ATTN_FFN: [0, 2]}),
+    "plan_c": (16, {Site.ATTN_FFN: [0, 2]}),
+    "plan_d": (16, {Site.ATTN_FFN: [0, 2]}),
+    "plan_e": (16, {Site.PRE_ATTN: [0, 2]}),
+    "plan_f": (16, {Site.POST_ATTN: [0, 2]}),
+    "plan_g": (0, {Site.PRE_ATTN: [0, 2]}),
+    "consisid_preview": (16, {Site.POST_ATTN: [0, 2]}),
+}
+KPS = {"plan_a": True, "plan_c": True, "plan_d": False, "plan_e": True, "plan_f": True, "consisid_preview": False}
+
+
+def build_model(experiment: str, *overrides: str):
+    cfg = compose_config([f"experiment={experiment}", *overrides])
+    L.seed_everything(0)
+    return hydra.utils.instantiate(cfg.model), cfg
+
+
+@pytest.fixture(scope="module")
+def demo_batch():
+    cfg = compose_config([])
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.setup()
+    return next(iter(datamodule.train_dataloader()))
+
+
+def test_every_experiment_is_covered():
+    assert sorted(EXPECTED_PLANS) == EXPERIMENTS
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_composes_into_its_plan(experiment):
+    model, _ = build_model(experiment)
+    extra, sites = EXPECTED_PLANS[experiment]
+    assert model.plan.extra_input_channels == extra
+    assert model.backbone.transformer.config.in_channels == 16 + extra
+    assert {i.site: i.block_indices for i in model.plan.token_injectors} == sites
+    concat = model.plan.concat_injectors
+    if experiment in KPS:
+        assert concat[0].use_kps == KPS[experiment]
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.parametrize("trainable", ["all", "injectors"])
+def test_exactly_the_intended_parameters_receive_gradients(experiment, trainable, demo_batch):
+    model, _ = build_model(experiment, f"model.trainable={trainable}")
+    model.train()
+    loss = model.compute_loss(demo_batch, torch.Generator().manual_seed(0))["loss"]
+    assert torch.isfinite(loss)
+    loss.backward()
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    expected = {n for n, _ in model.plan.named_parameters(prefix="plan")}
+    if trainable == "all":
+        expected |= {n for n, _ in model.backbone.transformer.named_parameters(prefix="backbone.transformer")}
+    elif model.plan.extra_input_channels:
+        expected |= {"backbone.transformer.patch_embed.proj.weight", "backbone.transformer.patch_embed.proj.bias"}
+    # A zero-initialised output projection blocks gradient to nothing here: diffusers inits are random.
+    assert with_grad == expected
+    assert not any(n.startswith(("backbone.vae", "backbone.text_encoder", "conditioners")) for n in with_grad)
+
+
+def test_coarse_to_fine_bypasses_the_in_block_path(demo_batch):
+    model, _ = build_model("plan_c", "recipe=none")
+    model.train()
+    model.plan.in_block_enabled = False
+    loss = model.compute_loss(demo_batch, torch.Generator().manual_seed(0))["loss"]
+    loss.backward()
+    identity = model.plan.injectors["identity"]
+    assert all(p.grad is None for p in identity.parameters())
+    assert model.backbone.transformer.patch_embed.proj.weight.grad is not None
+    # Bypassed equals a plan without the in-block injector.
+    plan_a, _ = build_model("plan_a", "recipe=none")
+    plan_a.backbone.load_state_dict(model.backbone.state_dict())
+    torch.testing.assert_close(
+        plan_a.compute_loss(demo_batch, torch.Generator().manual_seed(0))["loss"], loss.detach(), rtol=0, atol=0
+    )
+
+
+def test_missing_condition_is_refused_at_start_up():
+    with pytest.raises(InstantiationException, match=r"'id_cond', needed by injector\(s\) identity"):
+        build_model("plan_b", "conditioners=reference", "conditioners.reference=null")
+
+
+def test_unknown_plugin_lists_the_known_ones():
+    with pytest.raises(InstantiationException, match="Unknown injector plugin 'nope'.*consisid.global_face_latent"):
+        build_model("plan_a", "injectors.face_latent.name=nope")
+
+
+def test_trainer_config_lists_every_trainer_argument():
+    import inspect
+
+    cfg = compose_config([])
+    arguments = set(inspect.signature(L.Trainer.__init__).parameters) - {"self", "logger", "callbacks"}
+    assert arguments <= set(cfg.trainer), f"missing in hydra_conf/trainer/default.yaml: {arguments - set(cfg.trainer)}"
+
+
+def scalars(run_dir, tag):
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    return events, [(e.step, e.value) for e in events.Scalars(tag)] if tag in events.Tags()["scalars"] else []
+
+
+def run_fit(run_dir, *overrides):
+    cfg = compose_config(list(overrides), run_dir=run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return fit(cfg)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_each_plan_trains_three_steps(experiment, tmp_path):
+    loss = run_fit(tmp_path, f"experiment={experiment}", "trainer.max_steps=3", "trainer.val_check_interval=3",
+                   "model.validation.sample=false", "callbacks.checkpoint.every_n_train_steps=3")
+    assert loss is not None and math.isfinite(loss)
+    _, losses = scalars(tmp_path, "train/loss")
+    assert [s for s, _ in losses] == [0, 1, 2] and all(math.isfinite(v) for _, v in losses)
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_resume_reproduces_the_next_losses_exactly(tmp_path):
+    common = ["experiment=plan_c", "trainer.max_steps=4", "trainer.val_check_interval=100",
+              "callbacks.checkpoint.every_n_train_steps=2"]
+    run_fit(tmp_path / "full", *common)
+    checkpoint = tmp_path / "full" / "checkpoints" / "step000002.ckpt"
+    assert checkpoint.is_file()
+    run_fit(tmp_path / "resumed", *common, f"ckpt_path={checkpoint}")
+    _, full = scalars(tmp_path / "full", "train/loss")
+    _, resumed = scalars(tmp_path / "resumed", "train/loss")
+    assert [s for s, _ in resumed] == [2, 3]
+    assert resumed == full[2:]  # bit-for-bit: same data draws, noise, timesteps and recipe coins
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    assert not any(k.startswith(("backbone.vae.", "backbone.text_encoder.")) for k in state)
+
+
+def test_checkpoint_keeps_the_frozen_encoders_out_but_loads_strictly(tmp_path):
+    model, cfg = build_model("plan_a")
+    trainer = L.Trainer(max_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(tmp_path / "x.ckpt")
+    stored = torch.load(tmp_path / "x.ckpt", map_location="cpu", weights_only=True)
+    assert "backbone.transformer.patch_embed.proj.weight" in stored["state_dict"]
+    assert not any(k.startswith("backbone.vae.") for k in stored["state_dict"])
+    again, _ = build_model("plan_a")
+    again.on_load_checkpoint(stored)
+    again.load_state_dict(stored["state_dict"], strict=True)
+    assert OmegaConf.select(cfg, "model.trainable") == "all"

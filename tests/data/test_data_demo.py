@@ -1,0 +1,93 @@
+"""The bundled demo builder: contents, caching, atomic writes, determinism."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import numpy as np
+import pytest
+
+from idvid.data import demo as demo_module
+from idvid.data.demo import DEMO_SEED, DEMO_VERSION, build_clip, build_demo, source_photos
+from idvid.data.manifest import ANNOTATION_KEYS, load_annotations, read_manifest
+from idvid.data.video_io import read_mp4
+from idvid.faces import DlibFaceAnalyzer
+
+# All 7 faces (1 astronaut + 6 in t1.jpg) keep at least 8 frames with a detected face.
+EXPECTED_IDS = ["astronaut-0"] + [f"t1-{i}" for i in range(6)]
+
+
+def test_manifest_lists_seven_identities(demo_manifest):
+    assert demo_manifest.name == "manifest.jsonl" and demo_manifest.parent.name == DEMO_VERSION
+    entries = read_manifest(demo_manifest)
+    assert [entry["id"] for entry in entries] == EXPECTED_IDS
+    assert len({entry["identity"] for entry in entries}) == 7
+    for entry in entries:
+        assert re.fullmatch(r"[a-z ,.]+", entry["caption"]), entry["caption"]
+
+
+def test_annotations_match_documented_format(demo_manifest):
+    for entry in read_manifest(demo_manifest):
+        video = read_mp4(entry["video"])
+        assert video.shape == (16, 256, 256, 3)
+        ann = load_annotations(entry["annotations"])
+        assert set(ANNOTATION_KEYS) <= set(ann)
+        valid = ann["valid"]
+        assert valid.dtype == bool and valid.shape == (16,) and valid.sum() >= 8
+        assert ann["boxes"].shape == (16, 4) and ann["boxes"].dtype == np.float32
+        assert ann["kps"].shape == (16, 5, 2) and ann["kps"].dtype == np.float32
+        assert ann["masks"].shape == (16, 256, 256) and ann["masks"].dtype == np.uint8
+        assert ann["embeddings"].shape == (16, 128) and ann["embeddings"].dtype == np.float32
+        assert int(ann["embedding_dim"]) == 128 and str(ann["mask_source"]) == "landmark_hull"
+        assert np.isfinite(ann["kps"][valid]).all() and np.isnan(ann["kps"][~valid]).all()
+        assert np.isnan(ann["boxes"][~valid]).all()
+        assert (ann["masks"][valid].reshape(valid.sum(), -1).sum(1) > 500).all()
+        assert ann["masks"][~valid].sum() == 0
+        np.testing.assert_allclose(np.linalg.norm(ann["embeddings"][valid], axis=1), 1.0, atol=1e-5)
+        assert (ann["embeddings"][~valid] == 0).all()
+        # The face fills roughly 35-55% of the frame width, as the builder aims for.
+        widths = ann["boxes"][valid, 2] - ann["boxes"][valid, 0]
+        assert (widths > 0.3 * 256).all() and (widths < 0.6 * 256).all()
+        # One person per clip: every face frame is far more alike than different people are.
+        embs = ann["embeddings"][valid]
+        assert (embs @ embs.T).min() > 0.95
+
+
+def test_second_call_is_instant_and_same_path(demo_manifest):
+    start = time.perf_counter()
+    again = build_demo(demo_manifest.parent.parent)
+    assert time.perf_counter() - start < 0.5
+    assert again == demo_manifest
+
+
+def test_default_cache_dir_comes_from_env(demo_cache, demo_manifest, monkeypatch):
+    monkeypatch.setenv("IDVID_CACHE", str(demo_cache))
+    assert build_demo() == demo_manifest
+
+
+def test_interrupted_build_leaves_nothing_trusted(tmp_path, monkeypatch):
+    def failing_build(out_dir):
+        (out_dir / "manifest.jsonl").write_text("partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo_module, "_build_into", failing_build)
+    with pytest.raises(KeyboardInterrupt):
+        build_demo(tmp_path)
+    assert list(tmp_path.iterdir()) == []  # no final folder, and the temp folder is cleaned up
+
+
+def test_clip_rebuild_is_identical(demo_manifest, tmp_path):
+    # Rebuilding one clip from scratch reproduces the session build bit for bit.
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "annotations").mkdir()
+    analyzer = DlibFaceAnalyzer()
+    photo = source_photos()["t1"]
+    face = analyzer.detect(photo)[3]
+    entry = build_clip(photo, face, "t1-3", (DEMO_SEED, 1, 3), tmp_path, analyzer)
+    original = {e["id"]: e for e in read_manifest(demo_manifest)}["t1-3"]
+    assert entry["caption"] == original["caption"]
+    assert (tmp_path / entry["video"]).read_bytes() == open(original["video"], "rb").read()
+    new, old = load_annotations(tmp_path / entry["annotations"]), load_annotations(original["annotations"])
+    for key in ANNOTATION_KEYS:
+        np.testing.assert_array_equal(new[key], old[key])
