@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import hydra
@@ -54,6 +55,8 @@ def fit(cfg: DictConfig) -> float | None:
     if cfg.backbone.get("pretrained") is None:
         log.warning("DEMO SCALE: the backbone and encoders are tiny and randomly initialised; samples are noise.")
 
+    # The VAE, text encoder and CLIP tower are frozen and kept in eval mode on purpose.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     L.seed_everything(cfg.seed, workers=True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     datamodule = hydra.utils.instantiate(cfg.data)

@@ -14,7 +14,7 @@ Installed as a separate distribution (``idvid-consisid``) that registers through
 
 from idvid_consisid.conditioner import IdentityFeatures
 from idvid_consisid.injectors import GlobalFaceLatent, LocalFaceCrossAttention
-from idvid_consisid.perceiver import LocalFacialExtractor, PerceiverAttention, PerceiverCrossAttention
+from idvid_consisid.perceiver import LocalFacialExtractor, PerceiverAttention, perceiver_cross_attention
 
 __all__ = [
     "GlobalFaceLatent",
@@ -22,5 +22,5 @@ __all__ = [
     "LocalFaceCrossAttention",
     "LocalFacialExtractor",
     "PerceiverAttention",
-    "PerceiverCrossAttention",
+    "perceiver_cross_attention",
 ]

@@ -11,7 +11,7 @@ from idvid.backbones import BackboneInfo
 from idvid.injection import Conditions, InputConcatInjector, TokenInjector
 from idvid.registry import register_injector
 
-from idvid_consisid.perceiver import LocalFacialExtractor, PerceiverCrossAttention
+from idvid_consisid.perceiver import LocalFacialExtractor, perceiver_cross_attention
 
 
 @register_injector("consisid.global_face_latent")
@@ -57,35 +57,26 @@ class LocalFaceCrossAttention(TokenInjector):
     def __init__(
         self,
         backbone: BackboneInfo,
+        extractor: dict[str, Any],
         site: str = "attn_ffn",
         blocks: Any = "all",
         scale: float = 1.0,
         drop_token_probability: float = 0.0,
-        id_dim: int = 1280,
-        vit_dim: int = 1024,
-        depth: int = 10,
-        dim_head: int = 64,
-        heads: int = 16,
-        num_id_token: int = 5,
-        num_queries: int = 32,
-        output_dim: int = 2048,
-        ff_mult: int = 4,
-        num_scale: int = 5,
         cross_attn_dim_head: int = 128,
         cross_attn_heads: int = 16,
     ):
+        """``extractor``: the LocalFacialExtractor's sizes (id_dim, vit_dim, depth, dim_head, heads,
+        num_id_token, num_queries, output_dim, ff_mult, num_scale)."""
         super().__init__(backbone, site=site, blocks=blocks)
         if not 0.0 <= drop_token_probability < 1.0:
             raise ValueError(f"drop_token_probability={drop_token_probability} must be in [0, 1).")
         self.scale = scale
         self.drop_token_probability = drop_token_probability
-        self.local_facial_extractor = LocalFacialExtractor(
-            id_dim=id_dim, vit_dim=vit_dim, depth=depth, dim_head=dim_head, heads=heads, num_id_token=num_id_token,
-            num_queries=num_queries, output_dim=output_dim, ff_mult=ff_mult, num_scale=num_scale,
-        )
+        self.local_facial_extractor = LocalFacialExtractor(**extractor)
         self.perceiver_cross_attention = nn.ModuleList(
-            PerceiverCrossAttention(
-                dim=backbone.hidden_size, dim_head=cross_attn_dim_head, heads=cross_attn_heads, kv_dim=output_dim
+            perceiver_cross_attention(
+                backbone.hidden_size, dim_head=cross_attn_dim_head, heads=cross_attn_heads,
+                kv_dim=self.local_facial_extractor.output_dim,
             )
             for _ in self.block_indices
         )

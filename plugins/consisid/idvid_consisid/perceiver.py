@@ -29,13 +29,22 @@ def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, heads: 
 
 
 class PerceiverAttention(nn.Module):
-    """Latent queries attend to ``cat(context, latents)`` (the Q-Former step inside the extractor)."""
+    """Queries from ``latents`` attend to ``context`` (keys/values).
 
-    def __init__(self, dim: int, dim_head: int = 64, heads: int = 8, kv_dim: int | None = None):
+    ``keys_include_latents=True`` is the Q-Former step inside the extractor: keys and values
+    come from ``cat(context, latents)``. ``False`` is the perceiver cross-attention that adds
+    identity to video tokens: video tokens are the queries, identity tokens the keys/values.
+    """
+
+    def __init__(self, dim: int, dim_head: int = 64, heads: int = 8, kv_dim: int | None = None,
+                 keys_include_latents: bool = True):
         super().__init__()
         inner = dim_head * heads
         kv_dim = kv_dim or dim
+        if keys_include_latents and kv_dim != dim:
+            raise ValueError(f"keys that include the latents need kv_dim == dim, got kv_dim={kv_dim}, dim={dim}.")
         self.heads = heads
+        self.keys_include_latents = keys_include_latents
         self.norm1 = nn.LayerNorm(kv_dim)
         self.norm2 = nn.LayerNorm(dim)
         self.to_q = nn.Linear(dim, inner, bias=False)
@@ -44,27 +53,14 @@ class PerceiverAttention(nn.Module):
 
     def forward(self, context: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         context, latents = self.norm1(context), self.norm2(latents)
-        key, value = self.to_kv(torch.cat([context, latents], dim=1)).chunk(2, dim=-1)
+        kv_input = torch.cat([context, latents], dim=1) if self.keys_include_latents else context
+        key, value = self.to_kv(kv_input).chunk(2, dim=-1)
         return self.to_out(_attend(self.to_q(latents), key, value, self.heads))
 
 
-class PerceiverCrossAttention(nn.Module):
+def perceiver_cross_attention(dim: int, dim_head: int = 128, heads: int = 16, kv_dim: int = 2048) -> PerceiverAttention:
     """Video tokens (queries) attend to identity tokens (keys/values)."""
-
-    def __init__(self, dim: int, dim_head: int = 128, heads: int = 16, kv_dim: int = 2048):
-        super().__init__()
-        inner = dim_head * heads
-        self.heads = heads
-        self.norm1 = nn.LayerNorm(kv_dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.to_q = nn.Linear(dim, inner, bias=False)
-        self.to_kv = nn.Linear(kv_dim, inner * 2, bias=False)
-        self.to_out = nn.Linear(inner, dim, bias=False)
-
-    def forward(self, identity_tokens: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
-        identity_tokens, hidden_states = self.norm1(identity_tokens), self.norm2(hidden_states)
-        key, value = self.to_kv(identity_tokens).chunk(2, dim=-1)
-        return self.to_out(_attend(self.to_q(hidden_states), key, value, self.heads))
+    return PerceiverAttention(dim, dim_head=dim_head, heads=heads, kv_dim=kv_dim, keys_include_latents=False)
 
 
 def _mlp(in_dim: int, dim: int, out_dim: int) -> nn.Sequential:
@@ -99,7 +95,7 @@ class LocalFacialExtractor(nn.Module):
         super().__init__()
         if depth % num_scale:
             raise ValueError(f"LFE depth={depth} must be a multiple of num_scale={num_scale} (layers per ViT depth).")
-        self.id_dim, self.vit_dim = id_dim, vit_dim
+        self.id_dim, self.vit_dim, self.output_dim = id_dim, vit_dim, output_dim
         self.num_id_token, self.num_queries, self.num_scale = num_id_token, num_queries, num_scale
         self.layers_per_scale = depth // num_scale
         init_scale = vit_dim**-0.5

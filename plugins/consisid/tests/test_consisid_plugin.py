@@ -8,7 +8,7 @@ from diffusers.models.transformers import consisid_transformer_3d as reference
 
 from idvid.backbones import BackboneInfo
 from idvid.registry import PluginKind, REGISTRIES
-from idvid_consisid import GlobalFaceLatent, LocalFaceCrossAttention, LocalFacialExtractor, PerceiverCrossAttention
+from idvid_consisid import GlobalFaceLatent, LocalFaceCrossAttention, LocalFacialExtractor, perceiver_cross_attention
 
 INFO = BackboneInfo(hidden_size=32, num_layers=4, latent_channels=16, text_hidden_size=32,
                     vae_temporal_compression=4, vae_spatial_compression=8)
@@ -34,7 +34,7 @@ def test_local_facial_extractor_matches_diffusers():
 
 def test_perceiver_cross_attention_matches_diffusers():
     torch.manual_seed(0)
-    ours = PerceiverCrossAttention(dim=32, dim_head=8, heads=4, kv_dim=24)
+    ours = perceiver_cross_attention(dim=32, dim_head=8, heads=4, kv_dim=24)
     theirs = reference.PerceiverCrossAttention(dim=32, dim_head=8, heads=4, kv_dim=24)
     theirs.load_state_dict(ours.state_dict())
     tokens, video = torch.randn(2, 6, 24), torch.randn(2, 50, 32)
@@ -68,13 +68,13 @@ def test_kps_needs_two_latent_frames():
 
 
 def test_cross_attention_modules_follow_the_block_selection():
-    injector = LocalFaceCrossAttention(INFO, site="post_attn", blocks={"every": 2}, **LFE_SIZES)
+    injector = LocalFaceCrossAttention(INFO, site="post_attn", blocks={"every": 2}, extractor=LFE_SIZES)
     assert injector.block_indices == [0, 2]
     assert len(injector.perceiver_cross_attention) == 2
 
 
 def test_drop_token_drops_identity_tokens_in_training_only():
-    injector = LocalFaceCrossAttention(INFO, drop_token_probability=0.5, **LFE_SIZES)
+    injector = LocalFaceCrossAttention(INFO, drop_token_probability=0.5, extractor=LFE_SIZES)
     id_cond, vit = identity_inputs()
     conditions = {"id_cond": id_cond, "id_vit_hidden": vit}
     injector.eval()
@@ -85,7 +85,7 @@ def test_drop_token_drops_identity_tokens_in_training_only():
 
 
 def test_scale_multiplies_the_residual():
-    injector = LocalFaceCrossAttention(INFO, scale=1.0, **LFE_SIZES).eval()
+    injector = LocalFaceCrossAttention(INFO, scale=1.0, extractor=LFE_SIZES).eval()
     id_cond, vit = identity_inputs()
     tokens = injector.prepare({"id_cond": id_cond, "id_vit_hidden": vit})
     video = torch.randn(2, 10, 32)

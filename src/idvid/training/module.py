@@ -201,10 +201,9 @@ class IdentityVideoModule(L.LightningModule):
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_image"):  # TensorBoard: one row per sample, reference first
                 experiment.add_image("val/samples", grid, self.global_step)
-        if self.trainer.log_dir:
-            out_dir = Path(self.trainer.default_root_dir) / "samples"
-            for index, sample in enumerate(video):
-                write_video(out_dir / f"step{self.global_step:06d}_{batch['id'][index]}.mp4", sample)
+        out_dir = Path(self.trainer.default_root_dir) / "samples"
+        for index, sample in enumerate(video):  # deterministic names: step and clip id
+            write_video(out_dir / f"step{self.global_step:06d}_{batch['id'][index]}.mp4", sample)
         del video, grid
         gc.collect()
 
