@@ -166,3 +166,26 @@ def test_checkpoint_keeps_the_frozen_encoders_out_but_loads_strictly(tmp_path):
     again.on_load_checkpoint(stored)
     again.load_state_dict(stored["state_dict"], strict=True)
     assert OmegaConf.select(cfg, "model.trainable") == "all"
+
+
+def test_gradient_checkpointing_does_not_change_loss_or_gradients(demo_batch):
+    results = []
+    for checkpointing in ("false", "true"):
+        model, _ = build_model("plan_c", f"backbone.gradient_checkpointing={checkpointing}")
+        model.train()
+        loss = model.compute_loss(demo_batch, torch.Generator().manual_seed(0))["loss"]
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    torch.testing.assert_close(loss_a, loss_b, rtol=0, atol=1e-6)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_coarse_to_fine_callback_switches_at_its_step(tmp_path):
+    run_fit(tmp_path, "experiment=plan_c", "trainer.max_steps=4", "trainer.val_check_interval=100",
+            "callbacks.coarse_to_fine.in_block_start_step=2")
+    _, enabled = scalars(tmp_path, "train/in_block_enabled")
+    assert enabled == [(0, 0.0), (1, 0.0), (2, 1.0), (3, 1.0)]
