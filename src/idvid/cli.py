@@ -54,6 +54,14 @@ def _run_hydra(task: Callable[[DictConfig], object], overrides: list[str]) -> No
         sys.argv = argv
 
 
+def _fit_task(cfg: DictConfig) -> float | None:
+    # Imported here so that Hydra's own answers (--help, --cfg, a bad override) come without
+    # loading torch and Lightning first.
+    from idvid.fit import fit
+
+    return fit(cfg)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
@@ -61,9 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     verb, rest = args[0], args[1:]
     if verb == "fit":
-        from idvid.fit import fit
-
-        _run_hydra(fit, rest)
+        _run_hydra(_fit_task, rest)
     elif verb == "plugins":
         from idvid.plugins_listing import print_plugins
 

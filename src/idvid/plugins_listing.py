@@ -16,7 +16,7 @@ def _describe(kind: PluginKind, obj: type) -> tuple[str, str, str]:
     if kind is PluginKind.INJECTOR and issubclass(obj, Injector):
         site = obj.default_site.value
         if issubclass(obj, TokenInjector):
-            site += " (default; any in-block site)"
+            site += " (default; configurable)"
         consumes = ", ".join(obj.consumes) or "-"
     produces = ", ".join(getattr(obj, "produces", ())) or "-"
     return site, consumes, produces
@@ -33,7 +33,7 @@ def print_plugins() -> None:
 
     plugins = Table(title="Registered plugins")
     for column in ("kind", "name", "site", "consumes", "produces", "source"):
-        plugins.add_column(column, no_wrap=column == "name")
+        plugins.add_column(column, no_wrap=column == "name", overflow="fold")
     for kind, registry in REGISTRIES.items():
         for entry in registry.entries():
             plugins.add_row(kind.value, entry.name, *_describe(kind, entry.obj), entry.source)

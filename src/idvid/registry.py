@@ -46,7 +46,7 @@ class PluginKind(str, Enum):
 class Entry:
     name: str
     obj: Any
-    source: str  # "idvid (core)" or "<distribution> (<module>)"
+    source: str  # "idvid (core)", "<distribution name>", or a module name
 
 
 class Registry:
@@ -98,7 +98,7 @@ def _source_of(obj: Any) -> str:
     top = module_name.split(".")[0]
     for dist_name, packages in _packages_to_distributions().items():
         if top in packages:
-            return f"{dist_name} ({module_name})"
+            return dist_name
     return module_name
 
 
@@ -143,19 +143,26 @@ def load_plugins() -> None:
     global _plugins_loaded
     if _plugins_loaded:
         return
+    # Set first: plugin modules call the registries (and so this function) while they import.
     _plugins_loaded = True
-    importlib.import_module("idvid.builtins")
-    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            loaded = entry_point.load()
-        except Exception as error:  # a broken plugin must not hide the others, but must be loud
-            raise ImportError(
-                f"Plugin entry point {entry_point.name!r} ({entry_point.value}) in group {ENTRY_POINT_GROUP!r} "
-                f"failed to import: {error}. Fix or uninstall that plugin package."
-            ) from error
-        if callable(loaded) and not inspect.ismodule(loaded):
-            loaded()
-        log.debug("loaded plugin entry point %s = %s", entry_point.name, entry_point.value)
+    try:
+        importlib.import_module("idvid.builtins")
+        for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                loaded = entry_point.load()
+            except Exception as error:
+                raise ImportError(
+                    f"Plugin entry point {entry_point.name!r} ({entry_point.value}) in group {ENTRY_POINT_GROUP!r} "
+                    f"failed to import: {error}. Fix or uninstall that plugin package."
+                ) from error
+            if callable(loaded) and not inspect.ismodule(loaded):
+                loaded()
+            log.debug("loaded plugin entry point %s = %s", entry_point.name, entry_point.value)
+    except BaseException:
+        # A broken plugin must stay loud: the next lookup retries and raises again rather than
+        # reporting an empty registry.
+        _plugins_loaded = False
+        raise
 
 
 def build(kind: PluginKind | str, name: str, /, **kwargs: Any) -> Any:
