@@ -60,5 +60,7 @@ def backbone_inputs(backbone: CogVideoXBackbone, batch: int = 2, frames: int = 3
     channels = backbone.transformer.patch_embed.proj.in_channels
     latents = torch.randn(batch, frames, channels, size, size, generator=generator)
     timestep = torch.tensor([10, 700][:batch])
-    text = torch.randn(batch, backbone.transformer.config.max_text_seq_length, backbone.info.text_hidden_size, generator=generator)
+    text = torch.randn(
+        batch, backbone.transformer.config.max_text_seq_length, backbone.info.text_hidden_size, generator=generator
+    )
     return latents, timestep, text

@@ -42,7 +42,7 @@ def run_idvid(*args: str, cwd: Path, timeout: int = 300) -> subprocess.Completed
 
 
 def explain(result: subprocess.CompletedProcess) -> str:
-    return f"exit {result.returncode}\n--- stdout (tail)\n{result.stdout[-3000:]}\n--- stderr (tail)\n{result.stderr[-3000:]}"
+    return f"exit {result.returncode}\n--- stdout (tail)\n{result.stdout[-3000:]}\n--- stderr (tail)\n{result.stderr[-3000:]}"  # noqa: E501
 
 
 def events(tensorboard_dir: Path) -> EventAccumulator:
@@ -73,8 +73,13 @@ def table_rows(text: str) -> list[list[str]]:
 def test_fit_plan_c_writes_config_checkpoints_tensorboard_and_samples(tmp_path):
     run_dir = tmp_path / "run"
     result = run_idvid(
-        "fit", "experiment=plan_c", f"hydra.run.dir={run_dir}", "trainer.max_steps=2",
-        "trainer.val_check_interval=2", "callbacks.checkpoint.every_n_train_steps=2", cwd=tmp_path,
+        "fit",
+        "experiment=plan_c",
+        f"hydra.run.dir={run_dir}",
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+        "callbacks.checkpoint.every_n_train_steps=2",
+        cwd=tmp_path,
     )
     assert result.returncode == 0, explain(result)
 
@@ -132,8 +137,14 @@ def test_fit_plan_c_writes_config_checkpoints_tensorboard_and_samples(tmp_path):
 def test_multirun_sweeps_experiments_into_numbered_job_dirs(tmp_path):
     sweep_dir = tmp_path / "sweep"
     result = run_idvid(
-        "fit", "--multirun", "experiment=plan_a,plan_b", f"hydra.sweep.dir={sweep_dir}", "trainer.max_steps=1",
-        "trainer.val_check_interval=1", "model.validation.sample=false", "callbacks.checkpoint.every_n_train_steps=1",
+        "fit",
+        "--multirun",
+        "experiment=plan_a,plan_b",
+        f"hydra.sweep.dir={sweep_dir}",
+        "trainer.max_steps=1",
+        "trainer.val_check_interval=1",
+        "model.validation.sample=false",
+        "callbacks.checkpoint.every_n_train_steps=1",
         cwd=tmp_path,
     )
     assert result.returncode == 0, explain(result)

@@ -27,8 +27,12 @@ CONSISID_PLUGINS = {
 }
 
 INFO = BackboneInfo(
-    hidden_size=32, num_layers=4, latent_channels=16, text_hidden_size=32,
-    vae_temporal_compression=4, vae_spatial_compression=8,
+    hidden_size=32,
+    num_layers=4,
+    latent_channels=16,
+    text_hidden_size=32,
+    vae_temporal_compression=4,
+    vae_spatial_compression=8,
 )
 
 
@@ -102,8 +106,11 @@ def test_load_plugins_discovers_the_consisid_distribution():
             assert entries[name].obj.plugin_name == name
     # The core's own plugins are there too, marked as core.
     core = {(kind, e.name) for kind, r in REGISTRIES.items() for e in r.entries() if e.source == "idvid (core)"}
-    assert {(PluginKind.BACKBONE, "cogvideox"), (PluginKind.LOSS, "v_to_x0"),
-            (PluginKind.CONDITIONER, "reference_latents")} <= core
+    assert {
+        (PluginKind.BACKBONE, "cogvideox"),
+        (PluginKind.LOSS, "v_to_x0"),
+        (PluginKind.CONDITIONER, "reference_latents"),
+    } <= core
 
 
 def test_a_broken_entry_point_fails_loudly(monkeypatch):

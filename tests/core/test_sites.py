@@ -98,8 +98,14 @@ def test_each_site_acts_where_it_claims(backbone_config, site, changes):
 
 @pytest.mark.parametrize(
     "spec, expected",
-    [("all", [0, 1, 2, 3]), ("odd", [1, 3]), ("even", [0, 2]), ({"every": 2}, [0, 2]),
-     ({"every": 3, "offset": 1}, [1]), ([3, 0], [0, 3])],
+    [
+        ("all", [0, 1, 2, 3]),
+        ("odd", [1, 3]),
+        ("even", [0, 2]),
+        ({"every": 2}, [0, 2]),
+        ({"every": 3, "offset": 1}, [1]),
+        ([3, 0], [0, 3]),
+    ],
 )
 def test_block_selection_hits_exactly_the_configured_blocks(backbone_config, spec, expected):
     backbone = make_backbone(backbone_config)
@@ -110,7 +116,9 @@ def test_block_selection_hits_exactly_the_configured_blocks(backbone_config, spe
     assert BlockSelection(spec).indices(4) == expected
 
 
-@pytest.mark.parametrize("spec, message", [([4], "out of range"), ("some", "Unknown block selection"), ([1, 1], "repeats")])
+@pytest.mark.parametrize(
+    "spec, message", [([4], "out of range"), ("some", "Unknown block selection"), ([1, 1], "repeats")]
+)
 def test_bad_block_selection_is_a_clear_error(spec, message):
     with pytest.raises(ValueError, match=message):
         BlockSelection(spec).indices(4)

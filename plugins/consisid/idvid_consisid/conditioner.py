@@ -40,6 +40,7 @@ class IdentityFeatures(Conditioner):
     ):
         super().__init__(backbone)
         pretrained = clip.get("pretrained")
+        self.pretrained = pretrained
         if pretrained:
             path = Path(pretrained).expanduser()
             if not path.is_dir():
@@ -55,7 +56,9 @@ class IdentityFeatures(Conditioner):
         layers = self.clip.config.num_hidden_layers
         bad = [i for i in vit_layers if not 1 <= i <= layers]
         if bad:
-            raise ValueError(f"vit_layers {bad} are out of range for a CLIP tower with {layers} layers (use 1..{layers}).")
+            raise ValueError(
+                f"vit_layers {bad} are out of range for a CLIP tower with {layers} layers (use 1..{layers})."
+            )
         self.vit_layers = list(vit_layers)
         self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
@@ -68,7 +71,9 @@ class IdentityFeatures(Conditioner):
     def forward(self, batch: Mapping[str, Any], backbone, generator) -> dict[str, Any]:
         image = batch["ref_image"].float()
         size = self.clip.config.image_size
-        pixels = torch.nn.functional.interpolate((image + 1) / 2, size=(size, size), mode="bicubic", align_corners=False)
+        pixels = torch.nn.functional.interpolate(
+            (image + 1) / 2, size=(size, size), mode="bicubic", align_corners=False
+        )
         pixels = (pixels.clamp(0, 1) - self.mean) / self.std
         output = self.clip(pixel_values=pixels, output_hidden_states=True)
         clip_embedding = output.image_embeds / output.image_embeds.norm(dim=-1, keepdim=True)

@@ -10,7 +10,6 @@ from torch import nn
 from idvid.backbones import BackboneInfo
 from idvid.injection import Conditions, InputConcatInjector, TokenInjector
 from idvid.registry import register_injector
-
 from idvid_consisid.perceiver import LocalFacialExtractor, perceiver_cross_attention
 
 
@@ -75,7 +74,9 @@ class LocalFaceCrossAttention(TokenInjector):
         self.local_facial_extractor = LocalFacialExtractor(**extractor)
         self.perceiver_cross_attention = nn.ModuleList(
             perceiver_cross_attention(
-                backbone.hidden_size, dim_head=cross_attn_dim_head, heads=cross_attn_heads,
+                backbone.hidden_size,
+                dim_head=cross_attn_dim_head,
+                heads=cross_attn_heads,
                 kv_dim=self.local_facial_extractor.output_dim,
             )
             for _ in self.block_indices

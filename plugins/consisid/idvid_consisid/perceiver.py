@@ -36,8 +36,9 @@ class PerceiverAttention(nn.Module):
     identity to video tokens: video tokens are the queries, identity tokens the keys/values.
     """
 
-    def __init__(self, dim: int, dim_head: int = 64, heads: int = 8, kv_dim: int | None = None,
-                 keys_include_latents: bool = True):
+    def __init__(
+        self, dim: int, dim_head: int = 64, heads: int = 8, kv_dim: int | None = None, keys_include_latents: bool = True
+    ):
         super().__init__()
         inner = dim_head * heads
         kv_dim = kv_dim or dim
@@ -65,8 +66,12 @@ def perceiver_cross_attention(dim: int, dim_head: int = 128, heads: int = 16, kv
 
 def _mlp(in_dim: int, dim: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Linear(in_dim, dim), nn.LayerNorm(dim), nn.LeakyReLU(),
-        nn.Linear(dim, dim), nn.LayerNorm(dim), nn.LeakyReLU(),
+        nn.Linear(in_dim, dim),
+        nn.LayerNorm(dim),
+        nn.LeakyReLU(),
+        nn.Linear(dim, dim),
+        nn.LayerNorm(dim),
+        nn.LeakyReLU(),
         nn.Linear(dim, out_dim),
     )
 

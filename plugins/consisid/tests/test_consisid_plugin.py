@@ -5,15 +5,31 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers.models.transformers import consisid_transformer_3d as reference
-
-from idvid.backbones import BackboneInfo
-from idvid.registry import PluginKind, REGISTRIES
 from idvid_consisid import GlobalFaceLatent, LocalFaceCrossAttention, LocalFacialExtractor, perceiver_cross_attention
 
-INFO = BackboneInfo(hidden_size=32, num_layers=4, latent_channels=16, text_hidden_size=32,
-                    vae_temporal_compression=4, vae_spatial_compression=8)
-LFE_SIZES = dict(id_dim=20, vit_dim=16, depth=4, dim_head=8, heads=2, num_id_token=3, num_queries=6,
-                 output_dim=24, ff_mult=2, num_scale=2)
+from idvid.backbones import BackboneInfo
+from idvid.registry import REGISTRIES, PluginKind
+
+INFO = BackboneInfo(
+    hidden_size=32,
+    num_layers=4,
+    latent_channels=16,
+    text_hidden_size=32,
+    vae_temporal_compression=4,
+    vae_spatial_compression=8,
+)
+LFE_SIZES = dict(
+    id_dim=20,
+    vit_dim=16,
+    depth=4,
+    dim_head=8,
+    heads=2,
+    num_id_token=3,
+    num_queries=6,
+    output_dim=24,
+    ff_mult=2,
+    num_scale=2,
+)
 
 
 def identity_inputs(batch=2, tokens=7):

@@ -63,6 +63,7 @@ class CogVideoXBackbone(nn.Module):
         gradient_checkpointing: bool = False,
     ):
         super().__init__()
+        self.pretrained = pretrained
         if pretrained:
             root = _require_dir(Path(pretrained).expanduser(), "Pretrained CogVideoX folder")
             for part in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"):
@@ -79,7 +80,9 @@ class CogVideoXBackbone(nn.Module):
             self.tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
             self.scheduler = CogVideoXDPMScheduler.from_pretrained(root / "scheduler")
         else:
-            missing = [k for k, v in {"transformer": transformer, "vae": vae, "text_encoder": text_encoder}.items() if not v]
+            missing = [
+                k for k, v in {"transformer": transformer, "vae": vae, "text_encoder": text_encoder}.items() if not v
+            ]
             if missing:
                 raise ValueError(
                     f"backbone.pretrained is not set, so the backbone is built from config, but "
@@ -120,7 +123,7 @@ class CogVideoXBackbone(nn.Module):
 
     @property
     def frozen_modules(self) -> dict[str, nn.Module]:
-        """Parts that never train; they are rebuilt from config/pretrained, not stored in checkpoints."""
+        """Parts that never train (left out of checkpoints when they come from ``pretrained``)."""
         return {"vae": self.vae, "text_encoder": self.text_encoder}
 
     def train(self, mode: bool = True) -> "CogVideoXBackbone":
@@ -238,7 +241,14 @@ class CogVideoXBackbone(nn.Module):
         for index, block in enumerate(model.transformer_blocks):
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 video_tokens, text_tokens = checkpoint(
-                    self._run_block, index, block, video_tokens, text_tokens, temb, image_rotary_emb, injection,
+                    self._run_block,
+                    index,
+                    block,
+                    video_tokens,
+                    text_tokens,
+                    temb,
+                    image_rotary_emb,
+                    injection,
                     use_reentrant=False,
                 )
             else:

@@ -18,17 +18,24 @@ from idvid.backbones.info import BackboneInfo
 class Conditioner(nn.Module):
     #: names of the conditions this conditioner returns
     produces: tuple[str, ...] = ()
+    #: the local folder its weights came from, if any; checkpoints leave such weights out
+    pretrained: str | None = None
 
     def __init__(self, backbone: BackboneInfo):
         super().__init__()
         self.backbone_info = backbone
 
-    def forward(self, batch: Mapping[str, Any], backbone: nn.Module, generator: torch.Generator | None) -> dict[str, Any]:
+    def forward(
+        self, batch: Mapping[str, Any], backbone: nn.Module, generator: torch.Generator | None
+    ) -> dict[str, Any]:
         raise NotImplementedError(f"{type(self).__name__} must implement forward(batch, backbone, generator)")
 
 
 def run_conditioners(
-    conditioners: Mapping[str, Conditioner], batch: Mapping[str, Any], backbone: nn.Module, generator: torch.Generator | None
+    conditioners: Mapping[str, Conditioner],
+    batch: Mapping[str, Any],
+    backbone: nn.Module,
+    generator: torch.Generator | None,
 ) -> dict[str, Any]:
     conditions: dict[str, Any] = {}
     for label, conditioner in conditioners.items():

@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -158,7 +159,10 @@ def build_clip(
     if num_valid < MIN_VALID_FRAMES:
         log.warning(
             "demo: skipping clip %s: a face was found in %d/%d frames, need %d",
-            clip_id, num_valid, len(decoded), MIN_VALID_FRAMES,
+            clip_id,
+            num_valid,
+            len(decoded),
+            MIN_VALID_FRAMES,
         )
         (out_dir / video_rel).unlink()
         return None
@@ -196,6 +200,10 @@ def random_camera(rng: np.random.Generator) -> Camera:
     )
 
 
+def _lerp(pair: tuple[float, float], amount: float) -> float:
+    return pair[0] + (pair[1] - pair[0]) * amount
+
+
 def render_frames(photo: np.ndarray, box: tuple[float, float, float, float], camera: Camera) -> np.ndarray:
     """[NUM_FRAMES, FRAME_SIZE, FRAME_SIZE, 3] uint8 views of `photo` along the camera move."""
     x0, y0, x1, y1 = box
@@ -205,10 +213,7 @@ def render_frames(photo: np.ndarray, box: tuple[float, float, float, float], cam
     frames = []
     for t in np.linspace(0.0, 1.0, NUM_FRAMES):
         ease = 3 * t**2 - 2 * t**3  # smoothstep: starts and stops gently
-
-        def lerp(pair: tuple[float, float]) -> float:
-            return pair[0] + (pair[1] - pair[0]) * ease
-
+        lerp = partial(_lerp, amount=ease)
         scale = lerp(camera.fill) * FRAME_SIZE / face_width
         matrix = cv2.getRotationMatrix2D(centre, lerp(camera.roll_deg), scale)
         target = (FRAME_SIZE / 2 + lerp(camera.pan_x) * FRAME_SIZE, FRAME_SIZE / 2 + lerp(camera.pan_y) * FRAME_SIZE)

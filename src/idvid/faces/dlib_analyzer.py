@@ -33,9 +33,7 @@ def default_models_dir() -> Path | None:
 def kps_from_landmarks(landmarks: np.ndarray) -> np.ndarray:
     """5 ArcFace-order keypoints from 68 iBUG landmarks: eye centres, nose tip, mouth corners."""
     lm = np.asarray(landmarks, dtype=np.float32)
-    return np.stack(
-        [lm[36:42].mean(0), lm[42:48].mean(0), lm[30], lm[48], lm[54]]
-    ).astype(np.float32)
+    return np.stack([lm[36:42].mean(0), lm[42:48].mean(0), lm[30], lm[48], lm[54]]).astype(np.float32)
 
 
 @functools.lru_cache(maxsize=4)

@@ -1,6 +1,6 @@
 """The site contract: where identity signals enter a backbone, and the injector base classes."""
 
-from idvid.injection.injector import Conditions, InputConcatInjector, Injector, TokenInjector
+from idvid.injection.injector import Conditions, Injector, InputConcatInjector, TokenInjector
 from idvid.injection.plan import NO_INJECTION, InjectionPlan, PreparedInjection
 from idvid.injection.sites import BLOCK_SITES, SITE_DESCRIPTIONS, BlockSelection, Site, parse_site
 

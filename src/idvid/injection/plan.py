@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from idvid.backbones.info import BackboneInfo
-from idvid.injection.injector import Conditions, InputConcatInjector, Injector, TokenInjector
+from idvid.injection.injector import Conditions, Injector, InputConcatInjector, TokenInjector
 from idvid.injection.sites import BLOCK_SITES, Site
 from idvid.registry import PluginKind, build
 

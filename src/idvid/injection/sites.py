@@ -74,9 +74,7 @@ class BlockSelection:
             unknown = set(spec.keys()) - {"every", "offset"}
             every, offset = int(spec.get("every", 1)), int(spec.get("offset", 0))
             if unknown or every < 1 or offset < 0:
-                raise ValueError(
-                    f"Bad block selection {dict(spec)!r}; expected {{every: k >= 1, offset: o >= 0}}."
-                )
+                raise ValueError(f"Bad block selection {dict(spec)!r}; expected {{every: k >= 1, offset: o >= 0}}.")
             return list(range(offset, num_layers, every))
         indices = [int(i) for i in spec]
         bad = [i for i in indices if not 0 <= i < num_layers]

@@ -15,8 +15,8 @@ from typing import Any, Mapping
 
 import hydra
 import lightning as L
-import torch
 import numpy as np
+import torch
 from diffusers.optimization import get_scheduler
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -40,7 +40,9 @@ def _plain(config: Any) -> Any:
 def _build_named(kind: PluginKind, node: Mapping[str, Any], **extra: Any) -> Any:
     node = dict(node)
     if "name" not in node:
-        raise ValueError(f"A {kind.value} config node needs `name` (a registered {kind.value}); got keys {sorted(node)}.")
+        raise ValueError(
+            f"A {kind.value} config node needs `name` (a registered {kind.value}); got keys {sorted(node)}."
+        )
     name = node.pop("name")
     return build(kind, name, **extra, **node)
 
@@ -69,7 +71,11 @@ class IdentityVideoModule(L.LightningModule):
         self.backbone = _build_named(PluginKind.BACKBONE, backbone)
         info = self.backbone.info
         self.conditioners = nn.ModuleDict(
-            {label: _build_named(PluginKind.CONDITIONER, node, backbone=info) for label, node in conditioners.items() if node}
+            {
+                label: _build_named(PluginKind.CONDITIONER, node, backbone=info)
+                for label, node in conditioners.items()
+                if node
+            }
         )
         self.plan = InjectionPlan.from_config(injectors, info)
         self.plan.check_conditions(
@@ -99,11 +105,19 @@ class IdentityVideoModule(L.LightningModule):
         return [p for p in self.parameters() if p.requires_grad]
 
     def _frozen_prefixes(self) -> list[str]:
-        return [f"backbone.{name}." for name in self.backbone.frozen_modules]
+        """State-dict prefixes of frozen parts whose weights come from local folders.
+
+        Those are rebuilt from the same folders when a checkpoint loads; storing them would make
+        every checkpoint carry gigabytes that never change. Randomly initialised frozen parts (the
+        demo's) cannot be rebuilt from anything, so they stay in the checkpoint.
+        """
+        prefixes = []
+        if self.backbone.pretrained:
+            prefixes += [f"backbone.{name}." for name in self.backbone.frozen_modules]
+        prefixes += [f"conditioners.{label}." for label, c in self.conditioners.items() if c.pretrained]
+        return prefixes
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Frozen encoders (VAE, text encoder) are rebuilt from config or `pretrained`; storing them
-        # would make every checkpoint carry gigabytes that never change.
         prefixes = tuple(self._frozen_prefixes())
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(prefixes)}
 
@@ -172,7 +186,9 @@ class IdentityVideoModule(L.LightningModule):
             self._log_validation_sample(batch)
 
     @torch.no_grad()
-    def generate(self, batch: Mapping[str, Any], num_inference_steps: int, guidance_scale: float, seed: int) -> torch.Tensor:
+    def generate(
+        self, batch: Mapping[str, Any], num_inference_steps: int, guidance_scale: float, seed: int
+    ) -> torch.Tensor:
         """Generate videos ``[B, F, 3, H, W]`` in [-1, 1] for the batch's references and captions."""
         generator = torch.Generator().manual_seed(seed)
         conditions = self.conditions_for(batch, None)
@@ -182,12 +198,22 @@ class IdentityVideoModule(L.LightningModule):
         info = self.backbone.info
         frames = (video.shape[1] - 1) // info.vae_temporal_compression + 1
         shape = (
-            video.shape[0], frames, info.latent_channels,
-            video.shape[3] // info.vae_spatial_compression, video.shape[4] // info.vae_spatial_compression,
+            video.shape[0],
+            frames,
+            info.latent_channels,
+            video.shape[3] // info.vae_spatial_compression,
+            video.shape[4] // info.vae_spatial_compression,
         )
         latents = sample_latents(
-            self.backbone, self.plan, conditions, text, negative, shape,
-            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, generator=generator,
+            self.backbone,
+            self.plan,
+            conditions,
+            text,
+            negative,
+            shape,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            generator=generator,
         )
         return self.backbone.decode_latents(latents)
 

@@ -33,7 +33,12 @@ class Recipe:
     text_drop_probability: float = 0.1
 
     def __post_init__(self) -> None:
-        for name in ("cross_face_probability", "mask_loss_probability", "image_latent_dropout", "text_drop_probability"):
+        for name in (
+            "cross_face_probability",
+            "mask_loss_probability",
+            "image_latent_dropout",
+            "text_drop_probability",
+        ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"recipe.{name}={value} is not a probability; use a value in [0, 1].")
@@ -79,7 +84,9 @@ class Recipe:
         keep = (~drop).to(extra_latents).view(-1, 1, 1, 1, 1)
         return extra_latents * keep
 
-    def loss_mask(self, face_mask: torch.Tensor | None, latent_shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
+    def loss_mask(
+        self, face_mask: torch.Tensor | None, latent_shape: torch.Size, generator: torch.Generator
+    ) -> torch.Tensor:
         """Per-sample loss mask ``[B, f, 1, h, w]``: the face mask with probability alpha, else all ones.
 
         ``face_mask`` is ``[B, F, 1, H, W]`` at video resolution; it is trilinearly resized to the latent grid.
@@ -90,7 +97,10 @@ class Recipe:
         if face_mask is None:
             return ones
         resized = torch.nn.functional.interpolate(
-            face_mask.float().permute(0, 2, 1, 3, 4), size=(frames, height, width), mode="trilinear", align_corners=False
+            face_mask.float().permute(0, 2, 1, 3, 4),
+            size=(frames, height, width),
+            mode="trilinear",
+            align_corners=False,
         ).permute(0, 2, 1, 3, 4)
         # A sample whose mask is empty (no face found) keeps the full-frame loss.
         use_face &= resized.flatten(1).sum(1).cpu() > 0
