@@ -2,4 +2,5 @@
 
 import idvid.backbones.cogvideox  # noqa: F401  (registers "cogvideox")
 import idvid.conditioning.reference_latents  # noqa: F401  (registers "reference_latents")
+import idvid.interop  # noqa: F401  (registers the "idvid" checkpoint format)
 import idvid.training.losses  # noqa: F401  (registers the losses)

@@ -18,21 +18,24 @@ log = logging.getLogger("idvid")
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "hydra_conf"
 
+VERBS = {
+    "fit": "train (Hydra overrides follow, e.g. experiment=plan_c trainer.max_steps=3)",
+    "plugins": "list registered plugins and the injection sites",
+    "sample": "CKPT --image ref.jpg --prompt TEXT --out video.mp4: generate a video",
+    "convert": "--from FORMAT PATH --out CKPT [overrides]: a foreign checkpoint -> kit checkpoint",
+    "export": "CKPT --to FORMAT OUT: kit checkpoint -> foreign layout (formats: see `plugins`)",
+}
 # Verbs that later issues implement; they are named here so users get a clear answer.
 PLANNED_VERBS = {
-    "sample": "reference image + prompt -> mp4",
     "preprocess": "raw videos -> cached training set",
     "evaluate": "identity and text metrics on generated videos",
-    "convert": "official checkpoints in",
-    "export": "kit checkpoints out",
 }
 
-USAGE = """usage: python -m idvid <verb> [overrides]
-
-verbs:
-  fit        train (Hydra overrides follow, e.g. experiment=plan_c trainer.max_steps=3)
-  plugins    list registered plugins and the injection sites
-""" + "".join(f"  {verb:<10} {what} (not implemented yet)\n" for verb, what in PLANNED_VERBS.items())
+USAGE = (
+    "usage: python -m idvid <verb> [overrides]\n\nverbs:\n"
+    + "".join(f"  {verb:<10} {what}\n" for verb, what in VERBS.items())
+    + "".join(f"  {verb:<10} {what} (not implemented yet)\n" for verb, what in PLANNED_VERBS.items())
+)
 
 
 def _config_dir() -> Path:
@@ -62,6 +65,30 @@ def _fit_task(cfg: DictConfig) -> float | None:
     return fit(cfg)
 
 
+def _run_interop(verb: str, args: list[str]) -> None:
+    import argparse
+
+    from idvid import interop
+
+    parser = argparse.ArgumentParser(prog=f"python -m idvid {verb}")
+    if verb == "convert":
+        parser.add_argument("--from", dest="format", required=True, help="source format, e.g. diffusers-consisid")
+        parser.add_argument("source", help="the foreign checkpoint (folder or file)")
+        parser.add_argument("--out", required=True, help="kit checkpoint to write (.ckpt)")
+        parser.add_argument("overrides", nargs="*", help="Hydra overrides for the experiment config")
+        options = parser.parse_args(args)
+        path, experiment = interop.convert(options.format, options.source, options.out, options.overrides)
+        print(f"wrote {path}\nfine-tune it: python -m idvid fit experiment={experiment} init_from={path}")
+    else:
+        parser.add_argument("checkpoint", help="a kit checkpoint (.ckpt) from fit or convert")
+        parser.add_argument(
+            "--to", dest="format", required=True, help="target format, e.g. diffusers-consisid or idvid"
+        )
+        parser.add_argument("out", help="folder to write")
+        options = parser.parse_args(args)
+        print(f"wrote {interop.export(options.checkpoint, options.format, options.out)}")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
@@ -74,7 +101,13 @@ def main(argv: list[str] | None = None) -> None:
         from idvid.plugins_listing import print_plugins
 
         print_plugins()
+    elif verb == "sample":
+        from idvid.sample import main as sample_main
+
+        sample_main(rest)
+    elif verb in ("convert", "export"):
+        _run_interop(verb, rest)
     elif verb in PLANNED_VERBS:
-        sys.exit(f"`idvid {verb}` ({PLANNED_VERBS[verb]}) is not implemented yet. Available now: fit, plugins.")
+        sys.exit(f"`idvid {verb}` ({PLANNED_VERBS[verb]}) is not implemented yet. Available now: {', '.join(VERBS)}.")
     else:
         sys.exit(f"Unknown verb {verb!r}.\n\n{USAGE}")

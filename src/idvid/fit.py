@@ -15,6 +15,8 @@ from rich.console import Console
 from rich.syntax import Syntax
 from rich.tree import Tree
 
+from idvid.interop import build_for_training
+
 log = logging.getLogger("idvid")
 
 # Printed first, in this order; the rest follow alphabetically.
@@ -60,7 +62,7 @@ def fit(cfg: DictConfig) -> float | None:
     L.seed_everything(cfg.seed, workers=True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     datamodule = hydra.utils.instantiate(cfg.data)
-    model = hydra.utils.instantiate(cfg.model)
+    model = build_for_training(cfg)
     callbacks = [hydra.utils.instantiate(node) for node in cfg.callbacks.values() if node is not None]
     loggers = [hydra.utils.instantiate(node) for node in cfg.logger.values() if node is not None]
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)

@@ -40,6 +40,7 @@ class PluginKind(str, Enum):
     INJECTOR = "injector"
     CONDITIONER = "conditioner"
     LOSS = "loss"
+    FORMAT = "format"  # checkpoint formats for `convert` / `export`
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,10 @@ def register_conditioner(name: str) -> Callable[[T], T]:
 
 def register_loss(name: str) -> Callable[[T], T]:
     return _decorator(PluginKind.LOSS, name)
+
+
+def register_format(name: str) -> Callable[[T], T]:
+    return _decorator(PluginKind.FORMAT, name)
 
 
 _plugins_loaded = False

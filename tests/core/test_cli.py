@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from idvid.cli import PLANNED_VERBS, main
+from idvid.cli import PLANNED_VERBS, VERBS, main
 from idvid.data.demo import build_demo
 from idvid.data.manifest import read_manifest
 from idvid.data.video_io import read_mp4
@@ -113,7 +113,8 @@ def test_fit_plan_c_writes_config_checkpoints_tensorboard_and_samples(tmp_path):
     assert len(accumulator.Scalars("val/loss")) == 1 and math.isfinite(accumulator.Scalars("val/loss")[0].value)
     assert all(math.isfinite(e.value) and e.value >= 0 for e in accumulator.Scalars("train/grad_norm"))
 
-    assert tags["images"] == ["val/samples"]
+    clip_ids = [entry["id"] for entry in read_manifest(build_demo())][: compose_config([]).data.num_val_items]
+    assert sorted(tags["images"]) == sorted(["val/samples", *(f"val/video/{clip_id}" for clip_id in clip_ids)])
     images = accumulator.Images("val/samples")
     assert [image.step for image in images] == [2]
     # frame_grid: one row per validation sample (2 x 64 px), reference + 9 frames per row (10 x 64 px).
@@ -125,8 +126,11 @@ def test_fit_plan_c_writes_config_checkpoints_tensorboard_and_samples(tmp_path):
     decoded = Image.open(io.BytesIO(images[0].encoded_image_string))
     assert decoded.size == (640, 128) and decoded.mode == "RGB"
 
+    # The animated validation videos (GIF image summaries: TensorBoard's video form), 9 frames each.
+    video = Image.open(io.BytesIO(accumulator.Images(f"val/video/{clip_ids[0]}")[0].encoded_image_string))
+    assert video.format == "GIF" and video.n_frames == frames and video.size == (width, height)
+
     # Generated validation videos: step and clip id in the name, one per validation item.
-    clip_ids = [entry["id"] for entry in read_manifest(build_demo())][:val_items]
     samples = sorted((run_dir / "samples").glob("*.mp4"))
     assert [p.name for p in samples] == sorted(f"step000002_{clip_id}.mp4" for clip_id in clip_ids)
     for path in samples:
@@ -244,10 +248,10 @@ def test_unknown_verb_fails_naming_it(tmp_path):
 
 @pytest.mark.slow
 def test_planned_verb_is_refused_with_a_clear_message(tmp_path):
-    result = run_idvid("sample", cwd=tmp_path)
+    result = run_idvid("evaluate", cwd=tmp_path)
     assert result.returncode != 0
-    assert "idvid sample" in result.stderr and "not implemented" in result.stderr
-    assert "Available now: fit, plugins" in result.stderr
+    assert "idvid evaluate" in result.stderr and "not implemented" in result.stderr
+    assert f"Available now: {', '.join(VERBS)}" in result.stderr
 
 
 @pytest.mark.slow
@@ -256,8 +260,8 @@ def test_help_prints_usage(tmp_path):
     assert result.returncode == 0, explain(result)
     assert result.stdout.startswith("usage: python -m idvid <verb>")
     verbs = re.findall(r"^  (\w+) ", result.stdout, flags=re.M)
-    assert verbs[:2] == ["fit", "plugins"]
-    assert set(verbs[2:]) == set(PLANNED_VERBS)
+    assert verbs[: len(VERBS)] == list(VERBS)
+    assert set(verbs[len(VERBS) :]) == set(PLANNED_VERBS)
 
 
 # In-process (fast): every planned verb and the no-argument form.

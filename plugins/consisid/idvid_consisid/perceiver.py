@@ -13,12 +13,16 @@ from torch import nn
 
 
 def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, heads: int) -> torch.Tensor:
-    """Multi-head attention ``[B, Nq, H*d]`` x ``[B, Nk, H*d]`` -> ``[B, Nq, H*d]``."""
+    """Multi-head attention ``[B, Nq, H*d]`` x ``[B', Nk, H*d]`` -> ``[B, Nq, H*d]``.
+
+    ``B'`` may be 1 and broadcast over ``B``: diffusers' ConsisID pipeline passes one set of
+    identity tokens for both classifier-free-guidance branches.
+    """
     batch, queries, inner = query.shape
     head_dim = inner // heads
 
     def split(x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(batch, -1, heads, head_dim).transpose(1, 2)
+        return x.reshape(x.shape[0], -1, heads, head_dim).transpose(1, 2)
 
     query, key, value = split(query), split(key), split(value)
     # Scaling q and k separately by d^-1/4 (rather than the product by d^-1/2) is kinder to fp16.
@@ -100,6 +104,18 @@ class LocalFacialExtractor(nn.Module):
         super().__init__()
         if depth % num_scale:
             raise ValueError(f"LFE depth={depth} must be a multiple of num_scale={num_scale} (layers per ViT depth).")
+        self.sizes = dict(
+            id_dim=id_dim,
+            vit_dim=vit_dim,
+            depth=depth,
+            dim_head=dim_head,
+            heads=heads,
+            num_id_token=num_id_token,
+            num_queries=num_queries,
+            output_dim=output_dim,
+            ff_mult=ff_mult,
+            num_scale=num_scale,
+        )
         self.id_dim, self.vit_dim, self.output_dim = id_dim, vit_dim, output_dim
         self.num_id_token, self.num_queries, self.num_scale = num_id_token, num_queries, num_scale
         self.layers_per_scale = depth // num_scale

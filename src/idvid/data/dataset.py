@@ -12,10 +12,7 @@ from torch.utils.data import Dataset
 
 from idvid.data.manifest import load_annotations, read_manifest
 from idvid.data.video_io import read_mp4
-from idvid.faces import align_face, draw_kps, transform_points, whiten_background
-
-# Faces are aligned at this size before being resized down, which avoids aliasing.
-ALIGN_SIZE = 512
+from idvid.faces.reference import reference_images
 
 
 class IdentityVideoDataset(Dataset):
@@ -129,14 +126,7 @@ class IdentityVideoDataset(Dataset):
         }
 
     def _reference(self, frame: np.ndarray, kps: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Aligned face with white background, and its keypoint drawing, both at the reference size."""
-        crop, matrix = align_face(frame, kps, ALIGN_SIZE)
-        aligned_mask = cv2.warpAffine(mask, matrix, (ALIGN_SIZE, ALIGN_SIZE), flags=cv2.INTER_NEAREST, borderValue=0)
-        height, width = self.ref_hw
-        face = cv2.resize(whiten_background(crop, aligned_mask), (width, height), interpolation=cv2.INTER_AREA)
-        # Draw at the output size (crisper than drawing large and shrinking).
-        kps_out = transform_points(kps, matrix) * np.array([width / ALIGN_SIZE, height / ALIGN_SIZE], dtype=np.float32)
-        return face, draw_kps((height, width), kps_out)
+        return reference_images(frame, kps, mask, *self.ref_hw)
 
     def _load(self, index: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         if index in self._cache:

@@ -4,6 +4,7 @@ from idvid.faces.align import ARCFACE_TEMPLATE_112, HEAD_MARGIN_SCALE, align_fac
 from idvid.faces.dlib_analyzer import DlibFaceAnalyzer, default_models_dir, kps_from_landmarks
 from idvid.faces.draw import draw_kps
 from idvid.faces.masks import landmark_hull_mask, whiten_background
+from idvid.faces.reference import reference_images
 from idvid.faces.types import KPS_NAMES, Face, FaceAnalyzer
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "face_template",
     "kps_from_landmarks",
     "landmark_hull_mask",
+    "reference_images",
     "transform_points",
     "whiten_background",
 ]

@@ -26,7 +26,7 @@ from idvid.injection.plan import InjectionPlan
 from idvid.registry import PluginKind, build
 from idvid.sampling.sampler import sample_latents
 from idvid.training.recipe import Recipe
-from idvid.training.visuals import frame_grid, write_video
+from idvid.training.visuals import add_video_summary, frame_grid, write_video
 
 log = logging.getLogger(__name__)
 
@@ -187,22 +187,33 @@ class IdentityVideoModule(L.LightningModule):
 
     @torch.no_grad()
     def generate(
-        self, batch: Mapping[str, Any], num_inference_steps: int, guidance_scale: float, seed: int
+        self,
+        batch: Mapping[str, Any],
+        num_frames: int,
+        height: int,
+        width: int,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 6.0,
+        seed: int = 0,
+        progress: bool = False,
     ) -> torch.Tensor:
-        """Generate videos ``[B, F, 3, H, W]`` in [-1, 1] for the batch's references and captions."""
+        """Videos ``[B, num_frames, 3, height, width]`` in [-1, 1] for the batch's references and captions."""
+        info = self.backbone.info
+        if (num_frames - 1) % info.vae_temporal_compression or height % (2 * info.vae_spatial_compression):
+            raise ValueError(
+                f"Cannot sample {num_frames} frames of {height}x{width}: frames must be 1 + a multiple of "
+                f"{info.vae_temporal_compression} and sizes multiples of {2 * info.vae_spatial_compression}."
+            )
         generator = torch.Generator().manual_seed(seed)
-        conditions = self.conditions_for(batch, None)
+        conditions = self.conditions_for(batch, generator)
         text = self.backbone.encode_text(list(batch["caption"]))
         negative = self.backbone.encode_text([""] * len(batch["caption"]))
-        video = batch["video"]
-        info = self.backbone.info
-        frames = (video.shape[1] - 1) // info.vae_temporal_compression + 1
         shape = (
-            video.shape[0],
-            frames,
+            len(batch["caption"]),
+            (num_frames - 1) // info.vae_temporal_compression + 1,
             info.latent_channels,
-            video.shape[3] // info.vae_spatial_compression,
-            video.shape[4] // info.vae_spatial_compression,
+            height // info.vae_spatial_compression,
+            width // info.vae_spatial_compression,
         )
         latents = sample_latents(
             self.backbone,
@@ -214,24 +225,37 @@ class IdentityVideoModule(L.LightningModule):
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             generator=generator,
+            progress=progress,
         )
         return self.backbone.decode_latents(latents)
 
     def _log_validation_sample(self, batch: Mapping[str, Any]) -> None:
+        _, frames, _, height, width = batch["video"].shape
         video = self.generate(
-            batch, self.validation["num_inference_steps"], self.validation["guidance_scale"], seed=self.seed
-        )
-        video = video.cpu()
+            batch,
+            frames,
+            height,
+            width,
+            self.validation["num_inference_steps"],
+            self.validation["guidance_scale"],
+            seed=self.seed,
+        ).cpu()
         grid = frame_grid(video, references=batch["ref_image"].cpu())
         for logger in self.loggers:
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_image"):  # TensorBoard: one row per sample, reference first
                 experiment.add_image("val/samples", grid, self.global_step)
+                for index, sample in enumerate(video):
+                    add_video_summary(experiment, f"val/video/{batch['id'][index]}", sample, self.global_step)
         out_dir = Path(self.trainer.default_root_dir) / "samples"
         for index, sample in enumerate(video):  # deterministic names: step and clip id
             write_video(out_dir / f"step{self.global_step:06d}_{batch['id'][index]}.mp4", sample)
+        # Sampling at video scale holds activations of every denoising step's graph-free passes;
+        # free them before training resumes.
         del video, grid
         gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     # -------------------------------------------------------------- optimizer
     def configure_optimizers(self) -> dict[str, Any]:

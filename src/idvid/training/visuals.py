@@ -1,7 +1,8 @@
-"""Pictures for TensorBoard: a frame grid of generated videos next to their references."""
+"""Pictures for TensorBoard: frame grids and animated videos of generated samples, and mp4 files."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import torch
@@ -29,3 +30,20 @@ def write_video(path: Path, video: torch.Tensor, fps: int = 8) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_mp4(path, frames, fps=fps)
     return path
+
+
+def add_video_summary(writer, tag: str, video: torch.Tensor, step: int, fps: int = 8) -> None:
+    """Log ``[F, 3, H, W]`` in [-1, 1] as an animated GIF image summary (what TensorBoard shows as a video).
+
+    ``SummaryWriter.add_video`` does the same but needs moviepy; PIL writes the GIF here.
+    """
+    from PIL import Image
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    frames = (((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)).permute(0, 2, 3, 1).numpy()
+    images = [Image.fromarray(frame) for frame in frames]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    height, width = frames.shape[1:3]
+    image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=buffer.getvalue())
+    writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)

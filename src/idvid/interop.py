@@ -1,0 +1,167 @@
+"""Checkpoints in and out: the `convert` and `export` verbs, and loading kit checkpoints.
+
+A *kit checkpoint* is a Lightning checkpoint of ``IdentityVideoModule``: its
+``hyper_parameters`` hold the model's architecture (backbone, conditioners,
+injectors) and its ``state_dict`` the weights, so ``load_module(path)`` rebuilds
+the model with no other config.
+
+Formats are plugins (kind ``format``): a format that can *read* turns a foreign
+checkpoint into the model-config nodes and state dict of a kit model; one that can
+*write* turns a kit model into the foreign layout. The core ships the ``idvid``
+format (write only): the kit's own diffusers-style folder, which every plan can
+export to.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import save_file
+
+from idvid.registry import REGISTRIES, PluginKind, register_format
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ConvertedModel:
+    """What a format's ``read`` returns: enough to build and fill a kit model."""
+
+    experiment: str  # the experiment whose training setup fits this model (e.g. consisid_preview)
+    backbone: dict[str, Any]  # merged into the experiment's backbone node (sizes, pretrained path)
+    injectors: dict[str, Any]  # replaces the experiment's injectors
+    state_dict: dict[str, torch.Tensor]  # keys of IdentityVideoModule's state dict
+    notes: list[str] = field(default_factory=list)  # said to the user after converting
+
+
+def load_module(path: str | Path, **overrides: Any):
+    """Rebuild an ``IdentityVideoModule`` from a kit checkpoint (architecture and weights)."""
+    from idvid.training.module import IdentityVideoModule
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint {path} does not exist; give a .ckpt written by `fit` or `convert`.")
+    return IdentityVideoModule.load_from_checkpoint(path, map_location="cpu", weights_only=True, **overrides)
+
+
+def build_for_training(cfg) -> L.LightningModule:
+    """The module `fit` trains: from config, or from a checkpoint when ``init_from`` is set.
+
+    With ``init_from`` the architecture (backbone sizes, conditioners, injectors) and the weights
+    come from the checkpoint; the training setup (recipe, loss, optimizer, schedule, what trains,
+    validation, seed) comes from the config, and so do ``backbone.pretrained`` (when set) and
+    ``backbone.gradient_checkpointing``.
+    """
+    import hydra
+
+    if not cfg.get("init_from"):
+        return hydra.utils.instantiate(cfg.model)
+    path = Path(cfg.init_from)
+    if not path.is_file():
+        raise FileNotFoundError(f"init_from={path} does not exist; give a .ckpt written by `fit` or `convert`.")
+    saved = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    backbone = dict(saved["backbone"])
+    backbone["gradient_checkpointing"] = model_cfg["backbone"].get("gradient_checkpointing", False)
+    if model_cfg["backbone"].get("pretrained"):
+        backbone["pretrained"] = model_cfg["backbone"]["pretrained"]
+    training = {
+        k: model_cfg[k] for k in ("recipe", "loss", "optimizer", "lr_scheduler", "trainable", "validation", "seed")
+    }
+    log.info("init_from %s: architecture and weights from the checkpoint, training setup from the config", path)
+    return load_module(path, backbone=backbone, **training)
+
+
+def save_module(module: L.LightningModule, path: str | Path) -> Path:
+    """Write a kit checkpoint for a module that was not trained by a Trainer (e.g. a converted one)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(path)
+    return path
+
+
+def convert(format_name: str, source: str, out: str, overrides: list[str]) -> tuple[Path, str]:
+    """Read a foreign checkpoint with a format plugin, save it as a kit checkpoint; returns (path, experiment)."""
+    import hydra
+    from hydra import compose, initialize_config_dir
+
+    from idvid.cli import _config_dir
+
+    reader = REGISTRIES[PluginKind.FORMAT].get(format_name)()
+    if not hasattr(reader, "read"):
+        raise ValueError(f"Format {format_name!r} cannot be read (export only); formats that read: {_formats('read')}.")
+    converted: ConvertedModel = reader.read(Path(source))
+    with initialize_config_dir(config_dir=str(_config_dir()), version_base="1.3"):
+        cfg = compose("config", overrides=[f"experiment={converted.experiment}", *overrides])
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    model_cfg["backbone"] = {**model_cfg["backbone"], **converted.backbone}
+    model_cfg["injectors"] = converted.injectors
+    torch.manual_seed(0)  # parts not in the source (e.g. demo-scale encoders) are built reproducibly
+    module = hydra.utils.instantiate(model_cfg)
+    missing, unexpected = module.load_state_dict(converted.state_dict, strict=False)
+    frozen = tuple(module._frozen_prefixes()) + ("backbone.vae.", "backbone.text_encoder.", "conditioners.")
+    missing = [k for k in missing if not k.startswith(frozen)]
+    if missing or unexpected:
+        raise ValueError(
+            f"Converted weights do not fit the kit model: missing {missing[:5]}, unexpected {unexpected[:5]}. "
+            f"This is a bug in the {format_name!r} format plugin."
+        )
+    path = save_module(module, out)
+    for note in converted.notes:
+        log.warning(note)
+    return path, converted.experiment
+
+
+def export(checkpoint: str, format_name: str, out: str) -> Path:
+    writer = REGISTRIES[PluginKind.FORMAT].get(format_name)()
+    if not hasattr(writer, "write"):
+        raise ValueError(f"Format {format_name!r} cannot be written; formats that write: {_formats('write')}.")
+    module = load_module(checkpoint)
+    out_path = Path(out)
+    writer.write(module, out_path)
+    return out_path
+
+
+def _formats(method: str) -> str:
+    return ", ".join(e.name for e in REGISTRIES[PluginKind.FORMAT].entries() if hasattr(e.obj, method)) or "(none)"
+
+
+@register_format("idvid")
+class KitFormat:
+    """The kit's own diffusers-style folder; every plan can be written to it.
+
+    ``OUT/transformer/`` is a diffusers ``CogVideoXTransformer3DModel`` (input layer already
+    widened for input_concat channels), ``OUT/injectors/<label>/`` holds each injector's config
+    node (``config.json``) and weights (``diffusion_pytorch_model.safetensors``), and
+    ``OUT/idvid_model.json`` the whole model config. ``load_module`` of the checkpoint remains
+    the way to rebuild a model; this folder is for tools that read diffusers layouts.
+    """
+
+    def write(self, module, out: Path) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        module.backbone.transformer.save_pretrained(out / "transformer")
+        hparams = dict(module.hparams)
+        for label, injector in module.plan.injectors.items():
+            folder = out / "injectors" / label
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "config.json").write_text(json.dumps(hparams["injectors"][label], indent=2))
+            weights = {k: v.contiguous() for k, v in injector.state_dict().items()}
+            if weights:
+                save_file(weights, folder / "diffusion_pytorch_model.safetensors")
+        (out / "idvid_model.json").write_text(json.dumps(hparams, indent=2, default=str))
