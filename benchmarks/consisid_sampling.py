@@ -1,0 +1,149 @@
+"""Kit sampling vs diffusers' ConsisIDPipeline, 50 steps, the same tiny components.
+
+The kit prepares the identity tokens (the local facial extractor) once per video; the
+official pipeline's transformer recomputes them at every denoising step. Both runs use the
+same VAE, text encoder, scheduler, weights, reference and identity features. Prints both
+times and the ratio (target: kit faster).
+
+    python benchmarks/consisid_sampling.py [--steps 50] [--vit-tokens 257]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKLCogVideoX, CogVideoXDPMScheduler, ConsisIDPipeline, ConsisIDTransformer3DModel
+from transformers import T5Config, T5EncoderModel
+
+from idvid.backbones.demo_tokenizer import build_demo_tokenizer
+from idvid.interop import convert, load_module
+
+# The demo's sizes (dlib 128 + CLIP 32 = 160-wide id_cond, 5 ViT depths of width 32), with the
+# released LFE's depth (10 perceiver layers) and query count (32).
+CONSISID = dict(
+    num_attention_heads=3,
+    attention_head_dim=16,
+    in_channels=32,
+    out_channels=16,
+    time_embed_dim=16,
+    text_embed_dim=32,
+    num_layers=4,
+    sample_width=8,
+    sample_height=8,
+    sample_frames=9,
+    max_text_seq_length=16,
+    use_rotary_positional_embeddings=True,
+    is_train_face=True,
+    is_kps=False,
+    cross_attn_interval=2,
+    cross_attn_dim_head=8,
+    cross_attn_num_heads=2,
+    LFE_id_dim=160,
+    LFE_vit_dim=32,
+    LFE_depth=10,
+    LFE_dim_head=8,
+    LFE_num_heads=4,
+    LFE_num_id_token=5,
+    LFE_num_querie=32,
+    LFE_output_dim=32,
+    LFE_ff_mult=4,
+    LFE_num_scale=5,
+)
+
+
+def write_pipeline(root: Path) -> ConsisIDTransformer3DModel:
+    torch.manual_seed(0)
+    transformer = ConsisIDTransformer3DModel(**CONSISID)
+    transformer.save_pretrained(root / "transformer")
+    AutoencoderKLCogVideoX(
+        block_out_channels=(8, 8, 16, 16),
+        latent_channels=16,
+        layers_per_block=1,
+        norm_num_groups=4,
+        sample_height=64,
+        sample_width=64,
+    ).save_pretrained(root / "vae")
+    tokenizer = build_demo_tokenizer(16)
+    tokenizer.save_pretrained(root / "tokenizer")
+    T5EncoderModel(
+        T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
+    ).save_pretrained(root / "text_encoder")
+    CogVideoXDPMScheduler(
+        prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing"
+    ).save_pretrained(root / "scheduler")
+    return transformer.eval()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--vit-tokens", type=int, default=257, help="ViT tokens per depth (ViT-L/14-336: 577)")
+    options = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        reference = write_pipeline(Path(tmp))
+        checkpoint, _ = convert("diffusers-consisid", tmp, f"{tmp}/kit.ckpt", [])
+        module = load_module(checkpoint).eval()
+    backbone = module.backbone
+
+    g = torch.Generator().manual_seed(0)
+    face = torch.rand(1, 3, 64, 64, generator=g) * 2 - 1
+    id_cond = torch.randn(1, 160, generator=g)
+    id_vit_hidden = [torch.randn(1, options.vit_tokens, 32, generator=g) for _ in range(5)]
+    prompt = "a person smiling at the camera"
+
+    pipe = ConsisIDPipeline(
+        vae=backbone.vae,
+        text_encoder=backbone.text_encoder,
+        tokenizer=backbone.tokenizer,
+        transformer=reference,
+        scheduler=backbone.scheduler,
+    )
+    pipe.set_progress_bar_config(disable=True)
+
+    def run_pipeline():
+        return pipe(
+            image=(face + 1) / 2,
+            prompt=prompt,
+            height=64,
+            width=64,
+            num_frames=9,
+            num_inference_steps=options.steps,
+            guidance_scale=6.0,
+            generator=torch.Generator().manual_seed(0),
+            output_type="pt",
+            id_cond=id_cond,
+            id_vit_hidden=id_vit_hidden,
+            max_sequence_length=16,
+        ).frames
+
+    # The kit takes the same identity features; its conditioners would compute them from the photo.
+    module.conditions_for = lambda batch, generator: {
+        "face_latent": backbone.encode_video(face[:, None], generator=generator),
+        "kps_latent": backbone.encode_video(face[:, None], generator=generator),
+        "id_cond": id_cond,
+        "id_vit_hidden": id_vit_hidden,
+    }
+
+    def run_kit():
+        return module.generate({"caption": [prompt]}, 9, 64, 64, options.steps, 6.0, seed=0)
+
+    timings = {}
+    for name, run in (("pipeline", run_pipeline), ("kit", run_kit)):
+        with torch.no_grad():
+            run()  # warm-up
+            start = time.perf_counter()
+            run()
+            timings[name] = time.perf_counter() - start
+    print(f"{options.steps} steps, 9 frames of 64x64, LFE over 5 x {options.vit_tokens} ViT tokens, CPU")
+    print(f"diffusers ConsisIDPipeline (LFE every step): {timings['pipeline']:.2f} s")
+    print(f"kit sampling (LFE once per video):           {timings['kit']:.2f} s")
+    print(f"ratio kit / pipeline: {timings['kit'] / timings['pipeline']:.3f} (target < 1)")
+
+
+if __name__ == "__main__":
+    main()
