@@ -16,66 +16,13 @@ import time
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKLCogVideoX, CogVideoXDPMScheduler, ConsisIDPipeline, ConsisIDTransformer3DModel
-from transformers import T5Config, T5EncoderModel
+from diffusers import ConsisIDPipeline
+from idvid_consisid.tiny import write_tiny_pipeline
 
-from idvid.backbones.demo_tokenizer import build_demo_tokenizer
 from idvid.interop import convert, load_module
 
-# The demo's sizes (dlib 128 + CLIP 32 = 160-wide id_cond, 5 ViT depths of width 32), with the
-# released LFE's depth (10 perceiver layers) and query count (32).
-CONSISID = dict(
-    num_attention_heads=3,
-    attention_head_dim=16,
-    in_channels=32,
-    out_channels=16,
-    time_embed_dim=16,
-    text_embed_dim=32,
-    num_layers=4,
-    sample_width=8,
-    sample_height=8,
-    sample_frames=9,
-    max_text_seq_length=16,
-    use_rotary_positional_embeddings=True,
-    is_train_face=True,
-    is_kps=False,
-    cross_attn_interval=2,
-    cross_attn_dim_head=8,
-    cross_attn_num_heads=2,
-    LFE_id_dim=160,
-    LFE_vit_dim=32,
-    LFE_depth=10,
-    LFE_dim_head=8,
-    LFE_num_heads=4,
-    LFE_num_id_token=5,
-    LFE_num_querie=32,
-    LFE_output_dim=32,
-    LFE_ff_mult=4,
-    LFE_num_scale=5,
-)
-
-
-def write_pipeline(root: Path) -> ConsisIDTransformer3DModel:
-    torch.manual_seed(0)
-    transformer = ConsisIDTransformer3DModel(**CONSISID)
-    transformer.save_pretrained(root / "transformer")
-    AutoencoderKLCogVideoX(
-        block_out_channels=(8, 8, 16, 16),
-        latent_channels=16,
-        layers_per_block=1,
-        norm_num_groups=4,
-        sample_height=64,
-        sample_width=64,
-    ).save_pretrained(root / "vae")
-    tokenizer = build_demo_tokenizer(16)
-    tokenizer.save_pretrained(root / "tokenizer")
-    T5EncoderModel(
-        T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
-    ).save_pretrained(root / "text_encoder")
-    CogVideoXDPMScheduler(
-        prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing"
-    ).save_pretrained(root / "scheduler")
-    return transformer.eval()
+# The released LFE's depth (10 perceiver layers) and query count (32) on the demo's widths.
+LFE = dict(LFE_depth=10, LFE_num_heads=4, LFE_num_id_token=5, LFE_num_querie=32, LFE_ff_mult=4)
 
 
 def main() -> None:
@@ -85,7 +32,7 @@ def main() -> None:
     options = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        reference = write_pipeline(Path(tmp))
+        reference = write_tiny_pipeline(Path(tmp), **LFE)
         checkpoint, _ = convert("diffusers-consisid", tmp, f"{tmp}/kit.ckpt", [])
         module = load_module(checkpoint).eval()
     backbone = module.backbone

@@ -13,9 +13,9 @@ from diffusers import (
 )
 from diffusers.models.embeddings import get_3d_rotary_pos_embed
 from idvid_consisid.compat import ConsisIDCompatTransformer
-from transformers import T5Config, T5EncoderModel
+from idvid_consisid.tiny import write_tiny_pipeline
+from transformers import AutoTokenizer, T5EncoderModel
 
-from idvid.backbones.demo_tokenizer import build_demo_tokenizer
 from idvid.interop import convert, export, load_module
 
 BASE = dict(
@@ -197,22 +197,14 @@ def test_drop_in_runs_inside_consisid_pipeline_with_identical_frames(tmp_path):
     reference = tiny_consisid(options)
     module, _ = converted(tmp_path, reference)
 
-    torch.manual_seed(0)
-    vae = AutoencoderKLCogVideoX(
-        block_out_channels=(8, 8, 16, 16),
-        latent_channels=16,
-        layers_per_block=1,
-        norm_num_groups=4,
-        sample_height=64,
-        sample_width=64,
-    ).eval()
-    tokenizer = build_demo_tokenizer(16)
-    text_encoder = T5EncoderModel(
-        T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
-    ).eval()  # no dropout: both runs must see the same text embeddings
-    scheduler = CogVideoXDPMScheduler(
-        prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing"
-    )
+    # VAE, text encoder, tokenizer and scheduler of a tiny pipeline folder; the transformer is swapped.
+    write_tiny_pipeline(tmp_path / "pipeline")
+    components = {
+        "vae": AutoencoderKLCogVideoX.from_pretrained(tmp_path / "pipeline" / "vae").eval(),
+        "text_encoder": T5EncoderModel.from_pretrained(tmp_path / "pipeline" / "text_encoder").eval(),
+        "tokenizer": AutoTokenizer.from_pretrained(tmp_path / "pipeline" / "tokenizer"),
+        "scheduler": CogVideoXDPMScheduler.from_pretrained(tmp_path / "pipeline" / "scheduler"),
+    }
     g = torch.Generator().manual_seed(3)
     face = torch.rand(1, 3, 64, 64, generator=g)
     id_cond = torch.randn(1, 10, generator=g)
@@ -220,9 +212,7 @@ def test_drop_in_runs_inside_consisid_pipeline_with_identical_frames(tmp_path):
 
     frames = []
     for transformer in (reference, ConsisIDCompatTransformer(module)):
-        pipe = ConsisIDPipeline(
-            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, scheduler=scheduler
-        )
+        pipe = ConsisIDPipeline(transformer=transformer, **components)
         pipe.set_progress_bar_config(disable=True)
         result = pipe(
             image=face,
