@@ -47,9 +47,16 @@ def _config_dir() -> Path:
     return CONFIG_DIR
 
 
-def _run_hydra(task: Callable[[DictConfig], object], overrides: list[str]) -> None:
-    wrapped = hydra.main(config_path=str(_config_dir()), config_name="config", version_base="1.3")(task)
+def _run_hydra(task: Callable[[DictConfig], object], verb: str, overrides: list[str]) -> None:
     argv = sys.argv
+
+    def run(cfg: DictConfig) -> object:
+        # Hydra has parsed the overrides; put the verb back, because launchers that re-run this
+        # command in new processes (Lightning's DDP) rebuild their command line from sys.argv.
+        sys.argv = [argv[0], verb, *overrides]
+        return task(cfg)
+
+    wrapped = hydra.main(config_path=str(_config_dir()), config_name="config", version_base="1.3")(run)
     sys.argv = [argv[0], *overrides]
     try:
         wrapped()
@@ -96,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     verb, rest = args[0], args[1:]
     if verb == "fit":
-        _run_hydra(_fit_task, rest)
+        _run_hydra(_fit_task, verb, rest)
     elif verb == "plugins":
         from idvid.plugins_listing import print_plugins
 

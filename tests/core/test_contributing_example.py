@@ -9,6 +9,7 @@ import lightning as L
 import torch
 
 from idvid.cli import CONFIG_DIR
+from idvid.randomness import BatchRandom
 from idvid.registry import REGISTRIES, PluginKind
 
 from ..conftest import compose_config
@@ -40,10 +41,10 @@ def test_worked_example_registers_trains_and_starts_as_a_no_op(tmp_path):
         datamodule = hydra.utils.instantiate(cfg.data)
         datamodule.setup()
         batch = next(iter(datamodule.train_dataloader()))
-        loss = model.compute_loss(batch, torch.Generator().manual_seed(0))["loss"]
+        loss = model.compute_loss(batch, BatchRandom(torch.Generator().manual_seed(0)))["loss"]
         # Zero-initialised output: the same loss as with the in-block path bypassed.
         model.plan.in_block_enabled = False
-        bypassed = model.compute_loss(batch, torch.Generator().manual_seed(0))["loss"]
+        bypassed = model.compute_loss(batch, BatchRandom(torch.Generator().manual_seed(0)))["loss"]
         model.plan.in_block_enabled = True
         torch.testing.assert_close(loss, bypassed, rtol=0, atol=0)
         loss.backward()

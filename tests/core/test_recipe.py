@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from idvid.randomness import BatchRandom
 from idvid.training.losses import VPredictionToX0Loss
 from idvid.training.recipe import Recipe
 
@@ -29,8 +30,8 @@ def fake_batch(batch_size: int = 4) -> dict:
     return batch
 
 
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+def gen(seed: int = 0) -> BatchRandom:
+    return BatchRandom(torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("probability, expect_cross", [(0.0, False), (1.0, True)])
@@ -118,7 +119,7 @@ def test_bad_recipe_values_are_clear_errors(bad):
 
 
 def test_v_to_x0_loss_math_and_mask():
-    g = gen(1)
+    g = torch.Generator().manual_seed(1)
     clean, noisy, v = (torch.randn(2, 3, 4, 2, 2, generator=g) for _ in range(3))
     alpha_bar = torch.tensor([0.9, 0.2])
     loss = VPredictionToX0Loss()(v, clean, noisy, alpha_bar)

@@ -13,6 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from idvid.fit import fit
 from idvid.injection import Site
+from idvid.randomness import BatchRandom
 
 from ..conftest import EXPERIMENTS, compose_config
 
@@ -65,7 +66,7 @@ def test_experiment_composes_into_its_plan(experiment):
 def test_exactly_the_intended_parameters_receive_gradients(experiment, trainable, demo_batch):
     model, _ = build_model(experiment, f"model.trainable={trainable}")
     model.train()
-    loss = model.compute_loss(demo_batch, torch.Generator().manual_seed(0))["loss"]
+    loss = model.compute_loss(demo_batch, BatchRandom(torch.Generator().manual_seed(0)))["loss"]
     assert torch.isfinite(loss)
     loss.backward()
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
@@ -83,7 +84,7 @@ def test_coarse_to_fine_bypasses_the_in_block_path(demo_batch):
     model, _ = build_model("plan_c", "recipe=none")
     model.train()
     model.plan.in_block_enabled = False
-    loss = model.compute_loss(demo_batch, torch.Generator().manual_seed(0))["loss"]
+    loss = model.compute_loss(demo_batch, BatchRandom(torch.Generator().manual_seed(0)))["loss"]
     loss.backward()
     identity = model.plan.injectors["identity"]
     assert all(p.grad is None for p in identity.parameters())
@@ -92,7 +93,10 @@ def test_coarse_to_fine_bypasses_the_in_block_path(demo_batch):
     plan_a, _ = build_model("plan_a", "recipe=none")
     plan_a.backbone.load_state_dict(model.backbone.state_dict())
     torch.testing.assert_close(
-        plan_a.compute_loss(demo_batch, torch.Generator().manual_seed(0))["loss"], loss.detach(), rtol=0, atol=0
+        plan_a.compute_loss(demo_batch, BatchRandom(torch.Generator().manual_seed(0)))["loss"],
+        loss.detach(),
+        rtol=0,
+        atol=0,
     )
 
 
@@ -193,7 +197,7 @@ def test_gradient_checkpointing_does_not_change_loss_or_gradients(demo_batch):
     for checkpointing in ("false", "true"):
         model, _ = build_model("plan_c", f"backbone.gradient_checkpointing={checkpointing}")
         model.train()
-        loss = model.compute_loss(demo_batch, torch.Generator().manual_seed(0))["loss"]
+        loss = model.compute_loss(demo_batch, BatchRandom(torch.Generator().manual_seed(0)))["loss"]
         loss.backward()
         results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
     (loss_a, grads_a), (loss_b, grads_b) = results
@@ -214,3 +218,38 @@ def test_coarse_to_fine_callback_switches_at_its_step(tmp_path):
     )
     _, enabled = scalars(tmp_path, "train/in_block_enabled")
     assert enabled == [(0, 0.0), (1, 0.0), (2, 1.0), (3, 1.0)]
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch(tmp_path):
+    """Two gloo processes with batch 1 each draw and compute what one process with batch 2 does."""
+    import subprocess
+    import sys
+
+    common = [
+        "experiment=plan_c",
+        "trainer.max_steps=3",
+        "trainer.val_check_interval=3",
+        "model.validation.sample=false",
+        "callbacks.checkpoint.every_n_train_steps=3",
+    ]
+    runs = {
+        "ddp": [
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "trainer.precision=32-true",
+            "data.batch_size=1",
+        ],
+        "single": ["data.batch_size=2"],
+    }
+    for name, overrides in runs.items():
+        command = [sys.executable, "-m", "idvid", "fit", *common, *overrides, f"hydra.run.dir={tmp_path / name}"]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+    for tag in ("train/loss", "train/grad_norm", "val/loss"):
+        _, ddp = scalars(tmp_path / "ddp", tag)
+        _, single = scalars(tmp_path / "single", tag)
+        assert len(ddp) == len(single) > 0, tag
+        for (step_a, a), (step_b, b) in zip(ddp, single):
+            assert step_a == step_b and a == pytest.approx(b, rel=1e-5, abs=1e-6), (tag, step_a, a, b)

@@ -68,7 +68,7 @@ class IdentityFeatures(Conditioner):
         self.clip.eval()  # frozen feature extractor
         return self
 
-    def forward(self, batch: Mapping[str, Any], backbone, generator) -> dict[str, Any]:
+    def forward(self, batch: Mapping[str, Any], backbone, random) -> dict[str, Any]:
         image = batch["ref_image"].float()
         size = self.clip.config.image_size
         pixels = torch.nn.functional.interpolate(

@@ -32,6 +32,7 @@ from idvid.backbones.demo_tokenizer import build_demo_tokenizer
 from idvid.backbones.info import BackboneInfo
 from idvid.injection.plan import NO_INJECTION, PreparedInjection
 from idvid.injection.sites import Site
+from idvid.randomness import BatchRandom
 from idvid.registry import register_backbone
 
 log = logging.getLogger(__name__)
@@ -173,10 +174,16 @@ class CogVideoXBackbone(nn.Module):
         return self.text_encoder(tokens.input_ids.to(device))[0]
 
     @torch.no_grad()
-    def encode_video(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``[B, F, 3, H, W]`` in [-1, 1] -> scaled latents ``[B, f, C, h, w]`` (a sample of the posterior)."""
+    def encode_video(self, video: torch.Tensor, random: BatchRandom | None = None) -> torch.Tensor:
+        """``[B, F, 3, H, W]`` in [-1, 1] -> scaled latents ``[B, f, C, h, w]``.
+
+        A sample of the VAE posterior drawn through ``random``, or its mean when ``random`` is None.
+        """
         posterior = self.vae.encode(video.permute(0, 2, 1, 3, 4)).latent_dist
-        latents = posterior.sample(generator=generator) * self.vae.config.scaling_factor
+        latents = posterior.mean
+        if random is not None:
+            latents = latents + posterior.std * random.randn_like(posterior.mean)
+        latents = latents * self.vae.config.scaling_factor
         return latents.permute(0, 2, 1, 3, 4).contiguous()
 
     @torch.no_grad()

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from idvid.backbones.info import BackboneInfo
+from idvid.randomness import BatchRandom
 
 
 class Conditioner(nn.Module):
@@ -26,20 +27,21 @@ class Conditioner(nn.Module):
         self.backbone_info = backbone
 
     def forward(
-        self, batch: Mapping[str, Any], backbone: nn.Module, generator: torch.Generator | None
+        self, batch: Mapping[str, Any], backbone: nn.Module, random: BatchRandom
     ) -> dict[str, Any]:
-        raise NotImplementedError(f"{type(self).__name__} must implement forward(batch, backbone, generator)")
+        """Conditions for the batch. Draw any randomness through ``random`` (see idvid.randomness)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement forward(batch, backbone, random)")
 
 
 def run_conditioners(
     conditioners: Mapping[str, Conditioner],
     batch: Mapping[str, Any],
     backbone: nn.Module,
-    generator: torch.Generator | None,
+    random: BatchRandom,
 ) -> dict[str, Any]:
     conditions: dict[str, Any] = {}
     for label, conditioner in conditioners.items():
-        produced = conditioner(batch, backbone, generator)
+        produced = conditioner(batch, backbone, random)
         unexpected = set(produced) - set(conditioner.produces)
         if unexpected:
             raise ValueError(

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import torch
-
 from idvid.conditioning.base import Conditioner
+from idvid.randomness import BatchRandom
 from idvid.registry import register_conditioner
 
 
@@ -21,9 +20,8 @@ class ReferenceLatents(Conditioner):
 
     produces = ("face_latent", "kps_latent")
 
-    def forward(self, batch: Mapping[str, Any], backbone, generator: torch.Generator | None) -> dict[str, Any]:
+    def forward(self, batch: Mapping[str, Any], backbone, random: BatchRandom) -> dict[str, Any]:
         image = batch.get("ref_image_noisy", batch["ref_image"])
-        images = torch.stack([image, batch["ref_kps_image"]], dim=0).flatten(0, 1)  # one VAE call for both
-        latents = backbone.encode_video(images.unsqueeze(1), generator=generator)
-        face_latent, kps_latent = latents.chunk(2, dim=0)
+        face_latent = backbone.encode_video(image.unsqueeze(1), random)
+        kps_latent = backbone.encode_video(batch["ref_kps_image"].unsqueeze(1), random)
         return {"face_latent": face_latent, "kps_latent": kps_latent}

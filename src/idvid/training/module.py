@@ -2,8 +2,10 @@
 
 Everything method-specific arrives by registry name from config; this module only
 knows sites and contracts. Randomness of a step (timesteps, noise, recipe coins)
-comes from a generator seeded by ``(seed, global_step, batch_idx)``, so resuming
-from a checkpoint reproduces the uninterrupted run's losses exactly.
+comes from a generator seeded by ``(seed, global_step, batch_idx)`` and is drawn for
+the global batch (``idvid.randomness.BatchRandom``), so resuming from a checkpoint
+reproduces the uninterrupted run's losses exactly and a data-parallel run draws what a
+single process with the same global batch draws.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch import nn
 
 from idvid.conditioning.base import run_conditioners
 from idvid.injection.plan import InjectionPlan
+from idvid.randomness import BatchRandom
 from idvid.registry import PluginKind, build
 from idvid.sampling.sampler import sample_latents
 from idvid.training.recipe import Recipe
@@ -132,31 +135,37 @@ class IdentityVideoModule(L.LightningModule):
         state = np.random.SeedSequence([self.seed, self.global_step, batch_idx]).generate_state(1, np.uint64)[0]
         return torch.Generator().manual_seed(int(state))
 
-    def conditions_for(self, batch: Mapping[str, Any], generator: torch.Generator | None) -> dict[str, Any]:
-        with torch.no_grad():
-            return run_conditioners(self.conditioners, batch, self.backbone, generator)
+    def batch_random(self, generator: torch.Generator) -> BatchRandom:
+        trainer = self._trainer
+        if trainer is None:
+            return BatchRandom(generator)
+        return BatchRandom(generator, rank=trainer.global_rank, world_size=trainer.world_size)
 
-    def compute_loss(self, batch: Mapping[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def conditions_for(self, batch: Mapping[str, Any], random: BatchRandom) -> dict[str, Any]:
+        with torch.no_grad():
+            return run_conditioners(self.conditioners, batch, self.backbone, random)
+
+    def compute_loss(self, batch: Mapping[str, Any], random: BatchRandom) -> dict[str, torch.Tensor]:
         backbone = self.backbone
-        clean = backbone.encode_video(batch["video"], generator=generator)
-        batch = self.recipe.choose_reference(dict(batch), generator)
-        captions = self.recipe.drop_text(batch["caption"], generator)
+        clean = backbone.encode_video(batch["video"], random)
+        batch = self.recipe.choose_reference(dict(batch), random)
+        captions = self.recipe.drop_text(batch["caption"], random)
         text = backbone.encode_text(captions)
-        conditions = self.conditions_for(batch, generator)
+        conditions = self.conditions_for(batch, random)
 
         scheduler = backbone.scheduler
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (clean.shape[0],), generator=generator)
-        noise = torch.randn(clean.shape, generator=generator).to(clean)
+        timesteps = random.randint(scheduler.config.num_train_timesteps, clean.shape[0])
+        noise = random.randn_like(clean)
         noisy = scheduler.add_noise(clean, noise, timesteps.to(clean.device))
 
         model_input = noisy
         extra = self.plan.concat_latents(conditions, noisy)
         if extra is not None:
-            model_input = torch.cat([noisy, self.recipe.drop_image_latents(extra, generator)], dim=2)
+            model_input = torch.cat([noisy, self.recipe.drop_image_latents(extra, random)], dim=2)
         injection = self.plan.prepare(conditions)
         prediction = backbone(model_input, timesteps.to(clean.device), text, injection)
 
-        mask = self.recipe.loss_mask(batch.get("face_mask"), clean.shape, generator).to(clean.device)
+        mask = self.recipe.loss_mask(batch.get("face_mask"), clean.shape, random).to(clean.device)
         alphas_cumprod = scheduler.alphas_cumprod.to(clean.device)[timesteps.to(clean.device)]
         loss = self.loss_fn(prediction, clean, noisy, alphas_cumprod, mask)
         return {"loss": loss, "prediction": prediction}
@@ -166,8 +175,8 @@ class IdentityVideoModule(L.LightningModule):
         # Plugins may draw from torch's global RNG (dropout, DropToken): seed it per step too, so
         # a resumed run draws exactly what the uninterrupted run drew.
         torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
-        loss = self.compute_loss(batch, generator)["loss"]
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["video"].shape[0])
+        loss = self.compute_loss(batch, self.batch_random(generator))["loss"]
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["video"].shape[0], sync_dist=True)
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -178,9 +187,9 @@ class IdentityVideoModule(L.LightningModule):
     # ------------------------------------------------------------- validation
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         # A fixed generator per batch: the held-out loss is deterministic and comparable across steps.
-        generator = torch.Generator().manual_seed(self.seed + batch_idx)
+        # Every rank holds the whole validation batch, so its draws are not split by rank.
         torch.manual_seed(self.seed + batch_idx)
-        loss = self.compute_loss(batch, generator)["loss"]
+        loss = self.compute_loss(batch, BatchRandom(torch.Generator().manual_seed(self.seed + batch_idx)))["loss"]
         self.log("val/loss", loss, prog_bar=True, batch_size=batch["video"].shape[0], sync_dist=True)
         if batch_idx == 0 and self.validation["sample"] and self.trainer.is_global_zero:
             self._log_validation_sample(batch)
@@ -205,7 +214,7 @@ class IdentityVideoModule(L.LightningModule):
                 f"{info.vae_temporal_compression} and sizes multiples of {2 * info.vae_spatial_compression}."
             )
         generator = torch.Generator().manual_seed(seed)
-        conditions = self.conditions_for(batch, generator)
+        conditions = self.conditions_for(batch, BatchRandom(generator))
         text = self.backbone.encode_text(list(batch["caption"]))
         negative = self.backbone.encode_text([""] * len(batch["caption"]))
         shape = (

@@ -1,8 +1,9 @@
 """The identity-preserving training recipe (ConsisID's, with every knob in config).
 
-Each knob is a probability or a distribution applied per sample, drawn from the
-step's generator so that a resumed run draws exactly what the uninterrupted run
-would have drawn. Setting a probability to 0 switches the knob off.
+Each knob is a probability or a distribution applied per sample, drawn through the
+step's ``BatchRandom``: a resumed run draws exactly what the uninterrupted run would
+have drawn, and a data-parallel run what a single process would have drawn. Setting a
+probability to 0 switches the knob off.
 
 * ``cross_face_probability`` (beta): take the reference from a frame *outside* the
   training clip (same identity) instead of inside it (dynamic cross-face loss).
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
+
+from idvid.randomness import BatchRandom
 
 
 @dataclass
@@ -48,16 +51,11 @@ class Recipe:
                 f"log(sigma) (ConsisID: [-3, 0.5]) or null to switch the noise off."
             )
 
-    @staticmethod
-    def _coin(probability: float, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-        # Always draw, even when probability is 0 or 1, so switching one knob never shifts another's draws.
-        return torch.rand(batch_size, generator=generator) < probability
-
-    def choose_reference(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:
+    def choose_reference(self, batch: dict[str, Any], random: BatchRandom) -> dict[str, Any]:
         """Pick in-clip or cross-face reference per sample and add the reference noise."""
         batch = dict(batch)
         batch_size = batch["ref_image"].shape[0]
-        use_cross = self._coin(self.cross_face_probability, batch_size, generator)
+        use_cross = random.coin(self.cross_face_probability, batch_size)
         if "has_cross_ref" in batch:
             use_cross &= batch["has_cross_ref"].bool().cpu()
         for key in ("ref_image", "ref_kps_image", "ref_embedding"):
@@ -67,32 +65,32 @@ class Recipe:
                 batch[key] = torch.where(choose, batch[cross_key], batch[key])
         batch["used_cross_ref"] = use_cross
 
-        log_sigma = torch.randn(batch_size, generator=generator)
-        noise = torch.randn(batch["ref_image"].shape, generator=generator)
+        log_sigma = random.randn(batch_size)
+        noise = random.randn(*batch["ref_image"].shape)
         if self.reference_noise_log_sigma is not None:
             mean, std = self.reference_noise_log_sigma
             sigma = torch.exp(mean + std * log_sigma).view(-1, 1, 1, 1)
             batch["ref_image_noisy"] = batch["ref_image"] + (sigma * noise).to(batch["ref_image"])
         return batch
 
-    def drop_text(self, captions: Sequence[str], generator: torch.Generator) -> list[str]:
-        drop = self._coin(self.text_drop_probability, len(captions), generator)
+    def drop_text(self, captions: Sequence[str], random: BatchRandom) -> list[str]:
+        drop = random.coin(self.text_drop_probability, len(captions))
         return ["" if d else c for c, d in zip(captions, drop.tolist())]
 
-    def drop_image_latents(self, extra_latents: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        drop = self._coin(self.image_latent_dropout, extra_latents.shape[0], generator)
+    def drop_image_latents(self, extra_latents: torch.Tensor, random: BatchRandom) -> torch.Tensor:
+        drop = random.coin(self.image_latent_dropout, extra_latents.shape[0])
         keep = (~drop).to(extra_latents).view(-1, 1, 1, 1, 1)
         return extra_latents * keep
 
     def loss_mask(
-        self, face_mask: torch.Tensor | None, latent_shape: torch.Size, generator: torch.Generator
+        self, face_mask: torch.Tensor | None, latent_shape: torch.Size, random: BatchRandom
     ) -> torch.Tensor:
         """Per-sample loss mask ``[B, f, 1, h, w]``: the face mask with probability alpha, else all ones.
 
         ``face_mask`` is ``[B, F, 1, H, W]`` at video resolution; it is trilinearly resized to the latent grid.
         """
         batch_size, frames, _, height, width = latent_shape
-        use_face = self._coin(self.mask_loss_probability, batch_size, generator)
+        use_face = random.coin(self.mask_loss_probability, batch_size)
         ones = torch.ones(batch_size, frames, 1, height, width)
         if face_mask is None:
             return ones
