@@ -28,6 +28,7 @@ from idvid.injection.plan import InjectionPlan
 from idvid.randomness import BatchRandom
 from idvid.registry import PluginKind, build
 from idvid.sampling.sampler import sample_latents
+from idvid.training.guard import DivergenceError, NonFiniteGuard
 from idvid.training.recipe import Recipe
 from idvid.training.visuals import add_video_summary, frame_grid, write_video
 
@@ -62,6 +63,7 @@ class IdentityVideoModule(L.LightningModule):
         lr_scheduler: Mapping[str, Any] | None = None,
         trainable: str = "all",
         validation: Mapping[str, Any] | None = None,
+        non_finite: Mapping[str, Any] | None = None,
         seed: int = 0,
     ):
         super().__init__()
@@ -69,6 +71,7 @@ class IdentityVideoModule(L.LightningModule):
         backbone, conditioners, injectors = _plain(backbone), _plain(conditioners) or {}, _plain(injectors) or {}
         recipe, loss, optimizer = _plain(recipe) or {}, _plain(loss) or {"name": "v_to_x0"}, _plain(optimizer)
         lr_scheduler, validation = _plain(lr_scheduler) or {"name": "constant"}, _plain(validation) or {}
+        non_finite = _plain(non_finite) or {}
         self.save_hyperparameters()
         self.seed = seed
         self.backbone = _build_named(PluginKind.BACKBONE, backbone)
@@ -90,6 +93,7 @@ class IdentityVideoModule(L.LightningModule):
         self.optimizer_config = optimizer
         self.lr_scheduler_config = lr_scheduler
         self.validation = {"num_inference_steps": 4, "guidance_scale": 6.0, "sample": True, **validation}
+        self.guard = NonFiniteGuard(**non_finite)
         self._set_trainable(trainable)
 
     # ------------------------------------------------------------- parameters
@@ -170,19 +174,53 @@ class IdentityVideoModule(L.LightningModule):
         loss = self.loss_fn(prediction, clean, noisy, alphas_cumprod, mask)
         return {"loss": loss, "prediction": prediction}
 
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor | None:
         generator = self.step_generator(batch_idx)
         # Plugins may draw from torch's global RNG (dropout, DropToken): seed it per step too, so
         # a resumed run draws exactly what the uninterrupted run drew.
         torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
         loss = self.compute_loss(batch, self.batch_random(generator))["loss"]
+        if not self._finite_on_all_ranks(loss):
+            self._non_finite_step("loss")
+            return None  # Lightning skips backward and the optimizer step
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["video"].shape[0], sync_dist=True)
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         grads = [p.grad.detach().float().norm() for p in self.trainable_parameters() if p.grad is not None]
-        grad_norm = torch.stack(grads).norm() if grads else torch.tensor(0.0)
+        if not grads:  # the step's loss was skipped: Lightning still calls the optimizer, which has nothing to do
+            return
+        grad_norm = torch.stack(grads).norm()
+        if not self._finite_on_all_ranks(grad_norm):
+            for parameter in self.trainable_parameters():
+                parameter.grad = None  # the optimizer then leaves every weight as it is
+            self._non_finite_step("gradient")
+            return
+        self.guard.good_step()
         self.log("train/grad_norm", grad_norm)
+
+    # ------------------------------------------------------------ NaN guard
+    def _finite_on_all_ranks(self, value: torch.Tensor) -> bool:
+        finite = bool(torch.isfinite(value).all())
+        if self._trainer is None:
+            return finite
+        return bool(self.trainer.strategy.reduce_boolean_decision(finite, all=True))
+
+    def _non_finite_step(self, what: str) -> None:
+        self.guard.bad_step()
+        self.log("train/non_finite_steps", float(self.guard.total), sync_dist=False)
+        log.warning(
+            "step %d: non-finite %s, step skipped (%d in a row)", self.global_step, what, self.guard.consecutive
+        )
+        if self.guard.should_stop:
+            path = Path(self.trainer.default_root_dir) / "checkpoints" / "last_good.ckpt"
+            self.trainer.save_checkpoint(path)  # skipped steps changed nothing: these are the last good weights
+            raise DivergenceError(
+                f"{self.guard.consecutive} consecutive steps with a non-finite {what} (the last at step "
+                f"{self.global_step}); training stopped. The last good weights are in {path}. Try a lower learning "
+                f"rate, gradient clipping (trainer.gradient_clip_val=1.0) or bf16, or raise "
+                f"model.non_finite.max_consecutive_steps."
+            )
 
     # ------------------------------------------------------------- validation
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
