@@ -145,6 +145,10 @@ def test_each_plan_trains_three_steps(experiment, tmp_path):
     _, losses = scalars(tmp_path, "train/loss")
     assert [s for s, _ in losses] == [0, 1, 2] and all(math.isfinite(v) for _, v in losses)
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    events, _ = scalars(tmp_path, "val/loss")
+    quantile_tags = {f"val/loss_t{q / 10:.1f}" for q in range(1, 10)}
+    assert quantile_tags <= set(events.Tags()["scalars"])
+    assert all(math.isfinite(events.Scalars(tag)[0].value) for tag in quantile_tags)
 
 
 @pytest.mark.slow
@@ -253,3 +257,37 @@ def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch
         assert len(ddp) == len(single) > 0, tag
         for (step_a, a), (step_b, b) in zip(ddp, single):
             assert step_a == step_b and a == pytest.approx(b, rel=1e-5, abs=1e-6), (tag, step_a, a, b)
+
+
+def test_held_out_loss_at_a_fixed_timestep_is_deterministic(demo_batch):
+    model, _ = build_model("plan_c")
+    model.eval()
+
+    def loss_at(timestep):
+        return model.compute_loss(demo_batch, BatchRandom(torch.Generator().manual_seed(0)), timestep)["loss"]
+
+    with torch.no_grad():
+        assert torch.equal(loss_at(100), loss_at(100))
+        assert not torch.equal(loss_at(100), loss_at(899))
+
+
+@pytest.mark.parametrize(
+    "preset, stage, offload",
+    [("deepspeed_zero2", 2, False), ("deepspeed_zero3", 3, False), ("deepspeed_zero2_offload", 2, True)],
+)
+def test_deepspeed_presets_build_lightnings_strategy(preset, stage, offload):
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    cfg = compose_config(["experiment=plan_c", f"trainer={preset}", "data.batch_size=3"])
+    strategy = hydra.utils.instantiate(cfg.trainer.strategy)
+    assert isinstance(strategy, DeepSpeedStrategy)
+    zero = strategy.config["zero_optimization"]
+    assert zero["stage"] == stage
+    assert ("offload_optimizer" in zero) == offload
+    assert cfg.trainer.precision == "bf16-mixed" and strategy.config["train_micro_batch_size_per_gpu"] == 3
+
+
+@pytest.mark.parametrize("preset", ["cpu", "gpu", "ddp"])
+def test_plain_presets_compose(preset):
+    cfg = compose_config(["experiment=plan_c", f"trainer={preset}", "trainer.max_steps=7"])
+    assert cfg.trainer.max_steps == 7 and cfg.trainer.use_distributed_sampler is False

@@ -26,9 +26,7 @@ class Conditioner(nn.Module):
         super().__init__()
         self.backbone_info = backbone
 
-    def forward(
-        self, batch: Mapping[str, Any], backbone: nn.Module, random: BatchRandom
-    ) -> dict[str, Any]:
+    def forward(self, batch: Mapping[str, Any], backbone: nn.Module, random: BatchRandom) -> dict[str, Any]:
         """Conditions for the batch. Draw any randomness through ``random`` (see idvid.randomness)."""
         raise NotImplementedError(f"{type(self).__name__} must implement forward(batch, backbone, random)")
 

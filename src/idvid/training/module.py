@@ -92,7 +92,13 @@ class IdentityVideoModule(L.LightningModule):
         self.loss_fn = _build_named(PluginKind.LOSS, loss)
         self.optimizer_config = optimizer
         self.lr_scheduler_config = lr_scheduler
-        self.validation = {"num_inference_steps": 4, "guidance_scale": 6.0, "sample": True, **validation}
+        self.validation = {
+            "num_inference_steps": 4,
+            "guidance_scale": 6.0,
+            "sample": True,
+            "loss_quantiles": [],
+            **validation,
+        }
         self.guard = NonFiniteGuard(**non_finite)
         self._set_trainable(trainable)
 
@@ -149,7 +155,10 @@ class IdentityVideoModule(L.LightningModule):
         with torch.no_grad():
             return run_conditioners(self.conditioners, batch, self.backbone, random)
 
-    def compute_loss(self, batch: Mapping[str, Any], random: BatchRandom) -> dict[str, torch.Tensor]:
+    def compute_loss(
+        self, batch: Mapping[str, Any], random: BatchRandom, timestep: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The training loss of a batch; ``timestep`` fixes t for every sample (else t ~ U[0, T))."""
         backbone = self.backbone
         clean = backbone.encode_video(batch["video"], random)
         batch = self.recipe.choose_reference(dict(batch), random)
@@ -159,6 +168,8 @@ class IdentityVideoModule(L.LightningModule):
 
         scheduler = backbone.scheduler
         timesteps = random.randint(scheduler.config.num_train_timesteps, clean.shape[0])
+        if timestep is not None:
+            timesteps = torch.full_like(timesteps, timestep)
         noise = random.randn_like(clean)
         noisy = scheduler.add_noise(clean, noise, timesteps.to(clean.device))
 
@@ -226,9 +237,19 @@ class IdentityVideoModule(L.LightningModule):
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         # A fixed generator per batch: the held-out loss is deterministic and comparable across steps.
         # Every rank holds the whole validation batch, so its draws are not split by rank.
-        torch.manual_seed(self.seed + batch_idx)
-        loss = self.compute_loss(batch, BatchRandom(torch.Generator().manual_seed(self.seed + batch_idx)))["loss"]
-        self.log("val/loss", loss, prog_bar=True, batch_size=batch["video"].shape[0], sync_dist=True)
+        def held_out_loss(timestep: int | None) -> torch.Tensor:
+            torch.manual_seed(self.seed + batch_idx)
+            random = BatchRandom(torch.Generator().manual_seed(self.seed + batch_idx))
+            return self.compute_loss(batch, random, timestep)["loss"]
+
+        batch_size = batch["video"].shape[0]
+        self.log("val/loss", held_out_loss(None), prog_bar=True, batch_size=batch_size, sync_dist=True)
+        # The loss at fixed points of the schedule, same noise each time: a cheap, deterministic signal
+        # that separates "learns coarse structure" (high t) from "learns detail" (low t).
+        last = self.backbone.scheduler.config.num_train_timesteps - 1
+        for quantile in self.validation["loss_quantiles"]:
+            loss_t = held_out_loss(int(round(quantile * last)))
+            self.log(f"val/loss_t{quantile:.1f}", loss_t, batch_size=batch_size, sync_dist=True)
         if batch_idx == 0 and self.validation["sample"] and self.trainer.is_global_zero:
             self._log_validation_sample(batch)
 

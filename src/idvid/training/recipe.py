@@ -82,9 +82,7 @@ class Recipe:
         keep = (~drop).to(extra_latents).view(-1, 1, 1, 1, 1)
         return extra_latents * keep
 
-    def loss_mask(
-        self, face_mask: torch.Tensor | None, latent_shape: torch.Size, random: BatchRandom
-    ) -> torch.Tensor:
+    def loss_mask(self, face_mask: torch.Tensor | None, latent_shape: torch.Size, random: BatchRandom) -> torch.Tensor:
         """Per-sample loss mask ``[B, f, 1, h, w]``: the face mask with probability alpha, else all ones.
 
         ``face_mask`` is ``[B, F, 1, H, W]`` at video resolution; it is trilinearly resized to the latent grid.
