@@ -37,15 +37,17 @@ def _resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
     if ckpt_path in (None, "", "null"):
         return None
     if ckpt_path == "last":
-        candidate = run_dir / "checkpoints" / "last.ckpt"
-        if not candidate.is_file():
+        candidate = run_dir / "checkpoints" / "last.ckpt"  # a file, or a folder under DeepSpeed
+        if not candidate.exists():
             raise FileNotFoundError(
                 f"ckpt_path=last but {candidate} does not exist. Resume in the same run dir "
                 f"(hydra.run.dir=<that run>) or give the checkpoint path: ckpt_path=/path/to/x.ckpt."
             )
         return str(candidate)
-    if not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist; give an existing .ckpt file or 'last'.")
+    if not Path(ckpt_path).exists():
+        raise FileNotFoundError(
+            f"ckpt_path={ckpt_path} does not exist; give an existing .ckpt (a folder for DeepSpeed runs) or 'last'."
+        )
     return ckpt_path
 
 

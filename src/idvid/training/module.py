@@ -135,6 +135,8 @@ class IdentityVideoModule(L.LightningModule):
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(prefixes)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "state_dict" not in checkpoint:  # DeepSpeed: its engine loads the (complete) module weights itself
+            return
         prefixes = tuple(self._frozen_prefixes())
         for key, value in self.state_dict().items():
             if key.startswith(prefixes):
