@@ -115,7 +115,8 @@ def convert(format_name: str, source: str, out: str, overrides: list[str]) -> tu
     torch.manual_seed(0)  # parts not in the source (e.g. demo-scale encoders) are built reproducibly
     module = hydra.utils.instantiate(model_cfg)
     missing, unexpected = module.load_state_dict(converted.state_dict, strict=False)
-    frozen = tuple(module._frozen_prefixes()) + ("backbone.vae.", "backbone.text_encoder.", "conditioners.")
+    # A foreign checkpoint brings the trained parts; frozen encoders come from config or `pretrained`.
+    frozen = tuple(f"backbone.{name}." for name in module.backbone.frozen_modules) + ("conditioners.",)
     missing = [k for k in missing if not k.startswith(frozen)]
     if missing or unexpected:
         raise ValueError(
