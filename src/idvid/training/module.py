@@ -212,6 +212,12 @@ class IdentityVideoModule(L.LightningModule):
         self.guard.good_step()
         self.log("train/grad_norm", grad_norm)
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # DeepSpeed keeps gradients inside its engine (p.grad stays None): log the norm it computed.
+        engine = getattr(self.trainer.strategy, "deepspeed_engine", None)
+        if engine is not None and engine.get_global_grad_norm() is not None:
+            self.log("train/grad_norm", float(engine.get_global_grad_norm()))
+
     # ------------------------------------------------------------ NaN guard
     def _finite_on_all_ranks(self, value: torch.Tensor) -> bool:
         finite = bool(torch.isfinite(value).all())
