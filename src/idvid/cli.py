@@ -92,8 +92,9 @@ def _run_interop(verb: str, args: list[str]) -> None:
             "--to", dest="format", required=True, help="target format, e.g. diffusers-consisid or idvid"
         )
         parser.add_argument("out", help="folder to write")
+        parser.add_argument("--ema", action="store_true", help="export the EMA of the weights")
         options = parser.parse_args(args)
-        print(f"wrote {interop.export(options.checkpoint, options.format, options.out)}")
+        print(f"wrote {interop.export(options.checkpoint, options.format, options.out, ema=options.ema)}")
 
 
 def main(argv: list[str] | None = None) -> None:

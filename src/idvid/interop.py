@@ -41,14 +41,34 @@ class ConvertedModel:
     notes: list[str] = field(default_factory=list)  # said to the user after converting
 
 
-def load_module(path: str | Path, **overrides: Any):
-    """Rebuild an ``IdentityVideoModule`` from a kit checkpoint (architecture and weights)."""
+def load_module(path: str | Path, ema: bool = False, **overrides: Any):
+    """Rebuild an ``IdentityVideoModule`` from a kit checkpoint (architecture and weights).
+
+    ``ema=True`` puts the checkpoint's exponential moving average in place of the trained weights.
+    """
     from idvid.training.module import IdentityVideoModule
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint {path} does not exist; give a .ckpt written by `fit` or `convert`.")
-    return IdentityVideoModule.load_from_checkpoint(path, map_location="cpu", weights_only=True, **overrides)
+    module = IdentityVideoModule.load_from_checkpoint(path, map_location="cpu", weights_only=True, **overrides)
+    if ema:
+        callbacks = torch.load(path, map_location="cpu", weights_only=True).get("callbacks", {})
+        shadow = next(
+            (
+                state["shadow"]
+                for key, state in callbacks.items()
+                if "ExponentialMovingAverage" in key and state.get("shadow")
+            ),
+            None,
+        )
+        if shadow is None:
+            raise ValueError(f"{path} holds no EMA weights; train with callbacks.ema.enabled=true to keep an average.")
+        parameters = dict(module.named_parameters())
+        with torch.no_grad():
+            for name, value in shadow.items():
+                parameters[name].copy_(value)
+    return module
 
 
 def build_for_training(cfg) -> L.LightningModule:
@@ -129,11 +149,11 @@ def convert(format_name: str, source: str, out: str, overrides: list[str]) -> tu
     return path, converted.experiment
 
 
-def export(checkpoint: str, format_name: str, out: str) -> Path:
+def export(checkpoint: str, format_name: str, out: str, ema: bool = False) -> Path:
     writer = REGISTRIES[PluginKind.FORMAT].get(format_name)()
     if not hasattr(writer, "write"):
         raise ValueError(f"Format {format_name!r} cannot be written; formats that write: {_formats('write')}.")
-    module = load_module(checkpoint)
+    module = load_module(checkpoint, ema=ema)
     out_path = Path(out)
     writer.write(module, out_path)
     return out_path

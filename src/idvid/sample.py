@@ -68,8 +68,9 @@ def sample(
     guidance: float = 6.0,
     seed: int = 0,
     face_models: str | None = None,
+    ema: bool = False,
 ) -> Path:
-    module = load_module(checkpoint).eval()
+    module = load_module(checkpoint, ema=ema).eval()
     config = module.backbone.transformer.config
     spatial = module.backbone.info.vae_spatial_compression
     # Defaults: the size the transformer was built for (as diffusers' CogVideoX pipelines do).
@@ -95,6 +96,7 @@ def main(args: list[str]) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--face", choices=FACE_BACKENDS, default="dlib", help="face backend for the reference")
     parser.add_argument("--face-models", default=None, help="folder of the face backend's model files")
+    parser.add_argument("--ema", action="store_true", help="sample with the EMA of the weights")
     options = parser.parse_args(args)
     path = sample(
         options.checkpoint,
@@ -108,5 +110,6 @@ def main(args: list[str]) -> None:
         options.guidance,
         options.seed,
         options.face_models,
+        options.ema,
     )
     print(f"wrote {path}")

@@ -291,3 +291,63 @@ def test_deepspeed_presets_build_lightnings_strategy(preset, stage, offload):
 def test_plain_presets_compose(preset):
     cfg = compose_config(["experiment=plan_c", f"trainer={preset}", "trainer.max_steps=7"])
     assert cfg.trainer.max_steps == 7 and cfg.trainer.use_distributed_sampler is False
+
+
+def test_ema_callback_averages_after_optimizer_steps_only():
+    from types import SimpleNamespace
+
+    from idvid.training.callbacks import ExponentialMovingAverage
+
+    layer = torch.nn.Linear(3, 2)
+    ema = ExponentialMovingAverage(enabled=True, decay=0.9)
+    trainer = SimpleNamespace(accumulate_grad_batches=2)
+    ema.on_fit_start(trainer, layer)
+    start = {n: p.detach().clone() for n, p in layer.named_parameters()}
+    with torch.no_grad():
+        layer.weight.add_(1.0)
+    ema.on_train_batch_end(trainer, layer, None, None, batch_idx=0)  # accumulating: no step yet
+    assert torch.equal(ema.shadow["weight"], start["weight"])
+    ema.on_train_batch_end(trainer, layer, None, None, batch_idx=1)
+    torch.testing.assert_close(ema.shadow["weight"], 0.9 * start["weight"] + 0.1 * layer.weight.detach())
+    restored = ExponentialMovingAverage(enabled=True, decay=0.9)
+    restored.load_state_dict(ema.state_dict())
+    assert torch.equal(restored.shadow["weight"], ema.shadow["weight"])
+    with pytest.raises(ValueError, match="EMA decay=1.0"):
+        ExponentialMovingAverage(decay=1.0)
+
+
+@pytest.mark.slow
+def test_ema_is_saved_resumed_and_loadable(tmp_path):
+    from idvid.interop import load_module
+
+    common = [
+        "experiment=plan_c",
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=100",
+        "callbacks.checkpoint.every_n_train_steps=2",
+        "callbacks.ema.enabled=true",
+        "callbacks.ema.decay=0.5",
+    ]
+    run_fit(tmp_path / "full", *common)
+    run_fit(tmp_path / "resumed", *common, f"ckpt_path={tmp_path / 'full' / 'checkpoints' / 'step000002.ckpt'}")
+    full = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    shadow = full["callbacks"]["ExponentialMovingAverage"]["shadow"]
+    for name, value in resumed["callbacks"]["ExponentialMovingAverage"]["shadow"].items():
+        assert torch.equal(value, shadow[name]), name  # the average resumes exactly
+
+    averaged = load_module(tmp_path / "full" / "checkpoints" / "last.ckpt", ema=True)
+    raw = load_module(tmp_path / "full" / "checkpoints" / "last.ckpt")
+    name = "backbone.transformer.proj_out.weight"
+    assert torch.equal(dict(averaged.named_parameters())[name], shadow[name])
+    assert not torch.equal(dict(raw.named_parameters())[name], shadow[name])
+    with pytest.raises(ValueError, match="holds no EMA weights"):
+        load_module(_without_ema(tmp_path), ema=True)
+
+
+def _without_ema(tmp_path):
+    checkpoint = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    checkpoint["callbacks"].pop("ExponentialMovingAverage")
+    path = tmp_path / "no_ema.ckpt"
+    torch.save(checkpoint, path)
+    return path
