@@ -161,13 +161,19 @@ class IdentityVideoModule(L.LightningModule):
         self, batch: Mapping[str, Any], random: BatchRandom, timestep: int | None = None
     ) -> dict[str, torch.Tensor]:
         """The training loss of a batch; ``timestep`` fixes t for every sample (else t ~ U[0, T))."""
-        backbone = self.backbone
-        clean = backbone.encode_video(batch["video"], random)
-        batch = self.recipe.choose_reference(dict(batch), random)
-        captions = self.recipe.drop_text(batch["caption"], random)
-        text = backbone.encode_text(captions)
-        conditions = self.conditions_for(batch, random)
+        return self._denoising_loss(self._encode_inputs(batch, random), random, timestep)
 
+    def _encode_inputs(self, batch: Mapping[str, Any], random: BatchRandom) -> dict[str, Any]:
+        """The timestep-independent part of a step: latents, recipe choices, text and conditions."""
+        clean = self.backbone.encode_video(batch["video"], random)
+        batch = self.recipe.choose_reference(dict(batch), random)
+        text = self.backbone.encode_text(self.recipe.drop_text(batch["caption"], random))
+        return {"clean": clean, "batch": batch, "text": text, "conditions": self.conditions_for(batch, random)}
+
+    def _denoising_loss(
+        self, inputs: Mapping[str, Any], random: BatchRandom, timestep: int | None
+    ) -> dict[str, torch.Tensor]:
+        backbone, clean, conditions = self.backbone, inputs["clean"], inputs["conditions"]
         scheduler = backbone.scheduler
         timesteps = random.randint(scheduler.config.num_train_timesteps, clean.shape[0])
         if timestep is not None:
@@ -180,9 +186,9 @@ class IdentityVideoModule(L.LightningModule):
         if extra is not None:
             model_input = torch.cat([noisy, self.recipe.drop_image_latents(extra, random)], dim=2)
         injection = self.plan.prepare(conditions)
-        prediction = backbone(model_input, timesteps.to(clean.device), text, injection)
+        prediction = backbone(model_input, timesteps.to(clean.device), inputs["text"], injection)
 
-        mask = self.recipe.loss_mask(batch.get("face_mask"), clean.shape, random).to(clean.device)
+        mask = self.recipe.loss_mask(inputs["batch"].get("face_mask"), clean.shape, random).to(clean.device)
         alphas_cumprod = scheduler.alphas_cumprod.to(clean.device)[timesteps.to(clean.device)]
         loss = self.loss_fn(prediction, clean, noisy, alphas_cumprod, mask)
         return {"loss": loss, "prediction": prediction}
@@ -245,10 +251,17 @@ class IdentityVideoModule(L.LightningModule):
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         # A fixed generator per batch: the held-out loss is deterministic and comparable across steps.
         # Every rank holds the whole validation batch, so its draws are not split by rank.
+        # Encode once; each held-out loss then replays the same draws from the same generator state.
+        torch.manual_seed(self.seed + batch_idx)
+        generator = torch.Generator().manual_seed(self.seed + batch_idx)
+        random = BatchRandom(generator)
+        inputs = self._encode_inputs(batch, random)
+        after_encoding = generator.get_state()
+
         def held_out_loss(timestep: int | None) -> torch.Tensor:
             torch.manual_seed(self.seed + batch_idx)
-            random = BatchRandom(torch.Generator().manual_seed(self.seed + batch_idx))
-            return self.compute_loss(batch, random, timestep)["loss"]
+            generator.set_state(after_encoding)
+            return self._denoising_loss(inputs, random, timestep)["loss"]
 
         batch_size = batch["video"].shape[0]
         self.log("val/loss", held_out_loss(None), prog_bar=True, batch_size=batch_size, sync_dist=True)
