@@ -47,7 +47,10 @@ def _config_dir() -> Path:
     return CONFIG_DIR
 
 
-def _run_hydra(task: Callable[[DictConfig], object], verb: str, overrides: list[str]) -> None:
+def _run_hydra(
+    task: Callable[[DictConfig], object], verb: str, overrides: list[str], config_name: str = "config"
+) -> None:
+    """Run `task` on the config `hydra_conf/<config_name>.yaml` composed with `overrides`."""
     argv = sys.argv
 
     def run(cfg: DictConfig) -> object:
@@ -56,7 +59,7 @@ def _run_hydra(task: Callable[[DictConfig], object], verb: str, overrides: list[
         sys.argv = [argv[0], verb, *overrides]
         return task(cfg)
 
-    wrapped = hydra.main(config_path=str(_config_dir()), config_name="config", version_base="1.3")(run)
+    wrapped = hydra.main(config_path=str(_config_dir()), config_name=config_name, version_base="1.3")(run)
     sys.argv = [argv[0], *overrides]
     try:
         wrapped()
