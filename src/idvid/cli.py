@@ -20,6 +20,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "hydra_conf"
 
 VERBS = {
     "fit": "train (Hydra overrides follow, e.g. experiment=plan_c trainer.max_steps=3)",
+    "preprocess": "data.raw=DIR data.out=DIR [face=dlib]: raw videos + captions -> training set",
     "plugins": "list registered plugins and the injection sites",
     "sample": "CKPT --image ref.jpg --prompt TEXT --out video.mp4: generate a video",
     "convert": "--from FORMAT PATH --out CKPT [overrides]: a foreign checkpoint -> kit checkpoint",
@@ -27,7 +28,6 @@ VERBS = {
 }
 # Verbs that later issues implement; they are named here so users get a clear answer.
 PLANNED_VERBS = {
-    "preprocess": "raw videos -> cached training set",
     "evaluate": "identity and text metrics on generated videos",
 }
 
@@ -75,6 +75,12 @@ def _fit_task(cfg: DictConfig) -> float | None:
     return fit(cfg)
 
 
+def _preprocess_task(cfg: DictConfig) -> dict:
+    from idvid.preprocess import preprocess
+
+    return preprocess(cfg)
+
+
 def _run_interop(verb: str, args: list[str]) -> None:
     import argparse
 
@@ -108,6 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     verb, rest = args[0], args[1:]
     if verb == "fit":
         _run_hydra(_fit_task, verb, rest)
+    elif verb == "preprocess":
+        _run_hydra(_preprocess_task, verb, rest, config_name="preprocess")
     elif verb == "plugins":
         from idvid.plugins_listing import print_plugins
 
