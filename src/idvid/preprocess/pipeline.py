@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 # Bump when the same inputs and settings would give different detections / outputs.
 ANALYSIS_VERSION = 1
 OUTPUT_VERSION = 1
+OUTPUT_FOLDERS = ("videos", "annotations", "records", "cache", "logs")
 
 
 @dataclass(frozen=True)
@@ -86,14 +87,15 @@ def find_inputs(settings: PreprocessSettings) -> list[Job]:
     raw = settings.raw
     if not raw.is_dir():
         raise FileNotFoundError(f"raw video folder not found: {raw}; pass data.raw=<folder of videos and captions>")
-    out = settings.out.resolve()
+    # What a run writes (when data.out lies inside data.raw) is no input.
+    outputs = [settings.out.resolve() / name for name in OUTPUT_FOLDERS]
     skip = {settings.captions.resolve()} if settings.captions else set()
     files = []
     for path in sorted(raw.rglob("*")):
         relative = path.relative_to(raw)
         if not path.is_file() or path.suffix.lower() == ".txt" or path.resolve() in skip:
             continue
-        if any(part.startswith(".") for part in relative.parts) or out in path.resolve().parents:
+        if any(part.startswith(".") for part in relative.parts) or any(o in path.resolve().parents for o in outputs):
             continue
         files.append(path)
     stems = [str(p.relative_to(raw).with_suffix("")) for p in files]
