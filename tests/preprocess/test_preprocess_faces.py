@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-
 from conftest import PAN, CountingAnalyzer
+
 from idvid.data.demo import FRAME_SIZE
 from idvid.data.video_io import read_mp4
 from idvid.faces import ARCFACE_TEMPLATE_112, align_face, face_template, transform_points

@@ -13,7 +13,14 @@ from idvid.preprocess.filters import FilterSettings
 from idvid.preprocess.pipeline import Preprocessor, PreprocessSettings
 from idvid.preprocess.tracking import TrackingSettings
 
-__all__ = ["ClipSettings", "FilterSettings", "PreprocessSettings", "Preprocessor", "TrackingSettings", "settings_from_config"]
+__all__ = [
+    "ClipSettings",
+    "FilterSettings",
+    "PreprocessSettings",
+    "Preprocessor",
+    "TrackingSettings",
+    "settings_from_config",
+]
 
 
 def settings_from_config(cfg: DictConfig) -> PreprocessSettings:

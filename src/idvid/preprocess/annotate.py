@@ -118,9 +118,11 @@ def annotate_clip(
     sizes = np.sqrt(np.prod(faces["boxes"][:, 2:] - faces["boxes"][:, :2], axis=1))
     # Sharp, frontal and large, each relative to the best of the clip so no one term dominates by scale.
     score = (
-        sharp[candidates] / max(np.nanmax(sharp[candidates]), 1e-6)
+        sharp[candidates]
+        / max(np.nanmax(sharp[candidates]), 1e-6)
         * np.cos(np.radians(np.minimum(rotation[candidates], 90.0)))
-        * sizes[candidates] / max(np.nanmax(sizes[candidates]), 1e-6)
+        * sizes[candidates]
+        / max(np.nanmax(sizes[candidates]), 1e-6)
     )
     reference = int(candidates[int(np.argmax(score))])
     in_clip = np.zeros(num, bool)

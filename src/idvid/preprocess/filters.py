@@ -87,9 +87,9 @@ def track_metrics(analysis: FaceAnalysis, track: int) -> dict[str, float]:
     for t, area in zip(analysis.frame[mine], areas):
         others = all_areas[(analysis.frame == t) & (analysis.track != track)]
         second.append(float(others.max(initial=0.0)) / max(float(area), 1e-6))
-    margins = np.minimum.reduce(
-        [box[:, 0], box[:, 1], analysis.width - box[:, 2], analysis.height - box[:, 3]]
-    ) / min(analysis.width, analysis.height)
+    margins = np.minimum.reduce([box[:, 0], box[:, 1], analysis.width - box[:, 2], analysis.height - box[:, 3]]) / min(
+        analysis.width, analysis.height
+    )
     centres = (box[:, :2] + box[:, 2:]) / 2.0
     frames = analysis.frame[mine]
     if len(mine) > 1:

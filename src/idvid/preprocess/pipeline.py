@@ -149,7 +149,9 @@ class Preprocessor:
             what = record["status"] if record["status"] == "kept" else f"{record['status']}: {record['reason']}"
             detail = f" ({record['detail']})" if record.get("detail") else ""
             reused = " [done earlier]" if record.get("reused") else ""
-            log.info("[%d/%d] %s: %s%s %.1f s%s", index, len(mine), job.clip_id, what, detail, record["seconds"], reused)
+            log.info(
+                "[%d/%d] %s: %s%s %.1f s%s", index, len(mine), job.clip_id, what, detail, record["seconds"], reused
+            )
         manifest = self.write_manifest()
         summary = print_summary(records, time.perf_counter() - start, manifest)
         write_json_atomic(self.out / f"summary-rank{self.settings.rank}.json", summary)
@@ -179,7 +181,9 @@ class Preprocessor:
         except VideoReadError as err:
             self.skip(record, err.reason, err.detail)
         except Exception as err:  # a backend failing on odd input must not stop the batch
-            log.error("%s: unexpected error, recorded and retried on the next run:\n%s", job.clip_id, traceback.format_exc())
+            log.error(
+                "%s: unexpected error, recorded and retried on the next run:\n%s", job.clip_id, traceback.format_exc()
+            )
             record.update(status="error", reason=type(err).__name__, detail=str(err))
         record["seconds"] = round(time.perf_counter() - start, 3)
         if record["status"] != "kept":
@@ -269,9 +273,14 @@ class Preprocessor:
         entries, pending = [], 0
         for job in self.jobs:
             record = read_json(self.record_path(job))
+            if record is None:
+                pending += 1
+                continue
+            if record["status"] != "kept" and not self.is_final(record):
+                continue  # an error or an unreadable file: recorded, retried by the next run, not kept
             try:
                 caption = self.captions.lookup(job.source)
-                current = record is not None and record.get("key") == self.record_key(job, caption is not None)
+                current = record.get("key") == self.record_key(job, caption is not None)
             except OSError:  # vanished or unreadable since its record was written
                 current = False
             if not current or not self.is_final(record):
@@ -290,4 +299,3 @@ class Preprocessor:
             return None
         write_atomic(manifest, lambda tmp: write_manifest(tmp, entries))
         return manifest
-

@@ -11,7 +11,7 @@ from rich.table import Table
 
 
 def outcome(record: dict[str, Any]) -> str:
-    """"kept", "skipped: <reason>" or "error: <exception type>"."""
+    """ "kept", "skipped: <reason>" or "error: <exception type>"."""
     return "kept" if record["status"] == "kept" else f"{record['status']}: {record['reason']}"
 
 
