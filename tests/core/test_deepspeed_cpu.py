@@ -25,6 +25,8 @@ pytest.importorskip("deepspeed")
 from lightning.fabric.utilities.seed import reset_seed
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 
+from idvid.training.module import IdentityVideoModule
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STRATEGY = "tests.core.test_deepspeed_cpu.CPUDeepSpeedStrategy"  # imported by name in both ranks (PYTHONPATH)
 
@@ -55,9 +57,6 @@ class CPUDeepSpeedStrategy(DeepSpeedStrategy):
             dist_init_required=False,
         )
         return engine, deepspeed_optimizer
-
-
-from idvid.training.module import IdentityVideoModule
 
 
 class PoisonedModule(IdentityVideoModule):
@@ -222,8 +221,10 @@ def test_deepspeed_skips_non_finite_steps_and_stops_after_k_in_a_row(tmp_path):
     assert skipped[0] == (1, 1.0) and skipped[-1][1] >= 2.0, skipped  # a running count, from step 1 on
 
     checkpoints = tmp_path / "checkpoints"
-    weights = {name: _consolidate(checkpoints / name, tmp_path / f"{name}.pt") for name in
-               ("step000001.ckpt", "step000002.ckpt", "step000003.ckpt", "step000004.ckpt", "last_good.ckpt")}
+    weights = {
+        name: _consolidate(checkpoints / name, tmp_path / f"{name}.pt")
+        for name in ("step000001.ckpt", "step000002.ckpt", "step000003.ckpt", "step000004.ckpt", "last_good.ckpt")
+    }
     trainable = [k for k in weights["step000001.ckpt"] if "transformer" in k or "plan." in k]
 
     def same(a: str, b: str) -> bool:

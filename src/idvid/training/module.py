@@ -259,9 +259,7 @@ class IdentityVideoModule(L.LightningModule):
         step = self.global_step if step is None else step
         self.guard.bad_step()
         self.log("train/non_finite_steps", float(self.guard.total), sync_dist=False)
-        log.warning(
-            "step %d: non-finite %s, step skipped (%d in a row)", step, what, self.guard.consecutive
-        )
+        log.warning("step %d: non-finite %s, step skipped (%d in a row)", step, what, self.guard.consecutive)
         if self.guard.should_stop:
             path = Path(self.trainer.default_root_dir) / "checkpoints" / "last_good.ckpt"
             self.trainer.save_checkpoint(path)  # skipped steps changed nothing: these are the last good weights
