@@ -14,8 +14,12 @@ export to.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,8 +53,14 @@ def load_module(path: str | Path, ema: bool = False, **overrides: Any):
     from idvid.training.module import IdentityVideoModule
 
     path = Path(path)
+    if is_deepspeed_checkpoint(path):
+        with tempfile.TemporaryDirectory() as scratch:
+            return load_module(consolidate(path, Path(scratch) / "consolidated.ckpt"), ema=ema, **overrides)
     if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint {path} does not exist; give a .ckpt written by `fit` or `convert`.")
+        raise FileNotFoundError(
+            f"Checkpoint {path} does not exist; give a .ckpt written by `fit` or `convert` "
+            "(or the .ckpt folder of a DeepSpeed run)."
+        )
     module = IdentityVideoModule.load_from_checkpoint(path, map_location="cpu", weights_only=True, **overrides)
     if ema:
         callbacks = torch.load(path, map_location="cpu", weights_only=True).get("callbacks", {})
@@ -71,6 +81,35 @@ def load_module(path: str | Path, ema: bool = False, **overrides: Any):
     return module
 
 
+def is_deepspeed_checkpoint(path: str | Path) -> bool:
+    """A DeepSpeed (ZeRO) checkpoint is a folder: Lightning names it like a file (``step000100.ckpt/``)."""
+    path = Path(path)
+    return path.is_dir() and ((path / "latest").is_file() or (path / "checkpoint").is_dir())
+
+
+def consolidate(folder: str | Path, out: str | Path) -> Path:
+    """Gather a ZeRO-2/3 checkpoint folder (shards of every rank) into one kit checkpoint file.
+
+    Needs no GPU and no process group. The file holds fp32 weights plus Lightning's state
+    (hyper-parameters, callbacks such as the EMA, loops), so ``load_module``, ``sample``,
+    ``export`` and ``init_from`` take it like any other kit checkpoint. Written atomically.
+    """
+    from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
+
+    folder, out = Path(folder), Path(out)
+    if not is_deepspeed_checkpoint(folder):
+        raise ValueError(
+            f"{folder} is not a DeepSpeed checkpoint folder (one with a `checkpoint/` folder and a `latest` file, "
+            "written by `fit trainer=deepspeed_zero2|3`); a .ckpt file needs no consolidation."
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    with contextlib.redirect_stdout(io.StringIO()):  # Lightning prints a line per call
+        convert_zero_checkpoint_to_fp32_state_dict(str(folder), str(partial))
+    os.replace(partial, out)
+    return out
+
+
 def build_for_training(cfg) -> L.LightningModule:
     """The module `fit` trains: from config, or from a checkpoint when ``init_from`` is set.
 
@@ -84,6 +123,11 @@ def build_for_training(cfg) -> L.LightningModule:
     if not cfg.get("init_from"):
         return hydra.utils.instantiate(cfg.model)
     path = Path(cfg.init_from)
+    if is_deepspeed_checkpoint(path):
+        raise ValueError(
+            f"init_from={path} is a DeepSpeed checkpoint folder; gather it into one file first: "
+            f"python -m idvid consolidate {path} OUT.ckpt, then init_from=OUT.ckpt."
+        )
     if not path.is_file():
         raise FileNotFoundError(f"init_from={path} does not exist; give a .ckpt written by `fit` or `convert`.")
     saved = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]

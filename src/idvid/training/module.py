@@ -199,10 +199,17 @@ class IdentityVideoModule(L.LightningModule):
         # a resumed run draws exactly what the uninterrupted run drew.
         torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
         loss = self.compute_loss(batch, self.batch_random(generator))["loss"]
-        if not self._finite_on_all_ranks(loss):
+        finite = self._finite_on_all_ranks(loss)
+        if finite:
+            self.log("train/loss", loss, prog_bar=True, batch_size=batch["video"].shape[0], sync_dist=True)
+        elif self._deepspeed_engine is not None:
+            # DeepSpeed refuses a skipped backward. Its optimizer discards any step whose gradient norm is
+            # not finite (every ZeRO stage and precision), which a non-finite loss guarantees; the skip is
+            # counted in on_train_batch_end from the engine's own record.
+            self._non_finite_loss = True
+        else:
             self._non_finite_step("loss")
             return None  # Lightning skips backward and the optimizer step
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["video"].shape[0], sync_dist=True)
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -218,11 +225,28 @@ class IdentityVideoModule(L.LightningModule):
         self.guard.good_step()
         self.log("train/grad_norm", grad_norm)
 
+    @property
+    def _deepspeed_engine(self) -> Any:
+        return getattr(self.trainer.strategy, "deepspeed_engine", None) if self._trainer is not None else None
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._non_finite_loss = False
+        engine = self._deepspeed_engine
+        self._engine_skipped_steps = engine.skipped_steps if engine is not None else 0
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # DeepSpeed keeps gradients inside its engine (p.grad stays None): log the norm it computed.
-        engine = getattr(self.trainer.strategy, "deepspeed_engine", None)
-        if engine is not None and engine.get_global_grad_norm() is not None:
-            self.log("train/grad_norm", float(engine.get_global_grad_norm()))
+        # DeepSpeed keeps gradients inside its engine (p.grad stays None, on_before_optimizer_step sees
+        # nothing): it decides on the step, and reports the norm and the skip.
+        engine = self._deepspeed_engine
+        if engine is None:
+            return
+        if engine.skipped_steps > self._engine_skipped_steps:
+            # global_step already counts the step that was just discarded
+            self._non_finite_step("loss" if self._non_finite_loss else "gradient", step=self.global_step - 1)
+        elif not self._non_finite_loss:  # (a non-finite loss between accumulation boundaries is discarded later)
+            self.guard.good_step()
+            if engine.get_global_grad_norm() is not None:
+                self.log("train/grad_norm", float(engine.get_global_grad_norm()))
 
     # ------------------------------------------------------------ NaN guard
     def _finite_on_all_ranks(self, value: torch.Tensor) -> bool:
@@ -231,18 +255,17 @@ class IdentityVideoModule(L.LightningModule):
             return finite
         return bool(self.trainer.strategy.reduce_boolean_decision(finite, all=True))
 
-    def _non_finite_step(self, what: str) -> None:
+    def _non_finite_step(self, what: str, step: int | None = None) -> None:
+        step = self.global_step if step is None else step
         self.guard.bad_step()
         self.log("train/non_finite_steps", float(self.guard.total), sync_dist=False)
-        log.warning(
-            "step %d: non-finite %s, step skipped (%d in a row)", self.global_step, what, self.guard.consecutive
-        )
+        log.warning("step %d: non-finite %s, step skipped (%d in a row)", step, what, self.guard.consecutive)
         if self.guard.should_stop:
             path = Path(self.trainer.default_root_dir) / "checkpoints" / "last_good.ckpt"
             self.trainer.save_checkpoint(path)  # skipped steps changed nothing: these are the last good weights
             raise DivergenceError(
                 f"{self.guard.consecutive} consecutive steps with a non-finite {what} (the last at step "
-                f"{self.global_step}); training stopped. The last good weights are in {path}. Try a lower learning "
+                f"{step}); training stopped. The last good weights are in {path}. Try a lower learning "
                 f"rate, gradient clipping (trainer.gradient_clip_val=1.0) or bf16, or raise "
                 f"model.non_finite.max_consecutive_steps."
             )
