@@ -22,13 +22,16 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from idvid.data.video_io import write_mp4
 from idvid.faces import DlibFaceAnalyzer, Face
-from idvid.preprocess import ClipSettings, FilterSettings, Preprocessor, PreprocessSettings
+
+if TYPE_CHECKING:
+    from idvid.preprocess import PreprocessSettings
 
 log = logging.getLogger(__name__)
 
@@ -137,11 +140,15 @@ def demo_settings(raw: Path, out: Path) -> PreprocessSettings:
     ~40 degrees, which the default 30 degree limit would drop; half the frames with a face
     suffice; and the training clip is data/demo.yaml's 9 frames at stride 1.
     """
+    from idvid.preprocess import ClipSettings, FilterSettings, PreprocessSettings  # idvid.preprocess imports idvid.data
+
     filters = FilterSettings(min_face_size=64, min_valid_fraction=MIN_VALID_FRAMES / NUM_FRAMES, max_rotation_deg=60)
     return PreprocessSettings(raw=raw, out=out, filters=filters, clip=ClipSettings(num_frames=9, frame_stride=1))
 
 
 def _build_into(out_dir: Path) -> None:
+    from idvid.preprocess import Preprocessor
+
     raw = out_dir / "raw"
     raw.mkdir()
     analyzer = DlibFaceAnalyzer()

@@ -24,14 +24,14 @@ __all__ = [
 
 
 def settings_from_config(cfg: DictConfig) -> PreprocessSettings:
-    """PreprocessSettings from the composed `preprocess.yaml`; missing data.raw / data.out is an error naming them."""
-    missing = [key for key in ("raw", "out") if OmegaConf.is_missing(cfg.data, key) or not cfg.data.get(key)]
+    """PreprocessSettings from the composed `preprocess.yaml`; a missing value (`???`) is an error naming it."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ValueError(
-            f"preprocess needs {' and '.join('data.' + k for k in missing)}: "
-            "python -m idvid preprocess data.raw=<folder of videos> data.out=<output folder>"
+            f"preprocess needs {', '.join(missing)}: python -m idvid preprocess data.raw=<folder of videos> "
+            "data.out=<output folder> (with face=insightface also face.options.models_dir=<the antelopev2 folder>)"
         )
-    plain: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)
+    plain: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     rank = plain.get("rank")
     world_size = plain.get("world_size")
     return PreprocessSettings(

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from idvid.faces import align_face, landmark_hull_mask
+from idvid.faces import align_face, box_ellipse_mask, landmark_hull_mask
 from idvid.preprocess.filters import rotation_deg
 from idvid.preprocess.tracking import FaceAnalysis
 
@@ -69,12 +69,7 @@ def face_mask(shape_hw: tuple[int, int], box: np.ndarray, landmarks: np.ndarray)
     """({0,1} mask, how it was made): the 68-landmark hull, else the ellipse inscribed in the box."""
     if landmarks.shape == (68, 2) and np.isfinite(landmarks).all():
         return landmark_hull_mask(shape_hw, landmarks), "landmark_hull"
-    mask = np.zeros(shape_hw, np.uint8)
-    x0, y0, x1, y1 = box
-    centre = (int(round((x0 + x1) / 2)), int(round((y0 + y1) / 2)))
-    axes = (max(1, int(round((x1 - x0) / 2))), max(1, int(round((y1 - y0) / 2))))
-    cv2.ellipse(mask, centre, axes, 0, 0, 360, 1, -1)
-    return mask, "box_ellipse"
+    return box_ellipse_mask(shape_hw, box), "box_ellipse"
 
 
 def sharpness(frame: np.ndarray, box: np.ndarray) -> float:

@@ -25,7 +25,7 @@ import numpy as np
 
 from idvid.data.manifest import write_manifest
 from idvid.data.video_io import VideoReadError, iter_frames, probe_video, write_mp4
-from idvid.faces import FaceAnalyzer
+from idvid.faces import FaceAnalyzer, build_face_analyzer
 from idvid.preprocess.annotate import ClipSettings, annotate_clip, track_frames
 from idvid.preprocess.captions import Captions
 from idvid.preprocess.filters import FilterSettings, failed_filters, main_track, track_metrics
@@ -107,16 +107,8 @@ def find_inputs(settings: PreprocessSettings) -> list[Job]:
 
 
 def build_analyzer(face: dict) -> FaceAnalyzer:
-    """The face backend named by the config, through idvid.faces' factory when it has one."""
-    import idvid.faces
-
-    name, options = face.get("name"), dict(face.get("options") or {})
-    factory = getattr(idvid.faces, "build_face_analyzer", None)
-    if factory is not None:
-        return factory(name, **options)
-    if name != "dlib":
-        raise ValueError(f"face={name!r} is not available in this build; use face=dlib")
-    return idvid.faces.DlibFaceAnalyzer(**options)
+    """The face backend named by the config ({"name": ..., "options": {...}})."""
+    return build_face_analyzer(face.get("name"), **dict(face.get("options") or {}))
 
 
 class Preprocessor:
