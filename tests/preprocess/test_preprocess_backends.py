@@ -7,12 +7,13 @@ import re
 import numpy as np
 import pytest
 
-from conftest import settings_for
 from idvid.cli import main
 from idvid.data.manifest import load_annotations, read_manifest
 from idvid.data.video_io import write_mp4
 from idvid.faces import tiny_insightface as tiny
 from idvid.preprocess import FilterSettings, Preprocessor
+
+from .conftest import settings_for
 
 
 def red_square_frames(num_frames: int = 6) -> np.ndarray:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from conftest import PAN, CountingAnalyzer
 
 from idvid.data.demo import FRAME_SIZE
 from idvid.data.video_io import read_mp4
@@ -11,6 +10,8 @@ from idvid.faces import ARCFACE_TEMPLATE_112, align_face, face_template, transfo
 from idvid.preprocess.annotate import ClipSettings, annotate_clip, track_frames
 from idvid.preprocess.filters import head_pose_deg, main_track, rotation_deg
 from idvid.preprocess.tracking import TrackingSettings, analyze_video, assign_tracks
+
+from .conftest import PAN, CountingAnalyzer
 
 
 def expected_centre_x(t: float) -> float:

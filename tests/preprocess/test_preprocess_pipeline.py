@@ -10,7 +10,6 @@ import shutil
 
 import av
 import pytest
-from conftest import CountingAnalyzer, make_raw, settings_for
 
 from idvid.cli import main
 from idvid.data.dataset import IdentityVideoDataset
@@ -18,6 +17,8 @@ from idvid.data.manifest import ANNOTATION_KEYS, load_annotations, read_manifest
 from idvid.data.video_io import read_mp4, write_mp4
 from idvid.preprocess import FilterSettings, Preprocessor
 from idvid.preprocess.filters import failed_filters
+
+from .conftest import CountingAnalyzer, make_raw, settings_for
 
 
 def records(out):
