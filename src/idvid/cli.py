@@ -14,9 +14,12 @@ from typing import Callable
 import hydra
 from omegaconf import DictConfig
 
+from idvid.resolvers import register_resolvers
+
 log = logging.getLogger("idvid")
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "hydra_conf"
+register_resolvers()  # before any config under CONFIG_DIR is composed
 
 VERBS = {
     "fit": "train (Hydra overrides follow, e.g. experiment=plan_c trainer.max_steps=3)",

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import re
 
+import hydra
 import numpy as np
 import pytest
+import torch
 
 from idvid.cli import main
 from idvid.data.manifest import load_annotations, read_manifest
 from idvid.data.video_io import write_mp4
 from idvid.faces import tiny_insightface as tiny
+from idvid.interop import build_for_training
 from idvid.preprocess import FilterSettings, Preprocessor
+from idvid.randomness import BatchRandom
 
+from ..conftest import compose_config
 from .conftest import settings_for
 
 
@@ -32,7 +37,7 @@ def test_insightface_backend_sets_the_embedding_width_and_mask_source(tmp_path):
     models = tiny.write_tiny_antelopev2(tmp_path / "antelopev2")
     raw = tmp_path / "raw"
     raw.mkdir()
-    write_mp4(raw / "square.mp4", red_square_frames())
+    write_mp4(raw / "square.mp4", red_square_frames(10))
     (raw / "square.txt").write_text("a red square.")
     face = {"name": "insightface", "options": {"models_dir": str(models)}}
     filters = FilterSettings(min_face_size=16, min_valid_fraction=0.5)
@@ -41,10 +46,21 @@ def test_insightface_backend_sets_the_embedding_width_and_mask_source(tmp_path):
     assert summary["kept"] == 1, summary
     ann = load_annotations(read_manifest(summary["manifest"])[0]["annotations"])
     # The stand-in recognizer is 64 wide: the width comes from the backend, not a constant.
-    assert int(ann["embedding_dim"]) == tiny.TINY_EMBEDDING_DIM and ann["embeddings"].shape == (6, 64)
+    assert int(ann["embedding_dim"]) == tiny.TINY_EMBEDDING_DIM and ann["embeddings"].shape == (10, 64)
     assert str(ann["mask_source"]) == "box_ellipse"  # no 68 landmarks: the box ellipse
     centres = (ann["boxes"][:, 0] + ann["boxes"][:, 2]) / 2
     np.testing.assert_allclose(np.diff(centres), 16, atol=1)  # the box follows the square
+
+    # The LFE's input width follows the data: 64 (this backend) + the tiny CLIP projection 32,
+    # and a ConsisID training step runs on the preprocessed clip.
+    cfg = compose_config(["experiment=plan_c", f"data.manifest={summary['manifest']}", "data.batch_size=1"])
+    assert cfg.injectors.identity.extractor.id_dim == 64 + cfg.conditioners.identity.clip.config.projection_dim
+    datamodule = hydra.utils.instantiate(cfg.data)
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch["ref_embedding"].shape == (1, 64)
+    model = build_for_training(cfg)
+    loss = model.compute_loss(batch, BatchRandom(torch.Generator().manual_seed(0)))["loss"]
+    assert torch.isfinite(loss)
 
 
 def test_missing_insightface_models_fail_the_run_before_any_video(tmp_path, capsys, monkeypatch):

@@ -84,3 +84,25 @@ def load_annotations(path: str | Path, *, with_masks: bool = True) -> dict[str, 
             raise ValueError(f"annotations {path} lack arrays {missing}; expected {list(ANNOTATION_KEYS)}")
         keys = [key for key in npz.files if with_masks or key != "masks"]
         return {key: npz[key] for key in keys}
+
+
+def manifest_embedding_dim(path: str | Path) -> int:
+    """The identity embedding width D of a manifest's clips (from its first clip's annotations).
+
+    Every clip of a manifest comes from one face backend (dlib 128, insightface 512), so the first
+    tells; models whose inputs include the embedding read their width from here.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"manifest not found: {path}; pass data.manifest=<a .jsonl manifest> or null for the demo"
+        )
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                annotations = path.parent / json.loads(line)["annotations"]
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise ValueError(f"{path}:{lineno}: cannot read the clip's annotations path ({err})") from err
+            with np.load(annotations, allow_pickle=False) as npz:
+                return int(npz["embedding_dim"])
+    raise ValueError(f"{path}: manifest has no clips")
