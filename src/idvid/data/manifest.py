@@ -13,9 +13,23 @@ Each line is an object with these keys (paths are relative to the manifest's dir
     valid       [T] bool        frame has a detected face
     masks       [T, H, W] uint8 face mask {0,1} at video resolution
     embeddings  [T, D] float32  L2-normalised identity embedding (zeros where not valid)
-    embedding_dim  scalar int  D
-    mask_source    string      how masks were made, e.g. "landmark_hull"
+    embedding_dim  scalar int  D (dlib 128, insightface 512)
+    mask_source    string      how masks were made: "landmark_hull" (68 landmarks) or "box_ellipse"
+  `python -m idvid preprocess` also writes (optional: training reads only the keys above):
+    detected           [T] bool      the detector ran on this frame and found the face (else interpolated)
+    rotation_deg       [T] float32   head rotation from the keypoints (NaN where no face)
+    sharpness          [T] float32   variance of the Laplacian of the face crop (NaN where no face)
+    clip_frames        [N] int64     the training clip chosen by preprocess: N frames at stride s
+    reference_frame    scalar int64  the sharpest, most frontal, largest face frame inside the clip
+    cross_face_frames  [K] int64     face frames of the same person outside the clip
+    reference_crop     [S, S, 3] uint8  the reference face aligned by 5-point similarity (S = 512)
+    source_frames      [2] int64     first and last frame of this clip in the raw video
 - identity: the person; clips that share it show the same person.
+
+A whole example: `python -m idvid preprocess data.raw=raw/ data.out=ds/` on `raw/talk.mp4` with
+`raw/talk.txt` writes `ds/videos/talk.mp4`, `ds/annotations/talk.npz` and this `ds/manifest.jsonl` line::
+
+    {"id": "talk", "video": "videos/talk.mp4", "caption": "a woman talks to the camera.", "annotations": "annotations/talk.npz", "identity": "talk"}
 """
 
 from __future__ import annotations
