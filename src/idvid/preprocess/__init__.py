@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from idvid.preprocess.annotate import ClipSettings
 from idvid.preprocess.filters import FilterSettings
-from idvid.preprocess.pipeline import Preprocessor, PreprocessSettings
+from idvid.preprocess.pipeline import Preprocessor, PreprocessSettings, build_analyzer
 from idvid.preprocess.tracking import TrackingSettings
 
 __all__ = [
@@ -24,12 +24,11 @@ __all__ = [
 
 
 def settings_from_config(cfg: DictConfig) -> PreprocessSettings:
-    """PreprocessSettings from the composed `preprocess.yaml`; a missing value (`???`) is an error naming it."""
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
+    """PreprocessSettings from the composed `preprocess.yaml`; a missing value is an error naming it."""
+    check_required(cfg)
+    if not cfg.data.get("raw"):
         raise ValueError(
-            f"preprocess needs {', '.join(missing)}: python -m idvid preprocess data.raw=<folder of videos> "
-            "data.out=<output folder> (with face=insightface also face.options.models_dir=<the antelopev2 folder>)"
+            "preprocess needs data.raw=<folder of videos> (or data.consisid=<ConsisID's total_train_data.txt>)"
         )
     plain: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     rank = plain.get("rank")
@@ -49,6 +48,29 @@ def settings_from_config(cfg: DictConfig) -> PreprocessSettings:
     )
 
 
+def check_required(cfg: DictConfig) -> None:
+    """Raise ValueError naming every value left `???` in the config."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ValueError(
+            f"preprocess needs {', '.join(missing)}: python -m idvid preprocess data.raw=<folder of videos> "
+            "data.out=<output folder> (with face=insightface also face.options.models_dir=<the antelopev2 folder>)"
+        )
+
+
 def preprocess(cfg: DictConfig) -> dict[str, Any]:
-    """The `preprocess` verb: build the settings and run; returns the summary."""
+    """The `preprocess` verb: run the pipeline on data.raw, or import data.consisid; returns the summary."""
+    check_required(cfg)
+    if cfg.data.get("consisid") and cfg.data.get("raw"):
+        raise ValueError(
+            "give either data.raw (videos to preprocess) or data.consisid (annotations to import), not both"
+        )
+    if cfg.data.get("consisid"):
+        from idvid.preprocess.consisid_import import import_consisid
+
+        face = OmegaConf.to_container(cfg.face, resolve=True, throw_on_missing=True)
+        face = {"name": face["name"], "options": face.get("options") or {}}
+        analyzer = build_analyzer(face)
+        span = (int(cfg.clip.num_frames) - 1) * int(cfg.clip.frame_stride) + 1
+        return import_consisid(cfg.data.consisid, cfg.data.out, analyzer, face, min_frames=span)
     return Preprocessor(settings_from_config(cfg)).run()
