@@ -27,7 +27,8 @@ class IdentityVideoDataset(Dataset):
       ref_image, ref_kps_image [3,R,R]; ref_embedding [D]: from a random face frame inside the clip;
       cross_ref_image, cross_ref_kps_image, cross_ref_embedding: the same from a face frame outside
       the clip's frame span, or from inside when there is none (then has_cross_ref is False);
-      has_cross_ref (bool); frame_indices [F], ref_frame, cross_ref_frame (int64, source frame numbers).
+      has_cross_ref (bool); frame_indices [F], ref_frame, cross_ref_frame (int64, source frame numbers);
+      video_key (str): the video file (path, size, mtime) and frame indices, for encoder caches.
     Frames and masks are centre-cropped to the H:W aspect ratio, then resized to HxW.
     R x R is reference_size x reference_size, or H x W when reference_size is None.
 
@@ -63,7 +64,10 @@ class IdentityVideoDataset(Dataset):
         # Per clip: which frames have a usable face, and the window starts that contain one.
         self._valid: list[np.ndarray] = []
         self._starts: list[np.ndarray] = []
+        self._video_keys: list[str] = []
         for entry in self.entries:
+            stat = Path(entry["video"]).stat()
+            self._video_keys.append(f"{entry['video']}|{stat.st_size}|{stat.st_mtime_ns}")
             ann = load_annotations(entry["annotations"], with_masks=False)
             valid = ann["valid"].astype(bool) & np.isfinite(ann["kps"]).all(axis=(1, 2))
             if len(valid) < self.span:
@@ -121,6 +125,8 @@ class IdentityVideoDataset(Dataset):
             "cross_ref_embedding": torch.from_numpy(ann["embeddings"][cross_t].astype(np.float32)),
             "has_cross_ref": torch.tensor(has_cross),
             "frame_indices": torch.from_numpy(frame_ids),
+            # Names exactly these frames of this file (for caches of encoder outputs).
+            "video_key": f"{self._video_keys[index]}|{','.join(map(str, frame_ids))}",
             "ref_frame": torch.tensor(ref_t),
             "cross_ref_frame": torch.tensor(cross_t),
         }

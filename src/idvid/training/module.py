@@ -28,6 +28,7 @@ from idvid.injection.plan import InjectionPlan
 from idvid.randomness import BatchRandom
 from idvid.registry import PluginKind, build
 from idvid.sampling.sampler import sample_latents
+from idvid.training.feature_cache import FeatureCache
 from idvid.training.guard import DivergenceError, NonFiniteGuard
 from idvid.training.recipe import Recipe
 from idvid.training.visuals import add_video_summary, frame_grid, write_video
@@ -65,6 +66,7 @@ class IdentityVideoModule(L.LightningModule):
         validation: Mapping[str, Any] | None = None,
         non_finite: Mapping[str, Any] | None = None,
         seed: int = 0,
+        feature_cache: str | None = None,
     ):
         super().__init__()
         # Plain containers, so that checkpoints hold no OmegaConf objects (they load with weights_only).
@@ -100,6 +102,8 @@ class IdentityVideoModule(L.LightningModule):
             **validation,
         }
         self.guard = NonFiniteGuard(**non_finite)
+        # Text embeddings and VAE posteriors on disk, reused by later runs (idvid.training.feature_cache).
+        self.feature_cache = FeatureCache(feature_cache) if feature_cache else None
         self._set_trainable(trainable)
 
     # ------------------------------------------------------------- parameters
@@ -165,9 +169,15 @@ class IdentityVideoModule(L.LightningModule):
 
     def _encode_inputs(self, batch: Mapping[str, Any], random: BatchRandom) -> dict[str, Any]:
         """The timestep-independent part of a step: latents, recipe choices, text and conditions."""
-        clean = self.backbone.encode_video(batch["video"], random)
+        cache = self.feature_cache if "video_key" in batch else None
+        clean = (
+            cache.encode_video(self.backbone, batch, random)
+            if cache
+            else self.backbone.encode_video(batch["video"], random)
+        )
         batch = self.recipe.choose_reference(dict(batch), random)
-        text = self.backbone.encode_text(self.recipe.drop_text(batch["caption"], random))
+        captions = self.recipe.drop_text(batch["caption"], random)
+        text = cache.encode_text(self.backbone, captions) if cache else self.backbone.encode_text(captions)
         return {"clean": clean, "batch": batch, "text": text, "conditions": self.conditions_for(batch, random)}
 
     def _denoising_loss(

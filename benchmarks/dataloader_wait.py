@@ -1,0 +1,79 @@
+"""Dataloader wait as a share of training step time, `fit experiment=plan_c` on the demo data.
+
+The wait of step k is the time from the end of step k-1 to the start of step k (Lightning
+fetches the next batch in between); the step is forward, backward and optimizer. Prints both
+per step (median) and the share of the total spent waiting (target: < 5%). The first steps
+(warm-up, worker start) are left out.
+
+    python benchmarks/dataloader_wait.py [--steps 30] [--workers 0] [overrides ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+import warnings
+
+import hydra
+import lightning as L
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+
+from idvid.cli import CONFIG_DIR
+from idvid.interop import build_for_training
+
+
+class WaitTimer(L.Callback):
+    """Records, per training step, the wait before it and its own duration."""
+
+    def __init__(self):
+        self.waits: list[float] = []
+        self.steps: list[float] = []
+        self._ended: float | None = None
+        self._started = 0.0
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self._started = time.perf_counter()
+        if self._ended is not None:
+            self.waits.append(self._started - self._ended)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self._ended = time.perf_counter()
+        self.steps.append(self._ended - self._started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.batch_size=4")
+    options = parser.parse_args()
+    warnings.filterwarnings("ignore")
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=plan_c", *options.overrides])
+    with open_dict(cfg):
+        cfg.data.num_workers = options.workers
+    L.seed_everything(cfg.seed)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    model = build_for_training(cfg)
+    timer = WaitTimer()
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = L.Trainer(
+            accelerator="cpu", devices=1, max_steps=options.steps, limit_val_batches=0, logger=False,
+            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+            use_distributed_sampler=False, callbacks=[timer], default_root_dir=tmp,
+        )  # fmt: skip
+        trainer.fit(model, datamodule=datamodule)
+    waits, steps = timer.waits[options.warmup :], timer.steps[options.warmup + 1 :]
+    share = sum(waits) / (sum(waits) + sum(steps))
+    print(f"{len(steps)} steps, batch {cfg.data.batch_size}, {options.workers} workers, frames {cfg.data.num_frames}")
+    print(f"median step {statistics.median(steps) * 1e3:.1f} ms, median wait {statistics.median(waits) * 1e3:.1f} ms")
+    print(f"dataloader wait: {share:.1%} of step time (target < 5%)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""On-disk caches of the deterministic encoder outputs of a training step.
+
+What is cached, and why only this (ConsisID's recipe draws fresh randomness every step):
+
+- **text embeddings**, per caption string: the text encoder is deterministic. Caption dropout
+  (classifier-free guidance) only chooses *which* caption ("" or the real one) is encoded,
+  and both are cached.
+- **VAE posteriors** of the training videos, per (video file, frame indices, size): the mean and
+  standard deviation of the latent distribution. The latent itself is a fresh sample
+  ``mean + std * noise`` drawn at every step from the step's generator, exactly as without the cache.
+
+Not cached: the reference-face latents (the recipe adds Gaussian noise to the reference *before*
+VAE encoding, a different input every step), the cross-face choice, and the identity conditioners'
+outputs (computed by plugins from the per-step reference image).
+
+Keys: the model's fingerprint (its pretrained folder's files, or a hash of its weights when it has
+none) + the input's fingerprint + the settings, so a changed model, video, caption or resolution
+misses the cache instead of reading a stale entry. Entries are written to a temporary name and
+renamed, so an interrupted run never leaves a half-written entry that a later run trusts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from idvid.randomness import BatchRandom
+
+
+def module_fingerprint(module: nn.Module, pretrained: str | None = None) -> str:
+    """A short hash of a frozen model: its pretrained files' names, sizes and mtimes, else its weights."""
+    digest = hashlib.sha256(type(module).__name__.encode())
+    if pretrained:
+        for path in sorted(Path(pretrained).expanduser().rglob("*")):
+            if path.is_file():
+                stat = path.stat()
+                digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    else:
+        for name, tensor in module.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class FeatureCache:
+    """Text embeddings and VAE posteriors on disk under `root` (see the module docstring).
+
+    `encode_text` / `encode_video` have the backbone's signatures and results; `hits` and `misses`
+    count entries read and computed (tests and logs use them).
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).expanduser()
+        self.hits = 0
+        self.misses = 0
+        self._fingerprints: dict[int, str] = {}
+
+    def _fingerprint(self, module: nn.Module, pretrained: str | None) -> str:
+        if id(module) not in self._fingerprints:
+            self._fingerprints[id(module)] = module_fingerprint(module, pretrained)
+        return self._fingerprints[id(module)]
+
+    def _entries(self, kind: str, keys: list[str], compute: Callable[[list[int]], list[Any]]) -> list[Any]:
+        """Cached values for `keys`; `compute(indices)` returns the missing ones, which are then stored."""
+        paths = [self.root / kind / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.pt" for key in keys]
+        values: list[Any] = [None] * len(keys)
+        for i, path in enumerate(paths):
+            try:
+                values[i] = torch.load(path, map_location="cpu", weights_only=True)
+            except (OSError, RuntimeError, EOFError):
+                pass  # missing or unreadable: computed below
+        missing = [i for i, value in enumerate(values) if value is None]
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            for i, value in zip(missing, compute(missing)):
+                values[i] = value
+                _save_atomic(value, paths[i])
+        return values
+
+    def encode_text(self, backbone: Any, captions: list[str]) -> torch.Tensor:
+        """`backbone.encode_text(captions)`, one cached embedding per caption."""
+        model = self._fingerprint(backbone.text_encoder, backbone.pretrained)
+        keys = [f"text|{model}|{caption}" for caption in captions]
+
+        def compute(indices: list[int]) -> list[torch.Tensor]:
+            with torch.no_grad():
+                embeddings = backbone.encode_text([captions[i] for i in indices])
+            return [e.detach().cpu().clone() for e in embeddings]
+
+        device = next(backbone.text_encoder.parameters()).device
+        return torch.stack(self._entries("text", keys, compute)).to(device)
+
+    def encode_video(self, backbone: Any, batch: dict, random: BatchRandom) -> torch.Tensor:
+        """`backbone.encode_video(batch["video"], random)`: cached posterior, fresh sample.
+
+        Needs `batch["video_key"]` (the dataset's per-item video fingerprint and frame indices).
+        """
+        video = batch["video"]
+        model = self._fingerprint(backbone.vae, backbone.pretrained)
+        size = "x".join(str(s) for s in video.shape[1:])
+        keys = [f"vae|{model}|{video_key}|{size}" for video_key in batch["video_key"]]
+
+        def compute(indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+            with torch.no_grad():
+                posterior = backbone.vae.encode(video[indices].permute(0, 2, 1, 3, 4)).latent_dist
+            return [(m.cpu().clone(), s.cpu().clone()) for m, s in zip(posterior.mean, posterior.std)]
+
+        entries = self._entries("vae", keys, compute)
+        mean = torch.stack([m for m, _ in entries]).to(video.device)
+        std = torch.stack([s for _, s in entries]).to(video.device)
+        # The same draw, in the same order, as CogVideoXBackbone.encode_video.
+        latents = (mean + std * random.randn_like(mean)) * backbone.vae.config.scaling_factor
+        return latents.permute(0, 2, 1, 3, 4).contiguous()
+
+
+def _save_atomic(value: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
+        torch.save(value, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
