@@ -28,6 +28,7 @@ from idvid.injection.plan import InjectionPlan
 from idvid.randomness import BatchRandom
 from idvid.registry import PluginKind, build
 from idvid.sampling.sampler import sample_latents
+from idvid.training.checkpointing import save_checkpoint_atomically
 from idvid.training.guard import DivergenceError, NonFiniteGuard
 from idvid.training.recipe import Recipe
 from idvid.training.visuals import add_video_summary, frame_grid, write_video
@@ -262,7 +263,7 @@ class IdentityVideoModule(L.LightningModule):
         log.warning("step %d: non-finite %s, step skipped (%d in a row)", step, what, self.guard.consecutive)
         if self.guard.should_stop:
             path = Path(self.trainer.default_root_dir) / "checkpoints" / "last_good.ckpt"
-            self.trainer.save_checkpoint(path)  # skipped steps changed nothing: these are the last good weights
+            save_checkpoint_atomically(self.trainer, path)  # skipped steps changed nothing: the last good weights
             raise DivergenceError(
                 f"{self.guard.consecutive} consecutive steps with a non-finite {what} (the last at step "
                 f"{step}); training stopped. The last good weights are in {path}. Try a lower learning "
