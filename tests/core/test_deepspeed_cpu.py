@@ -24,6 +24,7 @@ pytest.importorskip("deepspeed")
 
 from lightning.fabric.utilities.seed import reset_seed
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
+from omegaconf import OmegaConf
 
 from idvid.training.module import IdentityVideoModule
 
@@ -62,8 +63,11 @@ class CPUDeepSpeedStrategy(DeepSpeedStrategy):
 class PoisonedModule(IdentityVideoModule):
     """Test only: the training loss is NaN at the given global steps (built by name in both ranks)."""
 
-    def __init__(self, *args, poison_steps=(), **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, poison_steps=(), **kwargs):
+        # Plain containers before Lightning records the arguments, so checkpoints load with weights_only.
+        kwargs = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in kwargs.items()}
+        poison_steps = list(poison_steps)
+        super().__init__(**kwargs)
         self.poison_steps = set(poison_steps)
 
     def compute_loss(self, batch, random):
