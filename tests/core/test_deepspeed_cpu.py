@@ -65,7 +65,8 @@ class PoisonedModule(IdentityVideoModule):
 
     def __init__(self, poison_steps=(), **kwargs):
         # Plain containers before Lightning records the arguments, so checkpoints load with weights_only.
-        kwargs = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in kwargs.items()}
+        plain = {k: OmegaConf.to_container(v, resolve=True) for k, v in kwargs.items() if OmegaConf.is_config(v)}
+        kwargs = {**kwargs, **plain}
         poison_steps = list(poison_steps)
         super().__init__(**kwargs)
         self.poison_steps = set(poison_steps)
