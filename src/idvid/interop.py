@@ -29,6 +29,7 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
+from idvid.backbones.lora import has_lora, save_lora, without_lora
 from idvid.registry import REGISTRIES, PluginKind, register_format
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,8 @@ def build_for_training(cfg) -> L.LightningModule:
     if model_cfg["backbone"].get("pretrained"):
         backbone["pretrained"] = model_cfg["backbone"]["pretrained"]
     training = {
-        k: model_cfg[k] for k in ("recipe", "loss", "optimizer", "lr_scheduler", "trainable", "validation", "seed")
+        k: model_cfg[k]
+        for k in ("recipe", "loss", "optimizer", "lr_scheduler", "trainable", "lora", "validation", "seed")
     }
     log.info("init_from %s: architecture and weights from the checkpoint, training setup from the config", path)
     return load_module(path, backbone=backbone, **training)
@@ -212,15 +214,21 @@ class KitFormat:
     """The kit's own diffusers-style folder; every plan can be written to it.
 
     ``OUT/transformer/`` is a diffusers ``CogVideoXTransformer3DModel`` (input layer already
-    widened for input_concat channels), ``OUT/injectors/<label>/`` holds each injector's config
-    node (``config.json``) and weights (``diffusion_pytorch_model.safetensors``), and
+    widened for input_concat channels); a model trained with ``trainable=lora`` adds
+    ``OUT/transformer_lora/pytorch_lora_weights.safetensors`` (diffusers' LoRA format, read by
+    ``transformer.load_lora_adapter`` / ``pipe.load_lora_weights``). ``OUT/injectors/<label>/``
+    holds each injector's config node (``config.json``) and weights (``diffusion_pytorch_model.safetensors``), and
     ``OUT/idvid_model.json`` the whole model config. ``load_module`` of the checkpoint remains
     the way to rebuild a model; this folder is for tools that read diffusers layouts.
     """
 
     def write(self, module, out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
-        module.backbone.transformer.save_pretrained(out / "transformer")
+        transformer = module.backbone.transformer
+        # Trained with LoRA: the base transformer as it was, and the adapter in diffusers' LoRA format.
+        without_lora(transformer, merge=False).save_pretrained(out / "transformer")
+        if has_lora(transformer):
+            save_lora(transformer, out / "transformer_lora")
         hparams = dict(module.hparams)
         for label, injector in module.plan.injectors.items():
             folder = out / "injectors" / label

@@ -23,11 +23,13 @@ from diffusers.optimization import get_scheduler
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from idvid.backbones.lora import add_lora, lora_parameters
 from idvid.conditioning.base import run_conditioners
 from idvid.injection.plan import InjectionPlan
 from idvid.randomness import BatchRandom
 from idvid.registry import PluginKind, build
 from idvid.sampling.sampler import sample_latents
+from idvid.training.checkpointing import save_checkpoint_atomically
 from idvid.training.feature_cache import FeatureCache
 from idvid.training.guard import DivergenceError, NonFiniteGuard
 from idvid.training.recipe import Recipe
@@ -35,7 +37,7 @@ from idvid.training.visuals import add_video_summary, frame_grid, write_video
 
 log = logging.getLogger(__name__)
 
-TRAINABLE_CHOICES = ("all", "injectors")
+TRAINABLE_CHOICES = ("all", "injectors", "lora")
 
 
 def _plain(config: Any) -> Any:
@@ -63,6 +65,7 @@ class IdentityVideoModule(L.LightningModule):
         optimizer: Any = None,
         lr_scheduler: Mapping[str, Any] | None = None,
         trainable: str = "all",
+        lora: Mapping[str, Any] | None = None,
         validation: Mapping[str, Any] | None = None,
         non_finite: Mapping[str, Any] | None = None,
         seed: int = 0,
@@ -73,7 +76,7 @@ class IdentityVideoModule(L.LightningModule):
         backbone, conditioners, injectors = _plain(backbone), _plain(conditioners) or {}, _plain(injectors) or {}
         recipe, loss, optimizer = _plain(recipe) or {}, _plain(loss) or {"name": "v_to_x0"}, _plain(optimizer)
         lr_scheduler, validation = _plain(lr_scheduler) or {"name": "constant"}, _plain(validation) or {}
-        non_finite = _plain(non_finite) or {}
+        non_finite, lora = _plain(non_finite) or {}, _plain(lora) or {}
         self.save_hyperparameters()
         self.seed = seed
         self.backbone = _build_named(PluginKind.BACKBONE, backbone)
@@ -104,6 +107,8 @@ class IdentityVideoModule(L.LightningModule):
         self.guard = NonFiniteGuard(**non_finite)
         # Text embeddings and VAE posteriors on disk, reused by later runs (idvid.training.feature_cache).
         self.feature_cache = FeatureCache(feature_cache) if feature_cache else None
+        if trainable == "lora":
+            add_lora(self.backbone.transformer, **lora)
         self._set_trainable(trainable)
 
     # ------------------------------------------------------------- parameters
@@ -114,8 +119,10 @@ class IdentityVideoModule(L.LightningModule):
         self.plan.requires_grad_(True)
         if trainable == "all":  # full fine-tune of the transformer, as ConsisID's released code does
             self.backbone.transformer.requires_grad_(True)
+        for parameter in lora_parameters(self.backbone.transformer):  # trainable=lora: the adapters, not the base
+            parameter.requires_grad_(True)
         # The widened input layer must learn to read the new channels even when the backbone is frozen.
-        if trainable == "injectors" and self.plan.extra_input_channels:
+        if trainable != "all" and self.plan.extra_input_channels:
             self.backbone.transformer.patch_embed.proj.requires_grad_(True)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -141,10 +148,16 @@ class IdentityVideoModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "state_dict" not in checkpoint:  # DeepSpeed: its engine loads the (complete) module weights itself
             return
-        prefixes = tuple(self._frozen_prefixes())
+        prefixes, saved = tuple(self._frozen_prefixes()), checkpoint["state_dict"]
         for key, value in self.state_dict().items():
             if key.startswith(prefixes):
-                checkpoint["state_dict"].setdefault(key, value)
+                saved.setdefault(key, value)
+            # LoRA added to weights trained without it (init_from a full checkpoint with trainable=lora):
+            # the saved weight is the wrapped layer's base, and the adapter starts as initialised (B = 0).
+            elif ".base_layer." in key and key not in saved and key.replace(".base_layer.", ".") in saved:
+                saved[key] = saved.pop(key.replace(".base_layer.", "."))
+            elif ".lora_" in key:
+                saved.setdefault(key, value)
 
     # ---------------------------------------------------------------- running
     def step_generator(self, batch_idx: int) -> torch.Generator:
@@ -272,7 +285,7 @@ class IdentityVideoModule(L.LightningModule):
         log.warning("step %d: non-finite %s, step skipped (%d in a row)", step, what, self.guard.consecutive)
         if self.guard.should_stop:
             path = Path(self.trainer.default_root_dir) / "checkpoints" / "last_good.ckpt"
-            self.trainer.save_checkpoint(path)  # skipped steps changed nothing: these are the last good weights
+            save_checkpoint_atomically(self.trainer, path)  # skipped steps changed nothing: the last good weights
             raise DivergenceError(
                 f"{self.guard.consecutive} consecutive steps with a non-finite {what} (the last at step "
                 f"{step}); training stopped. The last good weights are in {path}. Try a lower learning "
