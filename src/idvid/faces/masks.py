@@ -52,5 +52,7 @@ def whiten_background(crop: np.ndarray, mask: np.ndarray) -> np.ndarray:
     if crop.shape[:2] != mask.shape[:2]:
         raise ValueError(f"crop {crop.shape[:2]} and mask {mask.shape[:2]} must have the same height and width")
     out = crop.copy()
-    out[np.asarray(mask) == 0] = 255
+    outside = np.asarray(mask) == 0
+    # copyto with a broadcast mask: several times faster than boolean indexing on a 512 crop.
+    np.copyto(out, np.uint8(255), where=outside[..., None] if out.ndim == 3 else outside)
     return out
