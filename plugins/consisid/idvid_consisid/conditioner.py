@@ -31,6 +31,7 @@ class IdentityFeatures(Conditioner):
     """
 
     produces = ("id_cond", "id_vit_hidden")
+    deterministic_inputs = ("ref_image", "ref_embedding")  # no randomness: cacheable per reference
 
     def __init__(
         self,

@@ -21,6 +21,9 @@ class Conditioner(nn.Module):
     produces: tuple[str, ...] = ()
     #: the local folder its weights came from, if any; checkpoints leave such weights out
     pretrained: str | None = None
+    #: batch entries that fully determine the output (no randomness used): when set, training may
+    #: cache the output per sample, keyed by these entries' content (idvid.training.feature_cache)
+    deterministic_inputs: tuple[str, ...] = ()
 
     def __init__(self, backbone: BackboneInfo):
         super().__init__()
@@ -36,10 +39,15 @@ def run_conditioners(
     batch: Mapping[str, Any],
     backbone: nn.Module,
     random: BatchRandom,
+    cache: Any = None,
 ) -> dict[str, Any]:
+    """Every conditioner's conditions; `cache` (a FeatureCache) serves those with deterministic_inputs."""
     conditions: dict[str, Any] = {}
     for label, conditioner in conditioners.items():
-        produced = conditioner(batch, backbone, random)
+        if cache is not None and conditioner.deterministic_inputs:
+            produced = cache.conditions(conditioner, batch, backbone, random)
+        else:
+            produced = conditioner(batch, backbone, random)
         unexpected = set(produced) - set(conditioner.produces)
         if unexpected:
             raise ValueError(

@@ -9,9 +9,14 @@ What is cached, and why only this (ConsisID's recipe draws fresh randomness ever
   standard deviation of the latent distribution. The latent itself is a fresh sample
   ``mean + std * noise`` drawn at every step from the step's generator, exactly as without the cache.
 
-Not cached: the reference-face latents (the recipe adds Gaussian noise to the reference *before*
-VAE encoding, a different input every step), the cross-face choice, and the identity conditioners'
-outputs (computed by plugins from the per-step reference image).
+- **conditions of deterministic conditioners** (those declaring ``deterministic_inputs``, e.g.
+  ConsisID's identity features: CLIP on the clean reference image + the face embedding), per
+  sample, keyed by the content of those inputs: the recipe still picks the reference (in-clip or
+  cross-face) every step; each picked image's features are computed once.
+
+Not cached: the reference-face and keypoint latents (the recipe adds Gaussian noise to the reference
+*before* VAE encoding, a different input every step, and the VAE sample is drawn per step), and
+every choice the recipe draws (cross-face, text drop, image-latent dropout, DropToken).
 
 Keys: the model's fingerprint (its pretrained folder's files, or a hash of its weights when it has
 none) + the input's fingerprint + the settings, so a changed model, video, caption or resolution
@@ -117,6 +122,56 @@ class FeatureCache:
         # The same draw, in the same order, as CogVideoXBackbone.encode_video.
         latents = (mean + std * random.randn_like(mean)) * backbone.vae.config.scaling_factor
         return latents.permute(0, 2, 1, 3, 4).contiguous()
+
+    def conditions(self, conditioner: nn.Module, batch: dict, backbone: Any, random: BatchRandom) -> dict[str, Any]:
+        """`conditioner(batch, ...)` for a conditioner with `deterministic_inputs`, cached per sample.
+
+        The key is the conditioner's fingerprint and the content of its deterministic inputs (e.g. the
+        reference image), so whichever frame the recipe picked, the same image reads the same entry.
+        """
+        model = self._fingerprint(conditioner, conditioner.pretrained)
+        names = conditioner.deterministic_inputs
+        size = len(batch[names[0]])
+        keys = []
+        for i in range(size):
+            digest = hashlib.sha256(f"{type(conditioner).__name__}|{model}".encode())
+            for name in names:
+                value = batch[name][i].detach().cpu().contiguous()
+                digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}".encode())
+                digest.update(value.view(torch.uint8).numpy().tobytes())
+            keys.append(digest.hexdigest())
+
+        def compute(indices: list[int]) -> list[dict[str, Any]]:
+            index = torch.tensor(indices)
+            subset = {k: _take(v, index) for k, v in batch.items()}
+            with torch.no_grad():
+                produced = conditioner(subset, backbone, random)
+            return [
+                {k: _take(v, torch.tensor([j]), squeeze=True) for k, v in produced.items()} for j in range(len(indices))
+            ]
+
+        entries = self._entries("conditions", keys, compute)
+        device = batch[names[0]].device
+        return {name: _stack([e[name] for e in entries], device) for name in entries[0]}
+
+
+def _take(value: Any, index: torch.Tensor, squeeze: bool = False) -> Any:
+    """Rows `index` of a batch value (tensors, lists of tensors, lists of strings); one row unwrapped with squeeze."""
+    if isinstance(value, torch.Tensor):
+        rows = value[index.to(value.device)]
+        return rows[0].detach().cpu().clone() if squeeze else rows
+    if isinstance(value, list) and value and isinstance(value[0], torch.Tensor):
+        return [_take(v, index, squeeze) for v in value]
+    if isinstance(value, list):
+        rows = [value[i] for i in index.tolist()]
+        return rows[0] if squeeze else rows
+    return value
+
+
+def _stack(values: list[Any], device: torch.device) -> Any:
+    if isinstance(values[0], torch.Tensor):
+        return torch.stack(values).to(device)
+    return [torch.stack([v[i] for v in values]).to(device) for i in range(len(values[0]))]
 
 
 def _save_atomic(value: Any, path: Path) -> None:

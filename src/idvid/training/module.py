@@ -170,9 +170,9 @@ class IdentityVideoModule(L.LightningModule):
             return BatchRandom(generator)
         return BatchRandom(generator, rank=trainer.global_rank, world_size=trainer.world_size)
 
-    def conditions_for(self, batch: Mapping[str, Any], random: BatchRandom) -> dict[str, Any]:
+    def conditions_for(self, batch: Mapping[str, Any], random: BatchRandom, cache: Any = None) -> dict[str, Any]:
         with torch.no_grad():
-            return run_conditioners(self.conditioners, batch, self.backbone, random)
+            return run_conditioners(self.conditioners, batch, self.backbone, random, cache)
 
     def compute_loss(
         self, batch: Mapping[str, Any], random: BatchRandom, timestep: int | None = None
@@ -191,7 +191,8 @@ class IdentityVideoModule(L.LightningModule):
         batch = self.recipe.choose_reference(dict(batch), random)
         captions = self.recipe.drop_text(batch["caption"], random)
         text = cache.encode_text(self.backbone, captions) if cache else self.backbone.encode_text(captions)
-        return {"clean": clean, "batch": batch, "text": text, "conditions": self.conditions_for(batch, random)}
+        conditions = self.conditions_for(batch, random, cache)
+        return {"clean": clean, "batch": batch, "text": text, "conditions": conditions}
 
     def _denoising_loss(
         self, inputs: Mapping[str, Any], random: BatchRandom, timestep: int | None
