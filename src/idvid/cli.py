@@ -24,11 +24,12 @@ VERBS = {
     "sample": "CKPT --image ref.jpg --prompt TEXT --out video.mp4: generate a video",
     "convert": "--from FORMAT PATH --out CKPT [overrides]: a foreign checkpoint -> kit checkpoint",
     "export": "CKPT --to FORMAT OUT: kit checkpoint -> foreign layout (formats: see `plugins`)",
+    "evaluate": "videos=DIR refs=DIR prompts=FILE out=DIR: identity, text, FID and frequency metrics",
+    "ablate": "fit, sample and evaluate every plan; writes the ablation table (ablation.md)",
 }
 # Verbs that later issues implement; they are named here so users get a clear answer.
 PLANNED_VERBS = {
     "preprocess": "raw videos -> cached training set",
-    "evaluate": "identity and text metrics on generated videos",
 }
 
 USAGE = (
@@ -75,6 +76,18 @@ def _fit_task(cfg: DictConfig) -> float | None:
     return fit(cfg)
 
 
+def _evaluate_task(cfg: DictConfig) -> object:
+    from idvid.evaluation.evaluate import main as evaluate_main
+
+    return evaluate_main(cfg)
+
+
+def _ablate_task(cfg: DictConfig) -> object:
+    from idvid.evaluation.ablate import main as ablate_main
+
+    return ablate_main(cfg)
+
+
 def _run_interop(verb: str, args: list[str]) -> None:
     import argparse
 
@@ -108,6 +121,10 @@ def main(argv: list[str] | None = None) -> None:
     verb, rest = args[0], args[1:]
     if verb == "fit":
         _run_hydra(_fit_task, verb, rest)
+    elif verb == "evaluate":
+        _run_hydra(_evaluate_task, verb, rest, config_name="evaluate")
+    elif verb == "ablate":
+        _run_hydra(_ablate_task, verb, rest, config_name="ablate")
     elif verb == "plugins":
         from idvid.plugins_listing import print_plugins
 
