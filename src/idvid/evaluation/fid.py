@@ -23,6 +23,7 @@ torchvision's weights are on a different scale and only comparable with each oth
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -72,7 +73,9 @@ class InceptionFeatures:
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
     """``|mu1 - mu2|^2 + Tr(S1 + S2 - 2 sqrt(S1 S2))``, with a small ridge when the product is singular."""
     diff = mu1 - mu2
-    covmean, _ = scipy.linalg.sqrtm(sigma1 @ sigma2, disp=False)
+    with warnings.catch_warnings():  # singular products (few samples) are expected; the ridge below handles them
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
     if not np.isfinite(covmean).all():
         ridge = np.eye(sigma1.shape[0]) * 1e-6
         covmean = scipy.linalg.sqrtm((sigma1 + ridge) @ (sigma2 + ridge))
@@ -91,8 +94,26 @@ def statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def set_fid(reference_features: np.ndarray, generated_features: np.ndarray) -> float:
-    """Proper FID between two sets of features (all face crops of each set)."""
-    return frechet_distance(*statistics(reference_features), *statistics(generated_features))
+    """Proper FID between two sets of features (all face crops of each set).
+
+    Equal to ``frechet_distance`` of the sets' means and covariances, computed from the features
+    themselves: with centred features A1 [n1, D], A2 [n2, D] the covariances are A^T A / (n - 1), and
+    the eigenvalues of S1 S2 are the squared singular values of A1 A2^T / sqrt((n1 - 1)(n2 - 1)), so
+    Tr((S1 S2)^(1/2)) is the sum of those singular values. That is exact and needs an n1 x n2 matrix
+    instead of the square root of a D x D one (D = 2048, n = a few hundred crops).
+    """
+    first, second = np.asarray(reference_features, np.float64), np.asarray(generated_features, np.float64)
+    if first.ndim != 2 or second.ndim != 2 or first.shape[1] != second.shape[1] or not len(first) or not len(second):
+        raise ValueError(f"features must be [N >= 1, D] with the same D, got {first.shape} and {second.shape}")
+    diff = first.mean(0) - second.mean(0)
+    if len(first) < 2 or len(second) < 2:  # one sample: zero covariance on that side
+        return float(diff @ diff + sum(np.trace(statistics(f)[1]) for f in (first, second)))
+    centred1, centred2 = first - first.mean(0), second - second.mean(0)
+    scale1, scale2 = len(first) - 1, len(second) - 1
+    trace1 = float((centred1**2).sum()) / scale1
+    trace2 = float((centred2**2).sum()) / scale2
+    singular = np.linalg.svd(centred1 @ centred2.T, compute_uv=False)
+    return float(diff @ diff + trace1 + trace2 - 2.0 * singular.sum() / np.sqrt(scale1 * scale2))
 
 
 def per_frame_fid_official(reference_feature: np.ndarray, frame_features: np.ndarray) -> float:
