@@ -7,10 +7,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
+from torchvision.models import inception_v3
 
 from idvid.data.demo import Camera, render_frames, source_photos
 from idvid.data.video_io import write_mp4
 from idvid.faces import DlibFaceAnalyzer
+
+from .models import save_tiny_clip, save_tiny_dino
 
 STILL = Camera(fill=(0.45, 0.45), pan_x=(0.0, 0.0), pan_y=(0.0, 0.0), roll_deg=(0.0, 0.0), caption="")
 MOVING = Camera(fill=(0.42, 0.5), pan_x=(-0.05, 0.05), pan_y=(0.0, 0.02), roll_deg=(-3.0, 3.0), caption="")
@@ -53,3 +57,13 @@ def eval_dirs(tmp_path_factory, people) -> dict[str, Path]:
         "noref\ta person smiling\n"
     )
     return {"videos": videos, "refs": refs, "prompts": prompts, "root": root}
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """Local model paths for evaluate: tiny random CLIP and DINOv2 folders, random-weight inception_v3."""
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    inception = root / "inception_v3_google-0cc3c7bd.pth"
+    torch.save(inception_v3(weights=None, aux_logits=True, init_weights=False).state_dict(), inception)
+    return {"clip": save_tiny_clip(root / "clip"), "dino": save_tiny_dino(root / "dino"), "inception": inception}

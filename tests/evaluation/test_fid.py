@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from torchvision.models import inception_v3
 
 from idvid.evaluation.fid import (
     InceptionFeatures,
@@ -42,12 +40,9 @@ def test_official_per_frame_fid_is_the_squared_feature_distance():
     assert per_frame_fid_official(reference, frames) == pytest.approx(np.mean(((frames - reference) ** 2).sum(1)))
 
 
-def test_inception_features_load_from_a_local_file(tmp_path, people, analyzer):
+def test_inception_features_load_from_a_local_file(tmp_path, tiny_models, people, analyzer):
     # torchvision's inception_v3 architecture with random weights saved locally (real weights: same code).
-    path = tmp_path / "inception.pth"
-    torch.manual_seed(0)
-    torch.save(inception_v3(weights=None, aux_logits=True, init_weights=False).state_dict(), path)
-    features = InceptionFeatures(path)
+    features = InceptionFeatures(tiny_models["inception"])
     frames = list(people[0][:3])
     crops = np.stack([arcface_crop(f, face, 224) for f, face in zip(frames, largest_faces(analyzer, frames))])
     out = features(crops)

@@ -1,0 +1,103 @@
+"""The evaluate verb end to end on real-photo videos, tiny random models and missing weights."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from idvid.cli import main
+from idvid.evaluation.evaluate import evaluate, summary
+from idvid.evaluation.inputs import pair_inputs, read_prompts
+
+from ..conftest import CONFIG_DIR
+
+
+def config(eval_dirs, out: Path, **overrides) -> dict:
+    cfg = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "evaluation" / "default.yaml"))
+    cfg["models"]["root"] = str(out.parent / "no-models-here")
+    cfg["models"] = {k: v.replace("${.root}", cfg["models"]["root"]) for k, v in cfg["models"].items()}
+    cfg.update(videos=str(eval_dirs["videos"]), refs=str(eval_dirs["refs"]), prompts=str(eval_dirs["prompts"]))
+    cfg.update(out=str(out), device="cpu", **overrides)
+    return cfg
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_pairing_records_what_is_missing(eval_dirs):
+    items, skipped = pair_inputs(eval_dirs["videos"], eval_dirs["refs"], eval_dirs["prompts"])
+    assert [i.name for i in items] == ["other", "same"]
+    reasons = {s.name: s.reason for s in skipped}
+    assert "noref.png or noref.jpg" in reasons["noref"] and str(eval_dirs["refs"]) in reasons["noref"]
+    assert "no line `noprompt<TAB>prompt`" in reasons["noprompt"]
+
+
+def test_bad_prompt_lines_and_folders_are_clear_errors(tmp_path, eval_dirs):
+    bad = tmp_path / "prompts.tsv"
+    bad.write_text("same a person without a tab\n")
+    with pytest.raises(ValueError, match=r"prompts.tsv:1: expected `NAME<TAB>prompt`"):
+        read_prompts(bad)
+    with pytest.raises(FileNotFoundError, match="videos folder not found"):
+        pair_inputs(tmp_path / "nope", eval_dirs["refs"], eval_dirs["prompts"])
+
+
+def test_every_metric_runs_on_tiny_models_and_missing_weights_are_reported(tmp_path, eval_dirs, tiny_models):
+    out = tmp_path / "out"
+    cfg = config(eval_dirs, out, tensorboard_dir=str(tmp_path / "tb"), num_frames=6)
+    cfg["models"].update({name: str(path) for name, path in tiny_models.items()})
+    result = evaluate(cfg)
+
+    expected_cur = str(out.parent / "no-models-here" / "glint360k_curricular_face_r101_backbone.bin")
+    expected_arc = str(out.parent / "no-models-here" / "antelopev2")
+    assert set(result.unavailable) == {"facesim_arc", "facesim_cur"}
+    assert expected_cur in result.unavailable["facesim_cur"] and expected_arc in result.unavailable["facesim_arc"]
+    aggregate_md = (out / "aggregate.md").read_text()
+    assert expected_cur in aggregate_md and "| facesim_cur | unavailable |" in aggregate_md
+    printed = summary(result, out)
+    assert f"unavailable: facesim_cur: CurricularFace weights not found: {expected_cur}" in printed
+
+    per_video = {row["video"]: row for row in rows(out / "per_video.csv")}
+    assert set(per_video) == {"same", "other"}
+    for column in ("facesim_dlib", "clipscore", "clip_t", "clip_i", "smoothness_clip", "dino", "smoothness_dino"):
+        assert all(math.isfinite(float(row[column])) for row in per_video.values()), column
+    assert float(per_video["same"]["facesim_dlib"]) > float(per_video["other"]["facesim_dlib"]) + 0.08
+    assert float(per_video["same"]["fid_face_per_frame"]) >= 0
+    assert per_video["same"]["freq_region"] == "face"
+    assert {"fid_face", "set_freq_low", "set_freq_high"} <= set(result.set_level)
+    assert (out / "frequency" / "same_spectrum.png").is_file() and (out / "frequency" / "set_profile.png").is_file()
+    assert {row["video"] for row in rows(out / "skipped.csv")} == {"noref", "noprompt"}
+
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert "eval/facesim_dlib" in events.Tags()["scalars"] and "eval/fid_face" in events.Tags()["scalars"]
+
+
+def test_the_verb_runs_through_hydra_with_a_metric_subset(tmp_path, eval_dirs, capsys):
+    out = tmp_path / "verb"
+    main(
+        [
+            "evaluate",
+            f"videos={eval_dirs['videos']}",
+            f"refs={eval_dirs['refs']}",
+            f"prompts={eval_dirs['prompts']}",
+            f"out={out}",
+            "metrics=[frequency,clip]",
+            f"models.root={tmp_path / 'models'}",
+            "num_frames=4",
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert f"unavailable: clip: CLIP model not found: {tmp_path / 'models' / 'clip-vit-base-patch32'}" in printed
+    assert "| facesim_dlib |" in printed  # the offline identity score is always there
+    header = rows(out / "per_video.csv")[0].keys()
+    assert {"facesim_dlib", "freq_low", "freq_high"} <= set(header) and "clipscore" not in header
+    assert (out / ".hydra" / "config.yaml").is_file()
+    with pytest.raises(ValueError, match=r"unknown metric\(s\) \['facesim'\]"):
+        evaluate(config(eval_dirs, tmp_path / "x", metrics=["facesim"]))
