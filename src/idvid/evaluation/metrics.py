@@ -175,6 +175,7 @@ class FrequencyGroup:
     def __init__(self, config: frequency.FrequencyConfig, out: Path, full_frame_fallback: bool):
         self.config, self.out, self.full_frame_fallback = config, out / "frequency", full_frame_fallback
         self.spectra: list[np.ndarray] = []
+        self.full_frame_videos = 0
 
     def _full_frame_crops(self, frames: list[np.ndarray]) -> list[np.ndarray]:
         size = self.config.crop_size
@@ -192,6 +193,7 @@ class FrequencyGroup:
             if not self.full_frame_fallback:
                 return {"freq_low": math.nan, "freq_high": math.nan, "freq_high_minus_low": math.nan}
             crops, region = self._full_frame_crops(ctx.sampled), "full_frame"
+            self.full_frame_videos += 1
         spectrum = frequency.mean_spectrum(crops)
         self.spectra.append(spectrum)
         profile = frequency.radial_profile(spectrum)
@@ -210,7 +212,8 @@ class FrequencyGroup:
         np.save(self.out / "set_spectrum.npy", spectrum)
         frequency.write_png(self.out / "set_spectrum.png", frequency.spectrum_image(spectrum))
         frequency.write_png(self.out / "set_profile.png", frequency.profile_plot({"set": profile}, self.config))
-        return {f"set_{key}": value for key, value in frequency.band_amplitudes(profile, self.config).items()}
+        bands = {f"set_{key}": value for key, value in frequency.band_amplitudes(profile, self.config).items()}
+        return {**bands, "set_freq_full_frame_videos": self.full_frame_videos}
 
 
 def build_group(name: str, cfg: dict, detector: FaceAnalyzer, out: Path, device: str):

@@ -24,6 +24,7 @@ METRIC_DESCRIPTIONS = {
     "freq_low": "mean log-amplitude of the low band of face spectra",
     "freq_high": "mean log-amplitude of the high band of face spectra",
     "freq_high_minus_low": "high-band minus low-band log-amplitude",
+    "set_freq_full_frame_videos": "videos without a detected face whose spectrum came from the full frame",
 }
 
 

@@ -1,0 +1,77 @@
+"""`python -m idvid ablate` on two plans of 2 steps: the table, a diverged run marked unstable, and resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+
+import pytest
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+from idvid.cli import main
+from idvid.evaluation.ablate import prepare_eval_set
+
+
+@pytest.mark.slow
+def test_ablate_writes_table_3_marks_divergence_and_skips_finished_work(tmp_path, tiny_models, capsys):
+    out = tmp_path / "ablation"
+    args = [
+        "ablate",
+        f"out={out}",
+        "experiments=[plan_a,plan_b]",
+        'fit_overrides=["trainer.max_steps=2","model.validation.sample=false","trainer.limit_val_batches=0"]',
+        # plan_b is made to diverge: a huge learning rate, and the NaN guard stops at the first bad step.
+        'experiment_overrides.plan_b=["optimizer.lr=1e30","lr_scheduler.warmup_steps=0",'
+        '"model.non_finite.max_consecutive_steps=1"]',
+        "eval_set.steps=2",
+        "eval_set.count=2",
+        "evaluate.metrics=[facesim_dlib,facesim_cur,clip,frequency]",
+        f"evaluate.models.root={tmp_path / 'models'}",
+        f"evaluate.models.clip={tiny_models['clip']}",
+        "evaluate.device=cpu",
+    ]
+    main(args)
+    printed = capsys.readouterr().out
+    assert "DEMO SCALE" in printed and "NOT paper results" in printed
+
+    with (out / "ablation.csv").open() as handle:
+        rows = {row["plan"]: row for row in csv.DictReader(handle)}
+    assert set(rows) == {"plan_a", "plan_b"}
+    plan_a, plan_b = rows["plan_a"], rows["plan_b"]
+    assert plan_a["status"] == "ok"
+    for column in ("CLIPScore", "low-freq log-amp", "high-freq log-amp"):
+        assert math.isfinite(float(plan_a[column])), column
+    assert plan_a["FaceSim-Cur"] == "unavailable"
+    assert plan_b["status"] == "unstable" and "consecutive steps with a non-finite loss" in plan_b["note"]
+    assert plan_b["CLIPScore"] == ""  # a diverged run is not sampled
+
+    table = (out / "ablation.md").read_text()
+    assert "| plan | status | FaceSim-Arc | FaceSim-Cur | CLIPScore | FID (official per-frame) |" in table
+    assert str(tmp_path / "models" / "glint360k_curricular_face_r101_backbone.bin") in table
+    assert len(list((out / "plan_a" / "videos").glob("*.mp4"))) == 2
+    assert (out / "ablation_spectra.png").is_file() and (out / "ablation_profiles.png").is_file()
+    tags = {
+        value.tag
+        for path in (out / "tensorboard" / "plan_a").glob("events.out.tfevents.*")
+        for event in EventFileLoader(str(path)).Load()
+        for value in event.summary.value
+    }
+    assert {"_hparams_/experiment", "_hparams_/session_start_info", "ablation/set_freq_high"} <= tags
+
+    # Re-running skips the finished experiments: no fit, no sampling, same results.
+    fit_log = (out / "plan_a" / "fit.log").stat().st_mtime_ns
+    start = time.perf_counter()
+    main(args)
+    printed = capsys.readouterr().out
+    assert "plan_a: finished earlier, skipped" in printed and "plan_b: finished earlier, skipped" in printed
+    assert (out / "plan_a" / "fit.log").stat().st_mtime_ns == fit_log
+    assert time.perf_counter() - start < 20
+    assert json.loads((out / "plan_a" / "result.json").read_text())["status"] == "ok"
+
+    # A different evaluation set would make the table compare different inputs: refused.
+    with pytest.raises(ValueError, match="eval_set differs"):
+        prepare_eval_set(
+            {"eval_set": {**json.loads((out / "eval_set" / "eval_set.json").read_text()), "count": 3}}, out
+        )
