@@ -155,7 +155,7 @@ def profile_plot(
         points = np.array([to_pixel(f, v) for f, v in zip(fractions[1:], profile[1:])], np.int32)
         cv2.polylines(canvas, [points], False, colour, 2, cv2.LINE_AA)
         cv2.putText(canvas, label, (width - right - 150, top + 18 + 16 * index), font, 0.45, colour, 1, cv2.LINE_AA)
-    cv2.putText(canvas, "log amplitude", (left + 5, top + 15), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(canvas, "log amplitude", (left, top - 6), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
     return cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB)
 
 
