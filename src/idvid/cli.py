@@ -24,6 +24,7 @@ VERBS = {
     "sample": "CKPT --image ref.jpg --prompt TEXT --out video.mp4: generate a video",
     "convert": "--from FORMAT PATH --out CKPT [overrides]: a foreign checkpoint -> kit checkpoint",
     "export": "CKPT --to FORMAT OUT: kit checkpoint -> foreign layout (formats: see `plugins`)",
+    "consolidate": "DEEPSPEED_CKPT_DIR OUT.ckpt: ZeRO shards of every rank -> one kit checkpoint",
     "evaluate": "videos=DIR refs=DIR prompts=FILE out=DIR: identity, text, FID and frequency metrics",
     "ablate": "fit, sample and evaluate every plan; writes the ablation table (ablation.md)",
 }
@@ -102,8 +103,13 @@ def _run_interop(verb: str, args: list[str]) -> None:
         options = parser.parse_args(args)
         path, experiment = interop.convert(options.format, options.source, options.out, options.overrides)
         print(f"wrote {path}\nfine-tune it: python -m idvid fit experiment={experiment} init_from={path}")
+    elif verb == "consolidate":
+        parser.add_argument("folder", help="a DeepSpeed checkpoint folder, e.g. outputs/<run>/checkpoints/last.ckpt")
+        parser.add_argument("out", help="kit checkpoint file to write (.ckpt)")
+        options = parser.parse_args(args)
+        print(f"wrote {interop.consolidate(options.folder, options.out)}")
     else:
-        parser.add_argument("checkpoint", help="a kit checkpoint (.ckpt) from fit or convert")
+        parser.add_argument("checkpoint", help="a kit checkpoint (.ckpt) from fit or convert, or a DeepSpeed folder")
         parser.add_argument(
             "--to", dest="format", required=True, help="target format, e.g. diffusers-consisid or idvid"
         )
@@ -133,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         from idvid.sample import main as sample_main
 
         sample_main(rest)
-    elif verb in ("convert", "export"):
+    elif verb in ("convert", "export", "consolidate"):
         _run_interop(verb, rest)
     elif verb in PLANNED_VERBS:
         sys.exit(f"`idvid {verb}` ({PLANNED_VERBS[verb]}) is not implemented yet. Available now: {', '.join(VERBS)}.")

@@ -16,6 +16,7 @@ from rich.syntax import Syntax
 from rich.tree import Tree
 
 from idvid.interop import build_for_training
+from idvid.training.checkpointing import PREVIOUS_SUFFIX, resolve_checkpoint
 
 log = logging.getLogger("idvid")
 
@@ -38,17 +39,21 @@ def _resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
         return None
     if ckpt_path == "last":
         candidate = run_dir / "checkpoints" / "last.ckpt"  # a file, or a folder under DeepSpeed
-        if not candidate.exists():
+        found = resolve_checkpoint(candidate)
+        if found is None:
             raise FileNotFoundError(
                 f"ckpt_path=last but {candidate} does not exist. Resume in the same run dir "
                 f"(hydra.run.dir=<that run>) or give the checkpoint path: ckpt_path=/path/to/x.ckpt."
             )
-        return str(candidate)
-    if not Path(ckpt_path).exists():
-        raise FileNotFoundError(
-            f"ckpt_path={ckpt_path} does not exist; give an existing .ckpt (a folder for DeepSpeed runs) or 'last'."
-        )
-    return ckpt_path
+    else:
+        found = resolve_checkpoint(ckpt_path)
+        if found is None:
+            raise FileNotFoundError(
+                f"ckpt_path={ckpt_path} does not exist; give an existing .ckpt (a folder for DeepSpeed runs) or 'last'."
+            )
+    if found.name.endswith(PREVIOUS_SUFFIX):
+        log.warning("the run was killed while replacing a checkpoint; resuming from the complete %s", found)
+    return str(found)
 
 
 def fit(cfg: DictConfig) -> float | None:

@@ -14,8 +14,12 @@ export to.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,7 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
+from idvid.backbones.lora import has_lora, save_lora, without_lora
 from idvid.registry import REGISTRIES, PluginKind, register_format
 
 log = logging.getLogger(__name__)
@@ -49,8 +54,14 @@ def load_module(path: str | Path, ema: bool = False, **overrides: Any):
     from idvid.training.module import IdentityVideoModule
 
     path = Path(path)
+    if is_deepspeed_checkpoint(path):
+        with tempfile.TemporaryDirectory() as scratch:
+            return load_module(consolidate(path, Path(scratch) / "consolidated.ckpt"), ema=ema, **overrides)
     if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint {path} does not exist; give a .ckpt written by `fit` or `convert`.")
+        raise FileNotFoundError(
+            f"Checkpoint {path} does not exist; give a .ckpt written by `fit` or `convert` "
+            "(or the .ckpt folder of a DeepSpeed run)."
+        )
     module = IdentityVideoModule.load_from_checkpoint(path, map_location="cpu", weights_only=True, **overrides)
     if ema:
         callbacks = torch.load(path, map_location="cpu", weights_only=True).get("callbacks", {})
@@ -71,6 +82,35 @@ def load_module(path: str | Path, ema: bool = False, **overrides: Any):
     return module
 
 
+def is_deepspeed_checkpoint(path: str | Path) -> bool:
+    """A DeepSpeed (ZeRO) checkpoint is a folder: Lightning names it like a file (``step000100.ckpt/``)."""
+    path = Path(path)
+    return path.is_dir() and ((path / "latest").is_file() or (path / "checkpoint").is_dir())
+
+
+def consolidate(folder: str | Path, out: str | Path) -> Path:
+    """Gather a ZeRO-2/3 checkpoint folder (shards of every rank) into one kit checkpoint file.
+
+    Needs no GPU and no process group. The file holds fp32 weights plus Lightning's state
+    (hyper-parameters, callbacks such as the EMA, loops), so ``load_module``, ``sample``,
+    ``export`` and ``init_from`` take it like any other kit checkpoint. Written atomically.
+    """
+    from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
+
+    folder, out = Path(folder), Path(out)
+    if not is_deepspeed_checkpoint(folder):
+        raise ValueError(
+            f"{folder} is not a DeepSpeed checkpoint folder (one with a `checkpoint/` folder and a `latest` file, "
+            "written by `fit trainer=deepspeed_zero2|3`); a .ckpt file needs no consolidation."
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    with contextlib.redirect_stdout(io.StringIO()):  # Lightning prints a line per call
+        convert_zero_checkpoint_to_fp32_state_dict(str(folder), str(partial))
+    os.replace(partial, out)
+    return out
+
+
 def build_for_training(cfg) -> L.LightningModule:
     """The module `fit` trains: from config, or from a checkpoint when ``init_from`` is set.
 
@@ -84,6 +124,11 @@ def build_for_training(cfg) -> L.LightningModule:
     if not cfg.get("init_from"):
         return hydra.utils.instantiate(cfg.model)
     path = Path(cfg.init_from)
+    if is_deepspeed_checkpoint(path):
+        raise ValueError(
+            f"init_from={path} is a DeepSpeed checkpoint folder; gather it into one file first: "
+            f"python -m idvid consolidate {path} OUT.ckpt, then init_from=OUT.ckpt."
+        )
     if not path.is_file():
         raise FileNotFoundError(f"init_from={path} does not exist; give a .ckpt written by `fit` or `convert`.")
     saved = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]
@@ -93,7 +138,8 @@ def build_for_training(cfg) -> L.LightningModule:
     if model_cfg["backbone"].get("pretrained"):
         backbone["pretrained"] = model_cfg["backbone"]["pretrained"]
     training = {
-        k: model_cfg[k] for k in ("recipe", "loss", "optimizer", "lr_scheduler", "trainable", "validation", "seed")
+        k: model_cfg[k]
+        for k in ("recipe", "loss", "optimizer", "lr_scheduler", "trainable", "lora", "validation", "seed")
     }
     log.info("init_from %s: architecture and weights from the checkpoint, training setup from the config", path)
     return load_module(path, backbone=backbone, **training)
@@ -168,15 +214,21 @@ class KitFormat:
     """The kit's own diffusers-style folder; every plan can be written to it.
 
     ``OUT/transformer/`` is a diffusers ``CogVideoXTransformer3DModel`` (input layer already
-    widened for input_concat channels), ``OUT/injectors/<label>/`` holds each injector's config
-    node (``config.json``) and weights (``diffusion_pytorch_model.safetensors``), and
+    widened for input_concat channels); a model trained with ``trainable=lora`` adds
+    ``OUT/transformer_lora/pytorch_lora_weights.safetensors`` (diffusers' LoRA format, read by
+    ``transformer.load_lora_adapter`` / ``pipe.load_lora_weights``). ``OUT/injectors/<label>/``
+    holds each injector's config node (``config.json``) and weights (``diffusion_pytorch_model.safetensors``), and
     ``OUT/idvid_model.json`` the whole model config. ``load_module`` of the checkpoint remains
     the way to rebuild a model; this folder is for tools that read diffusers layouts.
     """
 
     def write(self, module, out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
-        module.backbone.transformer.save_pretrained(out / "transformer")
+        transformer = module.backbone.transformer
+        # Trained with LoRA: the base transformer as it was, and the adapter in diffusers' LoRA format.
+        without_lora(transformer, merge=False).save_pretrained(out / "transformer")
+        if has_lora(transformer):
+            save_lora(transformer, out / "transformer_lora")
         hparams = dict(module.hparams)
         for label, injector in module.plan.injectors.items():
             folder = out / "injectors" / label

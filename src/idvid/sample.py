@@ -1,7 +1,8 @@
 """The `sample` verb: a kit checkpoint + one reference photo + a prompt -> an mp4.
 
 The reference goes through the same steps as training data: largest detected face,
-5 keypoints, 5-point alignment, landmark-hull mask with the background whitened,
+5 keypoints, 5-point alignment, landmark-hull mask (the box's ellipse for backends without
+68 landmarks) with the background whitened,
 keypoint drawing, identity embedding. Classifier-free guidance is text-only (the
 face conditions go to both branches), and injectors prepare their identity tokens
 once per video.
@@ -17,41 +18,47 @@ import cv2
 import numpy as np
 import torch
 
-from idvid.faces import DlibFaceAnalyzer, landmark_hull_mask, reference_images
+from idvid.faces import FACE_BACKENDS, box_ellipse_mask, build_face_analyzer, landmark_hull_mask, reference_images
 from idvid.interop import load_module
 from idvid.training.visuals import write_video
 
 log = logging.getLogger(__name__)
-
-FACE_BACKENDS = ("dlib",)
 
 
 def _unit_range(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(image).permute(2, 0, 1).float() / 127.5 - 1.0
 
 
-def reference_batch(image_path: Path, prompt: str, height: int, width: int, face_models: str | None = None) -> dict:
-    """The model inputs for one reference photo, or a clear error when the photo has no usable face."""
+def reference_batch(
+    image_path: Path, prompt: str, height: int, width: int, face_models: str | None = None, face: str = "dlib"
+) -> dict:
+    """The model inputs for one reference photo, or a clear error when the photo has no usable face.
+
+    ``face`` names the face backend (see idvid.faces.build_face_analyzer), ``face_models`` its models folder.
+    """
     bgr = cv2.imread(str(image_path))
     if bgr is None:
         raise FileNotFoundError(f"Cannot read the reference image {image_path}; give a .jpg or .png photo.")
     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    analyzer = DlibFaceAnalyzer(models_dir=face_models)
+    analyzer = build_face_analyzer(face, models_dir=face_models)
     faces = analyzer.detect(rgb)
     if not faces:
         raise ValueError(
             f"No face found in {image_path} ({rgb.shape[1]}x{rgb.shape[0]}). Give a photo with one clearly visible, "
-            f"roughly frontal face at least ~80 px wide (the offline dlib detector's limit)."
+            f"roughly frontal face (at least ~80 px wide for the offline dlib detector)."
         )
-    face = faces[0]  # largest first
+    found = faces[0]  # largest first
     if len(faces) > 1:
-        log.warning("%d faces in %s; using the largest, at %s", len(faces), image_path, np.round(face.box).tolist())
-    mask = landmark_hull_mask(rgb.shape[:2], face.landmarks)
-    aligned, kps_image = reference_images(rgb, face.kps, mask, height, width)
+        log.warning("%d faces in %s; using the largest, at %s", len(faces), image_path, np.round(found.box).tolist())
+    if found.landmarks is not None:
+        mask = landmark_hull_mask(rgb.shape[:2], found.landmarks)
+    else:
+        mask = box_ellipse_mask(rgb.shape[:2], found.box)
+    aligned, kps_image = reference_images(rgb, found.kps, mask, height, width)
     return {
         "ref_image": _unit_range(aligned)[None],
         "ref_kps_image": _unit_range(kps_image)[None],
-        "ref_embedding": torch.from_numpy(analyzer.embed(rgb, face)).float()[None],
+        "ref_embedding": torch.from_numpy(analyzer.embed(rgb, found)).float()[None],
         "caption": [prompt],
     }
 
@@ -69,6 +76,7 @@ def sample(
     seed: int = 0,
     face_models: str | None = None,
     ema: bool = False,
+    face: str = "dlib",
 ) -> Path:
     module = load_module(checkpoint, ema=ema).eval()
     config = module.backbone.transformer.config
@@ -77,7 +85,7 @@ def sample(
     num_frames = num_frames or config.sample_frames
     height = height or config.sample_height * spatial
     width = width or config.sample_width * spatial
-    batch = reference_batch(Path(image), prompt, height, width, face_models)
+    batch = reference_batch(Path(image), prompt, height, width, face_models, face)
     video = module.generate(batch, num_frames, height, width, steps, guidance, seed=seed, progress=True)
     return write_video(Path(out), video[0])
 
@@ -94,8 +102,10 @@ def main(args: list[str]) -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--guidance", type=float, default=6.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--face", choices=FACE_BACKENDS, default="dlib", help="face backend for the reference")
-    parser.add_argument("--face-models", default=None, help="folder of the face backend's model files")
+    parser.add_argument("--face", choices=sorted(FACE_BACKENDS), default="dlib", help="face backend for the reference")
+    parser.add_argument(
+        "--face-models", default=None, help="folder of the face backend's model files (insightface: antelopev2)"
+    )
     parser.add_argument("--ema", action="store_true", help="sample with the EMA of the weights")
     options = parser.parse_args(args)
     path = sample(
@@ -111,5 +121,6 @@ def main(args: list[str]) -> None:
         options.seed,
         options.face_models,
         options.ema,
+        options.face,
     )
     print(f"wrote {path}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,8 @@ pytest.importorskip("deepspeed")
 
 from lightning.fabric.utilities.seed import reset_seed
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
+
+from idvid.training.module import IdentityVideoModule
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STRATEGY = "tests.core.test_deepspeed_cpu.CPUDeepSpeedStrategy"  # imported by name in both ranks (PYTHONPATH)
@@ -56,6 +59,20 @@ class CPUDeepSpeedStrategy(DeepSpeedStrategy):
         return engine, deepspeed_optimizer
 
 
+class PoisonedModule(IdentityVideoModule):
+    """Test only: the training loss is NaN at the given global steps (built by name in both ranks)."""
+
+    def __init__(self, *args, poison_steps=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.poison_steps = set(poison_steps)
+
+    def compute_loss(self, batch, random):
+        out = super().compute_loss(batch, random)
+        if self.training and self.global_step in self.poison_steps:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+
 COMMON = [
     "experiment=plan_c",
     "model.validation.sample=false",
@@ -78,18 +95,18 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _fit(run_dir: Path, *overrides: str) -> None:
+def _fit(run_dir: Path, *overrides: str, returncode: int = 0) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "idvid", "fit", *overrides, f"hydra.run.dir={run_dir}"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=REPO_ROOT, env=_env())
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-5000:]
+    assert (result.returncode == 0) == (returncode == 0), result.stdout[-2000:] + result.stderr[-5000:]
+    return result
 
 
 def _consolidate(checkpoint_dir: Path, output: Path) -> dict[str, torch.Tensor]:
-    from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
+    from idvid.interop import consolidate
 
     assert checkpoint_dir.is_dir(), f"{checkpoint_dir} is not a DeepSpeed checkpoint directory"
-    convert_zero_checkpoint_to_fp32_state_dict(str(checkpoint_dir), str(output))
-    return torch.load(output, map_location="cpu", weights_only=False)["state_dict"]
+    return torch.load(consolidate(checkpoint_dir, output), map_location="cpu", weights_only=True)["state_dict"]
 
 
 @pytest.fixture(scope="module", params=[2, 3], ids=["zero2", "zero3"])
@@ -127,7 +144,11 @@ def test_deepspeed_checkpoint_consolidates_into_the_model(deepspeed_runs, tmp_pa
     from ..conftest import compose_config
 
     _, root, overrides = deepspeed_runs
-    full = _consolidate(root / "full" / "checkpoints" / "step000004.ckpt", tmp_path / "full.pt")
+    # The verb a user runs; the rest of the checks gather through the same function.
+    command = [sys.executable, "-m", "idvid", "consolidate", str(root / "full" / "checkpoints" / "step000004.ckpt")]
+    result = subprocess.run([*command, str(tmp_path / "full.pt")], capture_output=True, text=True, env=_env())
+    assert result.returncode == 0 and "wrote" in result.stdout, result.stderr[-3000:]
+    full = torch.load(tmp_path / "full.pt", map_location="cpu", weights_only=True)["state_dict"]
     resumed = _consolidate(root / "resumed" / "checkpoints" / "step000004.ckpt", tmp_path / "resumed.pt")
     step2 = _consolidate(root / "full" / "checkpoints" / "step000002.ckpt", tmp_path / "step2.pt")
 
@@ -161,6 +182,17 @@ def test_deepspeed_checkpoint_consolidates_into_the_model(deepspeed_runs, tmp_pa
     assert set(rebuilt) <= set(full)
     for name, value in rebuilt.items():
         torch.testing.assert_close(value, full[name], rtol=0, atol=0, msg=name)
+    # The folder itself also loads (gathered on the fly), so `sample` and `export` take it as it is.
+    from_folder = load_module(root / "full" / "checkpoints" / "step000004.ckpt").state_dict()
+    assert all(torch.equal(from_folder[name], value) for name, value in rebuilt.items())
+    from diffusers import CogVideoXTransformer3DModel
+
+    from idvid.interop import export
+
+    exported = export(str(root / "full" / "checkpoints" / "step000004.ckpt"), "idvid", str(tmp_path / "export"))
+    transformer = CogVideoXTransformer3DModel.from_pretrained(exported / "transformer").state_dict()
+    for name, value in transformer.items():
+        torch.testing.assert_close(value, full[f"backbone.transformer.{name}"], rtol=0, atol=0, msg=name)
 
     # The step-2 weights start from the model `fit` built, so frozen weights stored in it are the initial ones.
     for name in set(step2) - trainable:
@@ -176,3 +208,42 @@ def test_deepspeed_logs_the_gradient_norm(deepspeed_runs):
     norms = scalars(root / "full", "train/grad_norm")[1]
     assert [step for step, _ in norms] == [0, 1, 2, 3]
     assert all(math.isfinite(value) and value > 0 for _, value in norms)
+
+
+@pytest.mark.slow
+def test_deepspeed_skips_non_finite_steps_and_stops_after_k_in_a_row(tmp_path):
+    """ZeRO-2: a NaN loss at step 1 is skipped; NaN at steps 3, 4 (K=2 in a row) stops with the last good weights."""
+    from .test_training import scalars
+
+    result = _fit(
+        tmp_path,
+        *COMMON,
+        "trainer=deepspeed_zero2",
+        *DEEPSPEED,
+        "trainer.max_steps=8",
+        "callbacks.checkpoint.every_n_train_steps=1",
+        "model.non_finite.max_consecutive_steps=2",
+        "model._target_=tests.core.test_deepspeed_cpu.PoisonedModule",
+        "+model.poison_steps=[1,3,4,5,6,7]",
+        returncode=1,
+    )
+    stopped = re.search(r"2 consecutive steps with a non-finite loss \(the last at step (\d+)\)", result.stderr)
+    assert stopped and stopped.group(1) == "4", result.stderr[-3000:]
+    _, losses = scalars(tmp_path, "train/loss")
+    assert losses and all(math.isfinite(value) for _, value in losses), losses  # a NaN loss is never logged
+    _, skipped = scalars(tmp_path, "train/non_finite_steps")
+    assert skipped[0] == (1, 1.0) and skipped[-1][1] >= 2.0, skipped  # a running count, from step 1 on
+
+    checkpoints = tmp_path / "checkpoints"
+    weights = {
+        name: _consolidate(checkpoints / name, tmp_path / f"{name}.pt")
+        for name in ("step000001.ckpt", "step000002.ckpt", "step000003.ckpt", "step000004.ckpt", "last_good.ckpt")
+    }
+    trainable = [k for k in weights["step000001.ckpt"] if "transformer" in k or "plan." in k]
+
+    def same(a: str, b: str) -> bool:
+        return all(torch.equal(weights[a][k], weights[b][k]) for k in trainable)
+
+    assert same("step000001.ckpt", "step000002.ckpt")  # step 1 (NaN) changed nothing
+    assert not same("step000002.ckpt", "step000003.ckpt")  # step 2 trained
+    assert same("step000003.ckpt", "step000004.ckpt") and same("step000004.ckpt", "last_good.ckpt")

@@ -26,6 +26,7 @@ from typing import Any
 
 from diffusers import ConsisIDTransformer3DModel
 
+from idvid.backbones.lora import without_lora
 from idvid.injection import Site
 from idvid.interop import ConvertedModel
 from idvid.registry import register_format
@@ -205,7 +206,8 @@ def consisid_transformer(module) -> ConsisIDTransformer3DModel:
     """A diffusers ``ConsisIDTransformer3DModel`` holding the kit model's weights, tensor for tensor."""
     label, _, _ = _identity_injector(module)
     model = ConsisIDTransformer3DModel(**config_dict(module))
-    state_dict = {k: v for k, v in module.backbone.transformer.state_dict().items()}
+    # ConsisID's layout has no separate LoRA: a LoRA-trained model is written with the adapter folded in.
+    state_dict = dict(without_lora(module.backbone.transformer, merge=True).state_dict())
     for key, value in module.plan.injectors[label].state_dict().items():
         state_dict[key] = value
     model.load_state_dict(state_dict, strict=True)

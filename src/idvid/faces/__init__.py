@@ -1,20 +1,26 @@
 """Offline face tooling: detection, landmarks, embeddings, alignment, masks, keypoint images."""
 
 from idvid.faces.align import ARCFACE_TEMPLATE_112, HEAD_MARGIN_SCALE, align_face, face_template, transform_points
+from idvid.faces.backends import FACE_BACKENDS, build_face_analyzer
 from idvid.faces.dlib_analyzer import DlibFaceAnalyzer, default_models_dir, kps_from_landmarks
 from idvid.faces.draw import draw_kps
-from idvid.faces.masks import landmark_hull_mask, whiten_background
+from idvid.faces.insightface_analyzer import InsightFaceAnalyzer
+from idvid.faces.masks import box_ellipse_mask, landmark_hull_mask, whiten_background
 from idvid.faces.reference import reference_images
 from idvid.faces.types import KPS_NAMES, Face, FaceAnalyzer
 
 __all__ = [
     "ARCFACE_TEMPLATE_112",
+    "FACE_BACKENDS",
     "HEAD_MARGIN_SCALE",
     "KPS_NAMES",
     "DlibFaceAnalyzer",
     "Face",
     "FaceAnalyzer",
+    "InsightFaceAnalyzer",
     "align_face",
+    "box_ellipse_mask",
+    "build_face_analyzer",
     "default_models_dir",
     "draw_kps",
     "face_template",

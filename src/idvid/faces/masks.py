@@ -31,6 +31,22 @@ def landmark_hull_mask(shape_hw: tuple[int, int], landmarks68: np.ndarray) -> np
     return mask
 
 
+def box_ellipse_mask(shape_hw: tuple[int, int], box: tuple[float, float, float, float]) -> np.ndarray:
+    """uint8 {0,1} mask [H, W]: the ellipse inscribed in a face box.
+
+    The mask for backends whose faces have no 68 landmarks (insightface); coarser than
+    landmark_hull_mask, and no stand-in for a face-parsing model.
+    """
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if not (x1 > x0 and y1 > y0):
+        raise ValueError(f"box must be (x0, y0, x1, y1) with x1 > x0 and y1 > y0, got {box}")
+    mask = np.zeros((int(shape_hw[0]), int(shape_hw[1])), dtype=np.uint8)
+    centre = (int(round((x0 + x1) / 2)), int(round((y0 + y1) / 2)))
+    axes = (int(round((x1 - x0) / 2)), int(round((y1 - y0) / 2)))
+    cv2.ellipse(mask, centre, axes, 0, 0, 360, 1, thickness=-1)
+    return mask
+
+
 def whiten_background(crop: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Copy of `crop` with every pixel outside `mask` (mask == 0) set to white (255)."""
     if crop.shape[:2] != mask.shape[:2]:

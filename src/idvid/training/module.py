@@ -23,18 +23,20 @@ from diffusers.optimization import get_scheduler
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from idvid.backbones.lora import add_lora, lora_parameters
 from idvid.conditioning.base import run_conditioners
 from idvid.injection.plan import InjectionPlan
 from idvid.randomness import BatchRandom
 from idvid.registry import PluginKind, build
 from idvid.sampling.sampler import sample_latents
+from idvid.training.checkpointing import save_checkpoint_atomically
 from idvid.training.guard import DivergenceError, NonFiniteGuard
 from idvid.training.recipe import Recipe
 from idvid.training.visuals import add_video_summary, frame_grid, write_video
 
 log = logging.getLogger(__name__)
 
-TRAINABLE_CHOICES = ("all", "injectors")
+TRAINABLE_CHOICES = ("all", "injectors", "lora")
 
 
 def _plain(config: Any) -> Any:
@@ -62,6 +64,7 @@ class IdentityVideoModule(L.LightningModule):
         optimizer: Any = None,
         lr_scheduler: Mapping[str, Any] | None = None,
         trainable: str = "all",
+        lora: Mapping[str, Any] | None = None,
         validation: Mapping[str, Any] | None = None,
         non_finite: Mapping[str, Any] | None = None,
         seed: int = 0,
@@ -71,7 +74,7 @@ class IdentityVideoModule(L.LightningModule):
         backbone, conditioners, injectors = _plain(backbone), _plain(conditioners) or {}, _plain(injectors) or {}
         recipe, loss, optimizer = _plain(recipe) or {}, _plain(loss) or {"name": "v_to_x0"}, _plain(optimizer)
         lr_scheduler, validation = _plain(lr_scheduler) or {"name": "constant"}, _plain(validation) or {}
-        non_finite = _plain(non_finite) or {}
+        non_finite, lora = _plain(non_finite) or {}, _plain(lora) or {}
         self.save_hyperparameters()
         self.seed = seed
         self.backbone = _build_named(PluginKind.BACKBONE, backbone)
@@ -101,6 +104,8 @@ class IdentityVideoModule(L.LightningModule):
             **validation,
         }
         self.guard = NonFiniteGuard(**non_finite)
+        if trainable == "lora":
+            add_lora(self.backbone.transformer, **lora)
         self._set_trainable(trainable)
 
     # ------------------------------------------------------------- parameters
@@ -111,8 +116,10 @@ class IdentityVideoModule(L.LightningModule):
         self.plan.requires_grad_(True)
         if trainable == "all":  # full fine-tune of the transformer, as ConsisID's released code does
             self.backbone.transformer.requires_grad_(True)
+        for parameter in lora_parameters(self.backbone.transformer):  # trainable=lora: the adapters, not the base
+            parameter.requires_grad_(True)
         # The widened input layer must learn to read the new channels even when the backbone is frozen.
-        if trainable == "injectors" and self.plan.extra_input_channels:
+        if trainable != "all" and self.plan.extra_input_channels:
             self.backbone.transformer.patch_embed.proj.requires_grad_(True)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -138,10 +145,16 @@ class IdentityVideoModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "state_dict" not in checkpoint:  # DeepSpeed: its engine loads the (complete) module weights itself
             return
-        prefixes = tuple(self._frozen_prefixes())
+        prefixes, saved = tuple(self._frozen_prefixes()), checkpoint["state_dict"]
         for key, value in self.state_dict().items():
             if key.startswith(prefixes):
-                checkpoint["state_dict"].setdefault(key, value)
+                saved.setdefault(key, value)
+            # LoRA added to weights trained without it (init_from a full checkpoint with trainable=lora):
+            # the saved weight is the wrapped layer's base, and the adapter starts as initialised (B = 0).
+            elif ".base_layer." in key and key not in saved and key.replace(".base_layer.", ".") in saved:
+                saved[key] = saved.pop(key.replace(".base_layer.", "."))
+            elif ".lora_" in key:
+                saved.setdefault(key, value)
 
     # ---------------------------------------------------------------- running
     def step_generator(self, batch_idx: int) -> torch.Generator:
@@ -200,10 +213,17 @@ class IdentityVideoModule(L.LightningModule):
         # a resumed run draws exactly what the uninterrupted run drew.
         torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
         loss = self.compute_loss(batch, self.batch_random(generator))["loss"]
-        if not self._finite_on_all_ranks(loss):
+        finite = self._finite_on_all_ranks(loss)
+        if finite:
+            self.log("train/loss", loss, prog_bar=True, batch_size=batch["video"].shape[0], sync_dist=True)
+        elif self._deepspeed_engine is not None:
+            # DeepSpeed refuses a skipped backward. Its optimizer discards any step whose gradient norm is
+            # not finite (every ZeRO stage and precision), which a non-finite loss guarantees; the skip is
+            # counted in on_train_batch_end from the engine's own record.
+            self._non_finite_loss = True
+        else:
             self._non_finite_step("loss")
             return None  # Lightning skips backward and the optimizer step
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["video"].shape[0], sync_dist=True)
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -219,11 +239,28 @@ class IdentityVideoModule(L.LightningModule):
         self.guard.good_step()
         self.log("train/grad_norm", grad_norm)
 
+    @property
+    def _deepspeed_engine(self) -> Any:
+        return getattr(self.trainer.strategy, "deepspeed_engine", None) if self._trainer is not None else None
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._non_finite_loss = False
+        engine = self._deepspeed_engine
+        self._engine_skipped_steps = engine.skipped_steps if engine is not None else 0
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # DeepSpeed keeps gradients inside its engine (p.grad stays None): log the norm it computed.
-        engine = getattr(self.trainer.strategy, "deepspeed_engine", None)
-        if engine is not None and engine.get_global_grad_norm() is not None:
-            self.log("train/grad_norm", float(engine.get_global_grad_norm()))
+        # DeepSpeed keeps gradients inside its engine (p.grad stays None, on_before_optimizer_step sees
+        # nothing): it decides on the step, and reports the norm and the skip.
+        engine = self._deepspeed_engine
+        if engine is None:
+            return
+        if engine.skipped_steps > self._engine_skipped_steps:
+            # global_step already counts the step that was just discarded
+            self._non_finite_step("loss" if self._non_finite_loss else "gradient", step=self.global_step - 1)
+        elif not self._non_finite_loss:  # (a non-finite loss between accumulation boundaries is discarded later)
+            self.guard.good_step()
+            if engine.get_global_grad_norm() is not None:
+                self.log("train/grad_norm", float(engine.get_global_grad_norm()))
 
     # ------------------------------------------------------------ NaN guard
     def _finite_on_all_ranks(self, value: torch.Tensor) -> bool:
@@ -232,18 +269,17 @@ class IdentityVideoModule(L.LightningModule):
             return finite
         return bool(self.trainer.strategy.reduce_boolean_decision(finite, all=True))
 
-    def _non_finite_step(self, what: str) -> None:
+    def _non_finite_step(self, what: str, step: int | None = None) -> None:
+        step = self.global_step if step is None else step
         self.guard.bad_step()
         self.log("train/non_finite_steps", float(self.guard.total), sync_dist=False)
-        log.warning(
-            "step %d: non-finite %s, step skipped (%d in a row)", self.global_step, what, self.guard.consecutive
-        )
+        log.warning("step %d: non-finite %s, step skipped (%d in a row)", step, what, self.guard.consecutive)
         if self.guard.should_stop:
             path = Path(self.trainer.default_root_dir) / "checkpoints" / "last_good.ckpt"
-            self.trainer.save_checkpoint(path)  # skipped steps changed nothing: these are the last good weights
+            save_checkpoint_atomically(self.trainer, path)  # skipped steps changed nothing: the last good weights
             raise DivergenceError(
                 f"{self.guard.consecutive} consecutive steps with a non-finite {what} (the last at step "
-                f"{self.global_step}); training stopped. The last good weights are in {path}. Try a lower learning "
+                f"{step}); training stopped. The last good weights are in {path}. Try a lower learning "
                 f"rate, gradient clipping (trainer.gradient_clip_val=1.0) or bf16, or raise "
                 f"model.non_finite.max_consecutive_steps."
             )
