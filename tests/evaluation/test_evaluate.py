@@ -6,15 +6,19 @@ import csv
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from idvid.cli import main
+from idvid.data.video_io import write_mp4
 from idvid.evaluation.evaluate import evaluate, summary
 from idvid.evaluation.inputs import pair_inputs, read_prompts
+from idvid.faces import tiny_insightface
 
 from ..conftest import CONFIG_DIR
+from .conftest import write_png
 
 
 def config(eval_dirs, out: Path, **overrides) -> dict:
@@ -101,3 +105,29 @@ def test_the_verb_runs_through_hydra_with_a_metric_subset(tmp_path, eval_dirs, c
     assert (out / ".hydra" / "config.yaml").is_file()
     with pytest.raises(ValueError, match=r"unknown metric\(s\) \['facesim'\]"):
         evaluate(config(eval_dirs, tmp_path / "x", metrics=["facesim"]))
+
+
+def test_facesim_arc_and_the_insightface_detector_on_tiny_antelopev2_stand_ins(tmp_path):
+    # The stand-in detector fires on a pure red 32x32 cell (see idvid.faces.tiny_insightface); the
+    # recognizer is a fixed function of the aligned crop, so a video of the reference itself scores 1.
+    models = tiny_insightface.write_tiny_antelopev2(tmp_path / "antelopev2")
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 120, (320, 320, 3), dtype=np.uint8)
+    image[128:160, 128:160] = (255, 0, 0)
+    videos, refs = tmp_path / "videos", tmp_path / "refs"
+    videos.mkdir()
+    write_mp4(videos / "same.mp4", np.stack([image] * 4))
+    write_mp4(videos / "blank.mp4", np.zeros((4, 320, 320, 3), np.uint8))
+    for name in ("same", "blank"):
+        write_png(refs / f"{name}.png", image)
+    prompts = tmp_path / "prompts.tsv"
+    prompts.write_text("same\ta red square\nblank\ta red square\n")
+    cfg = config({"videos": videos, "refs": refs, "prompts": prompts}, tmp_path / "out", metrics=["facesim_arc"])
+    cfg["models"]["insightface"] = str(models)
+    cfg["face"].update(backend="insightface")
+    result = evaluate(cfg)
+    rows = {row["video"]: row for row in result.videos}
+    assert rows["same"]["facesim_arc"] == pytest.approx(1.0, abs=5e-3)  # mp4 compression only
+    assert rows["same"]["frames_with_face"] == 4 and rows["same"]["facesim_arc_frames_skipped"] == 0
+    assert math.isnan(rows["blank"]["facesim_arc"]) and rows["blank"]["facesim_arc_frames_skipped"] == 4
+    assert not result.unavailable

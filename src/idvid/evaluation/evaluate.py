@@ -21,9 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from idvid.data.video_io import read_mp4
 from idvid.evaluation.identity import evenly_sampled_indices, largest_faces, reference_face
 from idvid.evaluation.inputs import pair_inputs
-from idvid.evaluation.metrics import METRIC_GROUPS, VideoContext, build_group
+from idvid.evaluation.metrics import METRIC_GROUPS, VideoContext, build_detector, build_group
 from idvid.evaluation.report import log_tensorboard, markdown_table, write_reports
-from idvid.faces import DlibFaceAnalyzer
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +62,7 @@ def evaluate(cfg: Mapping[str, Any] | DictConfig) -> EvaluationResult:
     device = _device(cfg.get("device", "auto"))
     items, skipped_items = pair_inputs(cfg["videos"], cfg["refs"], cfg["prompts"])
     skipped = [(s.name, s.reason) for s in skipped_items]
-    detector = DlibFaceAnalyzer(models_dir=cfg.get("face", {}).get("models_dir"))
+    detector = build_detector(cfg)
 
     names = list(cfg["metrics"])
     unknown = [n for n in names if n not in METRIC_GROUPS]
@@ -74,7 +73,7 @@ def evaluate(cfg: Mapping[str, Any] | DictConfig) -> EvaluationResult:
     groups, unavailable = [], {}
     for name in names:
         try:
-            groups.append(build_group(name, cfg, detector, out, device))
+            groups.append(build_group(name, cfg, out, device))
         except (FileNotFoundError, ImportError, OSError) as error:
             unavailable[name] = str(error)
             log.warning("metric %s unavailable: %s", name, error)

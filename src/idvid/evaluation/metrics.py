@@ -26,7 +26,7 @@ from idvid.evaluation.identity import (
     largest_faces,
     reference_face,
 )
-from idvid.faces import Face, FaceAnalyzer
+from idvid.faces import DlibFaceAnalyzer, Face, FaceAnalyzer, build_face_analyzer
 
 # FID's crop: the ArcFace-aligned face at 224 (the official script's norm_crop), then resized to 299.
 FID_CROP_SIZE = 224
@@ -80,21 +80,12 @@ class FaceSimArc:
         return {}
 
 
-def insightface_analyzer(models_dir: str | Path) -> FaceAnalyzer:
-    """idvid's insightface backend from a local models folder, or FileNotFoundError / ImportError saying why not."""
-    models_dir = Path(models_dir)
-    if not models_dir.is_dir():
-        raise FileNotFoundError(
-            f"insightface models not found: {models_dir}; put the antelopev2 ONNX files (SCRFD detector and "
-            f"glintr100 ArcFace) there or set models.insightface=/path/to/antelopev2"
-        )
-    try:
-        from idvid.faces import build_face_analyzer
-    except ImportError as error:
-        raise ImportError(
-            "FaceSim-Arc needs idvid.faces.build_face_analyzer (the insightface backend), which this idvid lacks"
-        ) from error
-    return build_face_analyzer("insightface", models_dir=str(models_dir))
+def insightface_analyzer(models_dir: str | Path, det_size: int = 320) -> FaceAnalyzer:
+    """idvid's insightface backend (antelopev2) from a local folder; FileNotFoundError names missing files.
+
+    det_size 320 is the official evaluation script's detector size (training data uses 640).
+    """
+    return build_face_analyzer("insightface", models_dir=str(models_dir), det_size=int(det_size))
 
 
 class ClipGroup:
@@ -216,13 +207,24 @@ class FrequencyGroup:
         return {**bands, "set_freq_full_frame_videos": self.full_frame_videos}
 
 
-def build_group(name: str, cfg: dict, detector: FaceAnalyzer, out: Path, device: str):
+def build_detector(cfg: dict) -> FaceAnalyzer:
+    """The face detector of the sampled frames (``face.backend``): dlib, or insightface from models.insightface."""
+    face = cfg.get("face") or {}
+    backend = face.get("backend", "dlib")
+    if backend == "insightface":
+        return insightface_analyzer(cfg["models"]["insightface"], face.get("insightface_det_size", 320))
+    if backend != "dlib":
+        raise ValueError(f"face.backend={backend!r}; choose dlib (offline) or insightface (models.insightface)")
+    return DlibFaceAnalyzer(models_dir=face.get("dlib_models_dir"))
+
+
+def build_group(name: str, cfg: dict, out: Path, device: str):
     """The metric group ``name`` from the evaluate config; raises when its model is missing."""
-    models = cfg["models"]
-    if name == "facesim_dlib":
-        return FaceSim("facesim_dlib", AnalyzerEmbedder(detector))
+    models, face = cfg["models"], cfg.get("face") or {}
+    if name == "facesim_dlib":  # dlib embeds whichever detector found the face (it re-fits its landmarks)
+        return FaceSim("facesim_dlib", AnalyzerEmbedder(DlibFaceAnalyzer(models_dir=face.get("dlib_models_dir"))))
     if name == "facesim_arc":
-        return FaceSimArc(insightface_analyzer(models["insightface"]))
+        return FaceSimArc(insightface_analyzer(models["insightface"], face.get("insightface_det_size", 320)))
     if name == "facesim_cur":
         return FaceSim(
             "facesim_cur", AlignedCropEmbedder(load_curricularface(models["curricularface"], device), 112, device)
