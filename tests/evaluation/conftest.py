@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import cv2
@@ -10,6 +11,7 @@ import pytest
 import torch
 from torchvision.models import inception_v3
 
+from idvid.cli import main
 from idvid.data.demo import Camera, render_frames, source_photos
 from idvid.data.video_io import write_mp4
 from idvid.faces import DlibFaceAnalyzer
@@ -67,3 +69,18 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     inception = root / "inception_v3_google-0cc3c7bd.pth"
     torch.save(inception_v3(weights=None, aux_logits=True, init_weights=False).state_dict(), inception)
     return {"clip": save_tiny_clip(root / "clip"), "dino": save_tiny_dino(root / "dino"), "inception": inception}
+
+
+def run_cli(args: list[str]) -> None:
+    """``python -m idvid ARGS`` in this process; the root logger's handlers are restored afterwards, because
+    Hydra's job logging adds a file handler in the run dir that later tests must not write to."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        main(args)
+    finally:
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)

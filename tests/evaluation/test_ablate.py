@@ -10,8 +10,9 @@ import time
 import pytest
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-from idvid.cli import main
 from idvid.evaluation.ablate import prepare_eval_set
+
+from .conftest import run_cli
 
 
 @pytest.mark.slow
@@ -32,7 +33,7 @@ def test_ablate_writes_table_3_marks_divergence_and_skips_finished_work(tmp_path
         f"evaluate.models.clip={tiny_models['clip']}",
         "evaluate.device=cpu",
     ]
-    main(args)
+    run_cli(args)
     printed = capsys.readouterr().out
     assert "DEMO SCALE" in printed and "NOT paper results" in printed
 
@@ -63,7 +64,7 @@ def test_ablate_writes_table_3_marks_divergence_and_skips_finished_work(tmp_path
     # Re-running skips the finished experiments: no fit, no sampling, same results.
     fit_log = (out / "plan_a" / "fit.log").stat().st_mtime_ns
     start = time.perf_counter()
-    main(args)
+    run_cli(args)
     printed = capsys.readouterr().out
     assert "plan_a: finished earlier, skipped" in printed and "plan_b: finished earlier, skipped" in printed
     assert (out / "plan_a" / "fit.log").stat().st_mtime_ns == fit_log

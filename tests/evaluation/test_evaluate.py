@@ -11,14 +11,13 @@ import pytest
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from idvid.cli import main
 from idvid.data.video_io import write_mp4
 from idvid.evaluation.evaluate import evaluate, summary
 from idvid.evaluation.inputs import pair_inputs, read_prompts
 from idvid.faces import tiny_insightface
 
 from ..conftest import CONFIG_DIR
-from .conftest import write_png
+from .conftest import run_cli, write_png
 
 
 def config(eval_dirs, out: Path, **overrides) -> dict:
@@ -54,7 +53,7 @@ def test_bad_prompt_lines_and_folders_are_clear_errors(tmp_path, eval_dirs):
 
 def test_every_metric_runs_on_tiny_models_and_missing_weights_are_reported(tmp_path, eval_dirs, tiny_models):
     out = tmp_path / "out"
-    cfg = config(eval_dirs, out, tensorboard_dir=str(tmp_path / "tb"), num_frames=6)
+    cfg = config(eval_dirs, out, tensorboard_dir=str(tmp_path / "tb"), num_frames=4)
     cfg["models"].update({name: str(path) for name, path in tiny_models.items()})
     result = evaluate(cfg)
 
@@ -85,7 +84,7 @@ def test_every_metric_runs_on_tiny_models_and_missing_weights_are_reported(tmp_p
 
 def test_the_verb_runs_through_hydra_with_a_metric_subset(tmp_path, eval_dirs, capsys):
     out = tmp_path / "verb"
-    main(
+    run_cli(
         [
             "evaluate",
             f"videos={eval_dirs['videos']}",
