@@ -8,11 +8,15 @@ import math
 import time
 
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-from idvid.evaluation.ablate import prepare_eval_set
+from idvid.cli import CONFIG_DIR
+from idvid.evaluation.ablate import ablate, prepare_eval_set
 
-from .conftest import run_cli
+from .conftest import run_cli, write_png
 
 
 @pytest.mark.slow
@@ -76,3 +80,24 @@ def test_ablate_writes_table_3_marks_divergence_and_skips_finished_work(tmp_path
         prepare_eval_set(
             {"eval_set": {**json.loads((out / "eval_set" / "eval_set.json").read_text()), "count": 3}}, out
         )
+
+
+def test_a_failed_fit_is_recorded_and_retried_not_marked_finished(tmp_path, people, capsys):
+    refs = tmp_path / "refs"
+    write_png(refs / "person.png", people[0][0])
+    prompts = tmp_path / "prompts.tsv"
+    prompts.write_text("person\ta person looking at the camera\n")
+    cfg = OmegaConf.to_container(compose_ablate([f"out={tmp_path / 'out'}", "experiments=[plan_zz]"]))
+    cfg["eval_set"].update(refs=str(refs), prompts=str(prompts))
+    results = ablate(cfg)
+    assert results["plan_zz"]["status"] == "failed"
+    assert "plan_zz" in results["plan_zz"]["reason"]  # Hydra's error names the unknown experiment
+    assert not (tmp_path / "out" / "plan_zz" / "result.json").exists()  # so a re-run tries it again
+    assert "| plan_zz | failed |" in (tmp_path / "out" / "ablation.md").read_text()
+    assert (tmp_path / "out" / "eval_set" / "refs" / "person_s0.png").is_file()
+
+
+def compose_ablate(overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("ablate", overrides=overrides)

@@ -14,6 +14,7 @@ For each experiment (default: plan_a ... plan_g) in ``<out>/<experiment>/``:
 
 Resumable: ``fit_status.json`` records a finished fit and ``result.json`` (written last, atomically) a
 finished experiment; a re-run skips both, and continues an interrupted fit from its ``last.ckpt``.
+A *failed* fit (an error other than divergence) gets no ``result.json`` and is tried again.
 Outputs in ``<out>``: ``ablation.md``, ``ablation.csv``, ``ablation_spectra.png``,
 ``ablation_profiles.png`` and ``tensorboard/`` (HParams view).
 """
@@ -146,15 +147,24 @@ def run_fit(name: str, cfg: dict, folder: Path) -> dict[str, Any]:
     text = (folder / "fit.log").read_text(errors="replace")
     status: dict[str, Any] = {"status": "ok", "seconds": round(time.perf_counter() - start, 1), "command": command}
     if code != 0:
-        # The exception's own line ("module.SomeError: message") says what happened; else the log's last line.
-        lines = [line for line in text.splitlines() if line.strip()] or [f"exit code {code}"]
-        errors = [line for line in lines if re.match(r"^[\w.]*(Error|Exception)\b.*: ", line)]
         status["status"] = "unstable" if "DivergenceError" in text else "failed"
-        status["reason"] = (errors or lines)[-1].strip()[:500]
+        status["reason"] = failure_reason(text, code)
     elif not (run_dir / "checkpoints" / "last.ckpt").is_file():
         status.update(status="failed", reason=f"fit ended without {run_dir / 'checkpoints' / 'last.ckpt'}")
     write_json_atomically(folder / "fit_status.json", status)
     return status
+
+
+def failure_reason(log_text: str, code: int) -> str:
+    """The line of a failed fit's log that says what went wrong.
+
+    A Python exception's own line ("module.SomeError: message"), else Hydra's config error ("Could not
+    ..."), else the last line that is not Hydra's HYDRA_FULL_ERROR hint.
+    """
+    lines = [line.strip() for line in log_text.splitlines() if line.strip() and "HYDRA_FULL_ERROR" not in line]
+    exceptions = [line for line in lines if re.match(r"^[\w.]*(Error|Exception)\b.*: ", line)]
+    hydra_errors = [line for line in lines if "Could not" in line]
+    return ((exceptions or hydra_errors or lines or [f"exit code {code}"])[-1])[:500]
 
 
 def sample_eval_set(folder: Path, refs_dir: Path, prompts_file: Path, names: list[str], cfg: dict) -> Path:
@@ -293,15 +303,23 @@ def ablate(cfg: dict | DictConfig) -> dict[str, dict]:
             print(f"{name}: finished earlier, skipped ({marker})")
             continue
         status_file = folder / "fit_status.json"
-        status = json.loads(status_file.read_text()) if status_file.is_file() else run_fit(name, cfg, folder)
+        status = json.loads(status_file.read_text()) if status_file.is_file() else None
+        if status is None or status["status"] == "failed":  # a failure (not a divergence) may be transient: retry
+            status = run_fit(name, cfg, folder)
         result = {**status}
         if status["status"] == "ok":
-            sample_eval_set(folder, refs_dir, prompts_file, names, cfg)
-            result.update(evaluate_experiment(folder, refs_dir, prompts_file, cfg))
+            try:
+                sample_eval_set(folder, refs_dir, prompts_file, names, cfg)
+                result.update(evaluate_experiment(folder, refs_dir, prompts_file, cfg))
+            except Exception as error:  # one experiment's failure must not lose the rest of the sweep
+                log.exception("%s: sampling or evaluation failed", name)
+                result.update(status="failed", reason=f"sampling/evaluation: {type(error).__name__}: {error}"[:500])
         print(f"{name}: {result['status']}" + (f" ({result['reason']})" if result.get("reason") else ""))
+        results[name] = result
+        if result["status"] == "failed":  # no marker: the next run tries this experiment again
+            continue
         log_hparams(out, name, result, cfg["fit_overrides"])
         write_json_atomically(marker, result)  # last: its presence means this experiment is done
-        results[name] = result
     demo = any(_is_demo(out / name) for name in results)
     text = write_table(out, results, demo)
     freq = {k: v for k, v in cfg["evaluate"]["frequency"].items() if k != "region_fallback"}
