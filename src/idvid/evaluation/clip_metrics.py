@@ -3,7 +3,8 @@
 Models are transformers folders on local disk (``save_pretrained`` layout: ``config.json``, the
 weights, ``preprocessor_config.json``, and for CLIP the tokenizer files). Frames are RGB uint8.
 
-* CLIPScore: ``100 * cos(text, frame)`` averaged over frames (not clamped). ConsisID's official
+* CLIPScore: ``100 * cos(text, frame)`` averaged over frames (not clamped; ``evaluate`` uses the same 16
+  evenly sampled frames as the identity metrics, where the official script takes ``i * T // 16``). ConsisID's official
   script handed OpenCV's BGR frames to the CLIP processor; ``bgr_compat=True`` reproduces that
   mistake for comparison with published numbers, and is off by default.
 * CLIP-T: the same cosine without the factor 100 (Magic-Me's text alignment).

@@ -7,7 +7,8 @@ improved-residual bottlenecks with ``shortcut_layer`` and ``res_layer``) and ``o
 so tests build the same architecture tiny and load it through the same code.
 
 Input: the ArcFace-aligned face at 112x112, RGB, scaled to [-1, 1]. Output: a 512-d embedding
-(L2-normalise it before comparing).
+(L2-normalise it before comparing). The official script warps to the template at 224 and resizes to
+112; ``idvid.evaluation.identity.arcface_crop`` warps to the same template at 112 directly.
 """
 
 from __future__ import annotations

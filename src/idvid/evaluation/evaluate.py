@@ -122,7 +122,16 @@ def summary(result: EvaluationResult, out: Path) -> str:
     return text + f"wrote {out}/per_video.csv, {out}/aggregate.md, {out}/aggregate.csv\n"
 
 
+REQUIRED = ("videos", "refs", "prompts", "out")
+
+
 def main(cfg: DictConfig) -> EvaluationResult:
+    missing = [key for key in REQUIRED if OmegaConf.is_missing(cfg, key)]
+    if missing:
+        raise SystemExit(
+            f"evaluate needs {', '.join(f'{key}=' for key in missing)}: python -m idvid evaluate videos=DIR refs=DIR "
+            f"prompts=FILE out=DIR (NAME.mp4 pairs with refs/NAME.png|jpg and the line NAME<TAB>prompt)"
+        )
     result = evaluate(cfg)
     print(summary(result, Path(cfg.out)))
     return result
