@@ -24,6 +24,7 @@ pytest.importorskip("deepspeed")
 
 from lightning.fabric.utilities.seed import reset_seed
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
+from omegaconf import OmegaConf
 
 from idvid.training.module import IdentityVideoModule
 
@@ -62,8 +63,12 @@ class CPUDeepSpeedStrategy(DeepSpeedStrategy):
 class PoisonedModule(IdentityVideoModule):
     """Test only: the training loss is NaN at the given global steps (built by name in both ranks)."""
 
-    def __init__(self, *args, poison_steps=(), **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, poison_steps=(), **kwargs):
+        # Plain containers before Lightning records the arguments, so checkpoints load with weights_only.
+        plain = {k: OmegaConf.to_container(v, resolve=True) for k, v in kwargs.items() if OmegaConf.is_config(v)}
+        kwargs = {**kwargs, **plain}
+        poison_steps = list(poison_steps)
+        super().__init__(**kwargs)
         self.poison_steps = set(poison_steps)
 
     def compute_loss(self, batch, random):
