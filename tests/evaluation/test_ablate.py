@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
 from idvid.cli import CONFIG_DIR
-from idvid.evaluation.ablate import ablate, prepare_eval_set
+from idvid.evaluation.ablate import ablate, failure_reason, prepare_eval_set
 
 from .conftest import run_cli, write_png
 
@@ -101,3 +101,22 @@ def compose_ablate(overrides: list[str]):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose("ablate", overrides=overrides)
+
+
+@pytest.mark.parametrize(
+    ("log_text", "expected"),
+    [
+        (
+            "Traceback ...\n    raise X(\nidvid.training.guard.DivergenceError: 5 consecutive steps\n",
+            "DivergenceError: 5",
+        ),
+        (
+            "In 'config': Could not find 'experiment/plan_zz'\n\nSet the environment variable HYDRA_FULL_ERROR=1",
+            "plan_zz",
+        ),
+        ("step 1\nKilled\n", "Killed"),
+        ("", "exit code 9"),
+    ],
+)
+def test_failure_reason_is_the_line_that_says_what_happened(log_text, expected):
+    assert expected in failure_reason(log_text, 9)
