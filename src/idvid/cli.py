@@ -29,11 +29,11 @@ VERBS = {
     "convert": "--from FORMAT PATH --out CKPT [overrides]: a foreign checkpoint -> kit checkpoint",
     "export": "CKPT --to FORMAT OUT: kit checkpoint -> foreign layout (formats: see `plugins`)",
     "consolidate": "DEEPSPEED_CKPT_DIR OUT.ckpt: ZeRO shards of every rank -> one kit checkpoint",
+    "evaluate": "videos=DIR refs=DIR prompts=FILE out=DIR: identity, text, FID and frequency metrics",
+    "ablate": "fit, sample and evaluate every plan; writes the ablation table (ablation.md)",
 }
 # Verbs that later issues implement; they are named here so users get a clear answer.
-PLANNED_VERBS = {
-    "evaluate": "identity and text metrics on generated videos",
-}
+PLANNED_VERBS = {}
 
 USAGE = (
     "usage: python -m idvid <verb> [overrides]\n\nverbs:\n"
@@ -85,6 +85,18 @@ def _preprocess_task(cfg: DictConfig) -> dict:
     return preprocess(cfg)
 
 
+def _evaluate_task(cfg: DictConfig) -> object:
+    from idvid.evaluation.evaluate import main as evaluate_main
+
+    return evaluate_main(cfg)
+
+
+def _ablate_task(cfg: DictConfig) -> object:
+    from idvid.evaluation.ablate import main as ablate_main
+
+    return ablate_main(cfg)
+
+
 def _run_interop(verb: str, args: list[str]) -> None:
     import argparse
 
@@ -125,6 +137,10 @@ def main(argv: list[str] | None = None) -> None:
         _run_hydra(_fit_task, verb, rest)
     elif verb == "preprocess":
         _run_hydra(_preprocess_task, verb, rest, config_name="preprocess")
+    elif verb == "evaluate":
+        _run_hydra(_evaluate_task, verb, rest, config_name="evaluate")
+    elif verb == "ablate":
+        _run_hydra(_ablate_task, verb, rest, config_name="ablate")
     elif verb == "plugins":
         from idvid.plugins_listing import print_plugins
 

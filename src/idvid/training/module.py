@@ -102,6 +102,7 @@ class IdentityVideoModule(L.LightningModule):
             "guidance_scale": 6.0,
             "sample": True,
             "loss_quantiles": [],
+            "frequency": None,
             **validation,
         }
         self.guard = NonFiniteGuard(**non_finite)
@@ -383,6 +384,7 @@ class IdentityVideoModule(L.LightningModule):
                 experiment.add_image("val/samples", grid, self.global_step)
                 for index, sample in enumerate(video):
                     add_video_summary(experiment, f"val/video/{batch['id'][index]}", sample, self.global_step)
+                self._log_validation_spectra(experiment, video, batch)
         out_dir = Path(self.trainer.default_root_dir) / "samples"
         for index, sample in enumerate(video):  # deterministic names: step and clip id
             write_video(out_dir / f"step{self.global_step:06d}_{batch['id'][index]}.mp4", sample)
@@ -392,6 +394,16 @@ class IdentityVideoModule(L.LightningModule):
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+    def _log_validation_spectra(self, writer: Any, video: torch.Tensor, batch: Mapping[str, Any]) -> None:
+        """Face-region spectra of the generated videos (ConsisID Fig. 3), where the clip's face masks put the face."""
+        settings = self.validation["frequency"]
+        if not settings or batch.get("face_mask") is None:  # off, or no face mask to find the face with
+            return
+        from idvid.evaluation.frequency import FrequencyConfig, log_validation_spectra
+
+        config = FrequencyConfig(**settings)
+        log_validation_spectra(writer, "val/frequency", video, batch["face_mask"].cpu(), self.global_step, config)
 
     # -------------------------------------------------------------- optimizer
     def configure_optimizers(self) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""Metrics on generated videos (identity, text, FID, frequency analysis) and the `evaluate` verb."""

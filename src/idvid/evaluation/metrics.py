@@ -1,0 +1,244 @@
+"""The metric groups ``evaluate`` runs, each built from a local model path or reported unavailable.
+
+A group turns one video (``VideoContext``) into per-video columns (``video``) and may add set-level
+numbers at the end (``finish``). Building a group that needs weights raises FileNotFoundError
+naming the exact path it expected; ``evaluate`` records that message as the reason the group is
+unavailable and runs the others.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from idvid.evaluation import clip_metrics, fid, frequency
+from idvid.evaluation.curricularface import load_curricularface
+from idvid.evaluation.identity import (
+    AlignedCropEmbedder,
+    AnalyzerEmbedder,
+    arcface_crop,
+    identity_similarity,
+    largest_faces,
+    reference_face,
+)
+from idvid.faces import DlibFaceAnalyzer, Face, FaceAnalyzer, build_face_analyzer
+
+# FID's crop: the ArcFace-aligned face at 224 (the official script's norm_crop), then resized to 299.
+FID_CROP_SIZE = 224
+METRIC_GROUPS = ("facesim_dlib", "facesim_arc", "facesim_cur", "clip", "dino", "fid", "frequency")
+
+
+@dataclass
+class VideoContext:
+    """One video to score: all frames, the evenly sampled ones with their largest faces, reference, prompt."""
+
+    name: str
+    frames: np.ndarray  # every decoded frame [T, H, W, 3] RGB uint8
+    sampled: list[np.ndarray]  # the evenly sampled frames
+    faces: list[Face | None]  # largest face of each sampled frame, from the evaluation's face detector
+    reference_image: np.ndarray  # RGB (grey-padded when the face was only found that way)
+    reference_face: Face
+    prompt: str
+
+
+class FaceSim:
+    """Identity similarity with a given embedder on the evaluation detector's faces (dlib, CurricularFace)."""
+
+    def __init__(self, name: str, embedder):
+        self.name, self.embedder = name, embedder
+
+    def video(self, ctx: VideoContext) -> dict[str, Any]:
+        result = identity_similarity(self.embedder, ctx.reference_image, ctx.reference_face, ctx.sampled, ctx.faces)
+        return {self.name: result.score, f"{self.name}_frames_skipped": result.frames_skipped}
+
+    def finish(self, out: Path) -> dict[str, Any]:
+        return {}
+
+
+class FaceSimArc:
+    """FaceSim-Arc: insightface detects and embeds (ArcFace), as the official script does."""
+
+    name = "facesim_arc"
+
+    def __init__(self, analyzer: FaceAnalyzer):
+        self.analyzer, self.embedder = analyzer, AnalyzerEmbedder(analyzer)
+
+    def video(self, ctx: VideoContext) -> dict[str, Any]:
+        found = reference_face(self.analyzer, ctx.reference_image)
+        if found is None:
+            return {"facesim_arc": math.nan, "facesim_arc_frames_skipped": len(ctx.sampled)}
+        faces = largest_faces(self.analyzer, ctx.sampled)
+        result = identity_similarity(self.embedder, *found, ctx.sampled, faces)
+        return {"facesim_arc": result.score, "facesim_arc_frames_skipped": result.frames_skipped}
+
+    def finish(self, out: Path) -> dict[str, Any]:
+        return {}
+
+
+def insightface_analyzer(models_dir: str | Path, det_size: int = 320) -> FaceAnalyzer:
+    """idvid's insightface backend (antelopev2) from a local folder; FileNotFoundError names missing files.
+
+    det_size 320 is the official evaluation script's detector size (training data uses 640).
+    """
+    return build_face_analyzer("insightface", models_dir=str(models_dir), det_size=int(det_size))
+
+
+class ClipGroup:
+    """CLIPScore, CLIP-T, CLIP-I and CLIP temporal smoothness."""
+
+    name = "clip"
+
+    def __init__(self, embedder: clip_metrics.ClipEmbedder, bgr_compat: bool):
+        self.embedder, self.bgr_compat = embedder, bgr_compat
+
+    def video(self, ctx: VideoContext) -> dict[str, Any]:
+        frames = self.embedder.images(ctx.sampled)
+        text = self.embedder.text(ctx.prompt)
+        reference = self.embedder.images([ctx.reference_image])[0]
+        score = clip_metrics.clip_score(self.embedder, ctx.sampled, ctx.prompt, self.bgr_compat)
+        return {
+            "clipscore" + ("_bgr_compat" if self.bgr_compat else ""): score,
+            "clip_t": clip_metrics.mean_cosine_to(text, frames),
+            "clip_i": clip_metrics.mean_cosine_to(reference, frames),
+            "smoothness_clip": clip_metrics.temporal_smoothness(self.embedder.images(list(ctx.frames))),
+        }
+
+    def finish(self, out: Path) -> dict[str, Any]:
+        return {}
+
+
+class DinoGroup:
+    """DINO identity similarity (reference vs frames) and DINO temporal smoothness."""
+
+    name = "dino"
+
+    def __init__(self, embedder: clip_metrics.DinoEmbedder):
+        self.embedder = embedder
+
+    def video(self, ctx: VideoContext) -> dict[str, Any]:
+        reference = self.embedder.images([ctx.reference_image])[0]
+        return {
+            "dino": clip_metrics.mean_cosine_to(reference, self.embedder.images(ctx.sampled)),
+            "smoothness_dino": clip_metrics.temporal_smoothness(self.embedder.images(list(ctx.frames))),
+        }
+
+    def finish(self, out: Path) -> dict[str, Any]:
+        return {}
+
+
+class FidGroup:
+    """Per-video official per-frame FID; at the end, the proper FID of all generated crops vs all references."""
+
+    name = "fid"
+
+    def __init__(self, features: fid.FeatureExtractor):
+        self.features = features
+        self.reference_features: list[np.ndarray] = []
+        self.generated_features: list[np.ndarray] = []
+
+    def video(self, ctx: VideoContext) -> dict[str, Any]:
+        reference = self.features(arcface_crop(ctx.reference_image, ctx.reference_face, FID_CROP_SIZE)[None])[0]
+        self.reference_features.append(reference)
+        crops = [arcface_crop(f, face, FID_CROP_SIZE) for f, face in zip(ctx.sampled, ctx.faces) if face is not None]
+        if not crops:
+            return {"fid_face_per_frame": math.nan}
+        features = self.features(np.stack(crops))
+        self.generated_features.append(features)
+        return {"fid_face_per_frame": fid.per_frame_fid_official(reference, features)}
+
+    def finish(self, out: Path) -> dict[str, Any]:
+        if not self.generated_features or len(self.reference_features) < 1:
+            return {"fid_face": math.nan}
+        generated = np.concatenate(self.generated_features)
+        return {"fid_face": fid.set_fid(np.stack(self.reference_features), generated)}
+
+
+class FrequencyGroup:
+    """Face-region spectra per video and per set, pictures in ``<out>/frequency/``, band amplitudes as columns."""
+
+    name = "frequency"
+
+    def __init__(self, config: frequency.FrequencyConfig, out: Path, full_frame_fallback: bool):
+        self.config, self.out, self.full_frame_fallback = config, out / "frequency", full_frame_fallback
+        self.spectra: list[np.ndarray] = []
+        self.full_frame_videos = 0
+
+    def _full_frame_crops(self, frames: list[np.ndarray]) -> list[np.ndarray]:
+        size = self.config.crop_size
+        crops = []
+        for frame in frames:
+            side = min(frame.shape[:2])
+            top, left = (frame.shape[0] - side) // 2, (frame.shape[1] - side) // 2
+            crops.append(cv2.resize(frame[top : top + side, left : left + side], (size, size)))
+        return crops
+
+    def video(self, ctx: VideoContext) -> dict[str, Any]:
+        crops = frequency.face_crops(ctx.sampled, ctx.faces, self.config.crop_size)
+        region = "face"
+        if not crops:
+            if not self.full_frame_fallback:
+                return {"freq_low": math.nan, "freq_high": math.nan, "freq_high_minus_low": math.nan}
+            crops, region = self._full_frame_crops(ctx.sampled), "full_frame"
+            self.full_frame_videos += 1
+        spectrum = frequency.mean_spectrum(crops)
+        self.spectra.append(spectrum)
+        profile = frequency.radial_profile(spectrum)
+        frequency.write_png(self.out / f"{ctx.name}_spectrum.png", frequency.spectrum_image(spectrum))
+        frequency.write_png(
+            self.out / f"{ctx.name}_profile.png", frequency.profile_plot({ctx.name: profile}, self.config)
+        )
+        return {**frequency.band_amplitudes(profile, self.config), "freq_region": region}
+
+    def finish(self, out: Path) -> dict[str, Any]:
+        if not self.spectra:
+            return {}
+        spectrum = np.mean(self.spectra, axis=0)
+        profile = frequency.radial_profile(spectrum)
+        self.out.mkdir(parents=True, exist_ok=True)
+        np.save(self.out / "set_spectrum.npy", spectrum)
+        frequency.write_png(self.out / "set_spectrum.png", frequency.spectrum_image(spectrum))
+        frequency.write_png(self.out / "set_profile.png", frequency.profile_plot({"set": profile}, self.config))
+        bands = {f"set_{key}": value for key, value in frequency.band_amplitudes(profile, self.config).items()}
+        return {**bands, "set_freq_full_frame_videos": self.full_frame_videos}
+
+
+def build_detector(cfg: dict) -> FaceAnalyzer:
+    """The face detector of the sampled frames (``face.backend``): dlib, or insightface from models.insightface."""
+    face = cfg.get("face") or {}
+    backend = face.get("backend", "dlib")
+    if backend == "insightface":
+        return insightface_analyzer(cfg["models"]["insightface"], face.get("insightface_det_size", 320))
+    if backend != "dlib":
+        raise ValueError(f"face.backend={backend!r}; choose dlib (offline) or insightface (models.insightface)")
+    return DlibFaceAnalyzer(models_dir=face.get("dlib_models_dir"))
+
+
+def build_group(name: str, cfg: dict, out: Path, device: str):
+    """The metric group ``name`` from the evaluate config; raises when its model is missing."""
+    models, face = cfg["models"], cfg.get("face") or {}
+    if name == "facesim_dlib":  # dlib embeds whichever detector found the face (it re-fits its landmarks)
+        return FaceSim("facesim_dlib", AnalyzerEmbedder(DlibFaceAnalyzer(models_dir=face.get("dlib_models_dir"))))
+    if name == "facesim_arc":
+        return FaceSimArc(insightface_analyzer(models["insightface"], face.get("insightface_det_size", 320)))
+    if name == "facesim_cur":
+        return FaceSim(
+            "facesim_cur", AlignedCropEmbedder(load_curricularface(models["curricularface"], device), 112, device)
+        )
+    if name == "clip":
+        return ClipGroup(clip_metrics.ClipEmbedder(models["clip"], device), bool(cfg.get("clip_bgr_compat", False)))
+    if name == "dino":
+        return DinoGroup(clip_metrics.DinoEmbedder(models["dino"], device))
+    if name == "fid":
+        return FidGroup(fid.InceptionFeatures(models["inception"], device))
+    if name == "frequency":
+        settings = dict(cfg["frequency"])
+        fallback = settings.pop("region_fallback", "full_frame")
+        if fallback not in ("full_frame", "none", None):
+            raise ValueError(f"frequency.region_fallback={fallback!r}; choose full_frame or none")
+        return FrequencyGroup(frequency.FrequencyConfig(**settings), out, fallback == "full_frame")
+    raise ValueError(f"unknown metric {name!r}; choose from {', '.join(METRIC_GROUPS)}")

@@ -1,0 +1,122 @@
+"""`python -m idvid ablate` on two plans of 2 steps: the table, a diverged run marked unstable, and resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+from idvid.cli import CONFIG_DIR
+from idvid.evaluation.ablate import ablate, failure_reason, prepare_eval_set
+
+from .conftest import run_cli, write_png
+
+
+@pytest.mark.slow
+def test_ablate_writes_table_3_marks_divergence_and_skips_finished_work(tmp_path, tiny_models, capsys):
+    out = tmp_path / "ablation"
+    args = [
+        "ablate",
+        f"out={out}",
+        "experiments=[plan_a,plan_b]",
+        'fit_overrides=["trainer.max_steps=2","model.validation.sample=false","trainer.limit_val_batches=0"]',
+        # plan_b is made to diverge: a huge learning rate, and the NaN guard stops at the first bad step.
+        'experiment_overrides.plan_b=["optimizer.lr=1e30","lr_scheduler.warmup_steps=0",'
+        '"model.non_finite.max_consecutive_steps=1"]',
+        "eval_set.steps=2",
+        "eval_set.count=2",
+        "evaluate.metrics=[facesim_dlib,facesim_cur,clip,frequency]",
+        f"evaluate.models.root={tmp_path / 'models'}",
+        f"evaluate.models.clip={tiny_models['clip']}",
+        "evaluate.device=cpu",
+    ]
+    run_cli(args)
+    printed = capsys.readouterr().out
+    assert "DEMO SCALE" in printed and "NOT paper results" in printed
+
+    with (out / "ablation.csv").open() as handle:
+        rows = {row["plan"]: row for row in csv.DictReader(handle)}
+    assert set(rows) == {"plan_a", "plan_b"}
+    plan_a, plan_b = rows["plan_a"], rows["plan_b"]
+    assert plan_a["status"] == "ok"
+    for column in ("CLIPScore", "low-freq log-amp", "high-freq log-amp"):
+        assert math.isfinite(float(plan_a[column])), column
+    assert plan_a["FaceSim-Cur"] == "unavailable"
+    assert plan_b["status"] == "unstable" and "consecutive steps with a non-finite loss" in plan_b["note"]
+    assert plan_b["CLIPScore"] == ""  # a diverged run is not sampled
+
+    table = (out / "ablation.md").read_text()
+    assert "| plan | status | FaceSim-Arc | FaceSim-Cur | CLIPScore | FID (official per-frame) |" in table
+    assert str(tmp_path / "models" / "glint360k_curricular_face_r101_backbone.bin") in table
+    assert len(list((out / "plan_a" / "videos").glob("*.mp4"))) == 2
+    assert (out / "ablation_spectra.png").is_file() and (out / "ablation_profiles.png").is_file()
+    tags = {
+        value.tag
+        for path in (out / "tensorboard" / "plan_a").glob("events.out.tfevents.*")
+        for event in EventFileLoader(str(path)).Load()
+        for value in event.summary.value
+    }
+    assert {"_hparams_/experiment", "_hparams_/session_start_info", "ablation/set_freq_high"} <= tags
+
+    # Re-running skips the finished experiments: no fit, no sampling, same results.
+    fit_log = (out / "plan_a" / "fit.log").stat().st_mtime_ns
+    start = time.perf_counter()
+    run_cli(args)
+    printed = capsys.readouterr().out
+    assert "plan_a: finished earlier, skipped" in printed and "plan_b: finished earlier, skipped" in printed
+    assert (out / "plan_a" / "fit.log").stat().st_mtime_ns == fit_log
+    assert time.perf_counter() - start < 20
+    assert json.loads((out / "plan_a" / "result.json").read_text())["status"] == "ok"
+
+    # A different evaluation set would make the table compare different inputs: refused.
+    with pytest.raises(ValueError, match="eval_set differs"):
+        prepare_eval_set(
+            {"eval_set": {**json.loads((out / "eval_set" / "eval_set.json").read_text()), "count": 3}}, out
+        )
+
+
+def test_a_failed_fit_is_recorded_and_retried_not_marked_finished(tmp_path, people, capsys):
+    refs = tmp_path / "refs"
+    write_png(refs / "person.png", people[0][0])
+    prompts = tmp_path / "prompts.tsv"
+    prompts.write_text("person\ta person looking at the camera\n")
+    cfg = OmegaConf.to_container(compose_ablate([f"out={tmp_path / 'out'}", "experiments=[plan_zz]"]))
+    cfg["eval_set"].update(refs=str(refs), prompts=str(prompts))
+    results = ablate(cfg)
+    assert results["plan_zz"]["status"] == "failed"
+    assert "plan_zz" in results["plan_zz"]["reason"]  # Hydra's error names the unknown experiment
+    assert not (tmp_path / "out" / "plan_zz" / "result.json").exists()  # so a re-run tries it again
+    assert "| plan_zz | failed |" in (tmp_path / "out" / "ablation.md").read_text()
+    assert (tmp_path / "out" / "eval_set" / "refs" / "person_s0.png").is_file()
+
+
+def compose_ablate(overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("ablate", overrides=overrides)
+
+
+@pytest.mark.parametrize(
+    ("log_text", "expected"),
+    [
+        (
+            "Traceback ...\n    raise X(\nidvid.training.guard.DivergenceError: 5 consecutive steps\n",
+            "DivergenceError: 5",
+        ),
+        (
+            "In 'config': Could not find 'experiment/plan_zz'\n\nSet the environment variable HYDRA_FULL_ERROR=1",
+            "plan_zz",
+        ),
+        ("step 1\nKilled\n", "Killed"),
+        ("", "exit code 9"),
+    ],
+)
+def test_failure_reason_is_the_line_that_says_what_happened(log_text, expected):
+    assert expected in failure_reason(log_text, 9)
