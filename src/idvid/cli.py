@@ -32,13 +32,9 @@ VERBS = {
     "evaluate": "videos=DIR refs=DIR prompts=FILE out=DIR: identity, text, FID and frequency metrics",
     "ablate": "fit, sample and evaluate every plan; writes the ablation table (ablation.md)",
 }
-# Verbs that later issues implement; they are named here so users get a clear answer.
-PLANNED_VERBS = {}
 
-USAGE = (
-    "usage: python -m idvid <verb> [overrides]\n\nverbs:\n"
-    + "".join(f"  {verb:<10} {what}\n" for verb, what in VERBS.items())
-    + "".join(f"  {verb:<10} {what} (not implemented yet)\n" for verb, what in PLANNED_VERBS.items())
+USAGE = "usage: python -m idvid <verb> [overrides]\n\nverbs:\n" + "".join(
+    f"  {verb:<10} {what}\n" for verb, what in VERBS.items()
 )
 
 
@@ -151,7 +147,5 @@ def main(argv: list[str] | None = None) -> None:
         sample_main(rest)
     elif verb in ("convert", "export", "consolidate"):
         _run_interop(verb, rest)
-    elif verb in PLANNED_VERBS:
-        sys.exit(f"`idvid {verb}` ({PLANNED_VERBS[verb]}) is not implemented yet. Available now: {', '.join(VERBS)}.")
     else:
         sys.exit(f"Unknown verb {verb!r}.\n\n{USAGE}")
