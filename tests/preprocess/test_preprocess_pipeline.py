@@ -100,7 +100,11 @@ def test_filters_accept_and_reject_as_configured():
         assert [r for r, _ in failed] == [reason]
     assert failed_filters(metrics, FilterSettings(min_motion_ratio=0.1), 49)[0] == (
         "too_static",
-        "motion_ratio 0.05 < min_motion_ratio 0.1",
+        "motion_ratio 0.05 < 0.1 (set by filters.min_motion_ratio)",
+    )
+    assert (
+        "(set by clip.num_frames x clip.frame_stride)"
+        in failed_filters({**metrics, "length": 20}, FilterSettings(), 49)[0][1]
     )
     # None switches a filter off.
     assert failed_filters({**metrics, "rotation_deg": 80.0}, FilterSettings(max_rotation_deg=None), 49) == []

@@ -131,5 +131,7 @@ def failed_filters(metrics: dict[str, float], filters: FilterSettings, min_lengt
             continue
         if (setting.startswith("min") and value < limit) or (setting.startswith("max") and value > limit):
             relation = "<" if setting.startswith("min") else ">"
-            failed.append((reason, f"{metric} {value:.3g} {relation} {setting} {limit:g}"))
+            # Name the config value that decides, so the fix is one override away.
+            key = "clip.num_frames x clip.frame_stride" if setting == "min_length" else f"filters.{setting}"
+            failed.append((reason, f"{metric} {value:.3g} {relation} {limit:g} (set by {key})"))
     return failed
