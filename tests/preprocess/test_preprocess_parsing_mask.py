@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from torch import nn
 from idvid.cli import main
 from idvid.data.manifest import load_annotations
 from idvid.faces.parsing import BiSeNet, FaceParser
-from idvid.preprocess import MaskSettings, Preprocessor
+from idvid.preprocess import MaskSettings, Preprocessor, mask_settings
 
 from .conftest import CountingAnalyzer, make_raw, settings_for
 
@@ -82,3 +83,10 @@ def test_missing_parser_weights_stop_the_run_before_any_video(clip_library, tmp_
     err = capsys.readouterr().err
     assert re.search(rf"face-parsing weights not found: {re.escape(str(missing))}; put facexlib's parsing_bisenet", err)
     assert not (tmp_path / "out" / "records").exists()
+
+
+def test_mask_settings_from_the_config_group():
+    assert mask_settings({}) == mask_settings({"parser_weights": None}) == MaskSettings()
+    weights = mask_settings({"parser_weights": "~/models/parsing_bisenet.pth", "face_classes": [1, 17]})
+    assert weights.parser_weights == Path("~/models/parsing_bisenet.pth").expanduser()
+    assert weights.face_classes == (1, 17) and weights.device == "cpu"

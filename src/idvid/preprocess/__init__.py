@@ -20,6 +20,7 @@ __all__ = [
     "PreprocessSettings",
     "Preprocessor",
     "TrackingSettings",
+    "mask_settings",
     "settings_from_config",
 ]
 
