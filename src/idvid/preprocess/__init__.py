@@ -8,7 +8,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from idvid.preprocess.annotate import ClipSettings
+from idvid.preprocess.annotate import ClipSettings, MaskSettings
 from idvid.preprocess.filters import FilterSettings
 from idvid.preprocess.pipeline import Preprocessor, PreprocessSettings, build_analyzer
 from idvid.preprocess.tracking import TrackingSettings
@@ -16,9 +16,11 @@ from idvid.preprocess.tracking import TrackingSettings
 __all__ = [
     "ClipSettings",
     "FilterSettings",
+    "MaskSettings",
     "PreprocessSettings",
     "Preprocessor",
     "TrackingSettings",
+    "mask_settings",
     "settings_from_config",
 ]
 
@@ -43,8 +45,19 @@ def settings_from_config(cfg: DictConfig) -> PreprocessSettings:
         filters=FilterSettings(**plain["filters"]),
         clip=ClipSettings(**plain["clip"]),
         align_size=int(plain["align_size"]),
+        mask=mask_settings(plain.get("mask") or {}),
         rank=int(rank if rank is not None else os.environ.get("RANK", 0)),
         world_size=int(world_size if world_size is not None else os.environ.get("WORLD_SIZE", 1)),
+    )
+
+
+def mask_settings(mask: dict[str, Any]) -> MaskSettings:
+    """MaskSettings from the config's `mask` group (a null parser_weights means the landmark fallback)."""
+    weights = mask.get("parser_weights")
+    return MaskSettings(
+        parser_weights=Path(weights).expanduser() if weights else None,
+        face_classes=tuple(int(c) for c in mask.get("face_classes") or MaskSettings.face_classes),
+        device=str(mask.get("device") or "cpu"),
     )
 
 

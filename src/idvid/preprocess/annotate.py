@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
 
-from idvid.faces import align_face, box_ellipse_mask, landmark_hull_mask
+from idvid.faces import Face, align_face, box_ellipse_mask, landmark_hull_mask
+from idvid.faces.parsing import CONSISID_FACE_CLASSES, FaceParser
 from idvid.preprocess.filters import rotation_deg
 from idvid.preprocess.tracking import FaceAnalysis
 
@@ -25,6 +27,24 @@ class ClipSettings:
     def span(self) -> int:
         """Frames of video the clip covers."""
         return (self.num_frames - 1) * self.frame_stride + 1
+
+
+@dataclass(frozen=True)
+class MaskSettings:
+    """How face masks are made: facexlib's BiSeNet parser when `parser_weights` (its parsing_bisenet.pth)
+    is given, keeping the CelebAMask-HQ class ids `face_classes`, run on `device`; else the landmark
+    hull (68 landmarks) or the box ellipse."""
+
+    parser_weights: Path | None = None
+    face_classes: tuple[int, ...] = CONSISID_FACE_CLASSES
+    device: str = "cpu"
+
+
+def build_parser(mask: MaskSettings) -> FaceParser | None:
+    """The face parser the settings ask for (None: the landmark fallback); a missing file raises here."""
+    if mask.parser_weights is None:
+        return None
+    return FaceParser(mask.parser_weights, device=mask.device, face_classes=mask.face_classes)
 
 
 def track_frames(analysis: FaceAnalysis, track: int, first: int, last: int, max_gap: int) -> dict[str, np.ndarray]:
@@ -66,7 +86,7 @@ def track_frames(analysis: FaceAnalysis, track: int, first: int, last: int, max_
 
 
 def face_mask(shape_hw: tuple[int, int], box: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, str]:
-    """({0,1} mask, how it was made): the 68-landmark hull, else the ellipse inscribed in the box."""
+    """({0,1} mask, how it was made) without a parser: the 68-landmark hull, else the box's inscribed ellipse."""
     if landmarks.shape == (68, 2) and np.isfinite(landmarks).all():
         return landmark_hull_mask(shape_hw, landmarks), "landmark_hull"
     return box_ellipse_mask(shape_hw, box), "box_ellipse"
@@ -92,9 +112,14 @@ def choose_clip(valid: np.ndarray, clip: ClipSettings) -> np.ndarray:
 
 
 def annotate_clip(
-    frames: np.ndarray, faces: dict[str, np.ndarray], clip: ClipSettings, align_size: int
+    frames: np.ndarray,
+    faces: dict[str, np.ndarray],
+    clip: ClipSettings,
+    align_size: int,
+    parser: FaceParser | None = None,
 ) -> dict[str, np.ndarray]:
-    """The clip's .npz arrays (see idvid.data.manifest) from its frames and its track's faces."""
+    """The clip's .npz arrays (see idvid.data.manifest) from its frames and its track's faces;
+    masks from `parser` when given, else from face_mask."""
     num, height, width, _ = frames.shape
     valid = faces["valid"]
     masks = np.zeros((num, height, width), np.uint8)
@@ -102,7 +127,11 @@ def annotate_clip(
     sharp = np.full(num, np.nan, np.float32)
     rotation = np.full(num, np.nan, np.float32)
     for t in np.flatnonzero(valid):
-        masks[t], source = face_mask((height, width), faces["boxes"][t], faces["landmarks"][t])
+        if parser is not None:
+            face = Face(box=tuple(map(float, faces["boxes"][t])), score=1.0, kps=faces["kps"][t])
+            masks[t], source = parser.parse_mask(frames[t], face), "bisenet"
+        else:
+            masks[t], source = face_mask((height, width), faces["boxes"][t], faces["landmarks"][t])
         sources.add(source)
         sharp[t] = sharpness(frames[t], faces["boxes"][t])
         rotation[t] = rotation_deg(faces["kps"][t])

@@ -26,7 +26,8 @@ import numpy as np
 from idvid.data.manifest import write_manifest
 from idvid.data.video_io import VideoReadError, iter_frames, probe_video, write_mp4
 from idvid.faces import FaceAnalyzer, build_face_analyzer
-from idvid.preprocess.annotate import ClipSettings, annotate_clip, track_frames
+from idvid.faces.parsing import FaceParser
+from idvid.preprocess.annotate import ClipSettings, MaskSettings, annotate_clip, build_parser, track_frames
 from idvid.preprocess.captions import Captions
 from idvid.preprocess.filters import FilterSettings, failed_filters, main_track, track_metrics
 from idvid.preprocess.records import (
@@ -53,7 +54,9 @@ class PreprocessSettings:
     """Everything a preprocessing run depends on (the Hydra config `preprocess.yaml`, flattened).
 
     face: the face backend config ({"name": "dlib" | "insightface", "options": {...}}); it is part
-    of every cache key, so switching backends recomputes everything. detect_every: run the
+    of every cache key, so switching backends recomputes everything. mask: how face masks are made
+    (the parser's weights file, by name, size and mtime, and its classes are part of the record
+    key). detect_every: run the
     detector on every k-th frame (faces in between are interpolated). rank/world_size: this
     process takes inputs rank, rank + world_size, ... of the sorted list.
     """
@@ -67,6 +70,7 @@ class PreprocessSettings:
     filters: FilterSettings = FilterSettings()
     clip: ClipSettings = ClipSettings()
     align_size: int = 512
+    mask: MaskSettings = MaskSettings()
     rank: int = 0
     world_size: int = 1
 
@@ -114,7 +118,11 @@ def build_analyzer(face: dict) -> FaceAnalyzer:
 class Preprocessor:
     """Runs the pipeline over a folder; `run()` returns the summary (counts by status and reason)."""
 
-    def __init__(self, settings: PreprocessSettings, analyzer: FaceAnalyzer | None = None):
+    def __init__(
+        self, settings: PreprocessSettings, analyzer: FaceAnalyzer | None = None, parser: FaceParser | None = None
+    ):
+        """analyzer / parser: ready-built face backend and face parser (tests pass small ones); built from
+        the settings when None. The parser is used only when settings.mask.parser_weights is set."""
         if not 0 <= settings.rank < settings.world_size:
             raise ValueError(f"rank must be in [0, world_size={settings.world_size}), got {settings.rank}")
         if settings.clip.num_frames < 1 or settings.clip.frame_stride < 1:
@@ -124,6 +132,9 @@ class Preprocessor:
         self.jobs = find_inputs(settings)
         # Built up front: a missing model folder is a configuration error and fails before any video.
         self.analyzer = analyzer if analyzer is not None else build_analyzer(settings.face)
+        self.parser = None
+        if settings.mask.parser_weights is not None:
+            self.parser = parser if parser is not None else build_parser(settings.mask)
         self.out = settings.out
 
     # ------------------------------------------------------------------ run
@@ -205,8 +216,15 @@ class Preprocessor:
 
     def record_key(self, job: Job, has_caption: bool) -> str:
         s = self.settings
-        outputs = (asdict(s.filters), asdict(s.clip), s.align_size, OUTPUT_VERSION, has_caption)
+        outputs = (asdict(s.filters), asdict(s.clip), s.align_size, self.mask_key(), OUTPUT_VERSION, has_caption)
         return settings_key(self.analysis_key(job), *outputs)
+
+    def mask_key(self) -> dict[str, Any] | None:
+        """What the masks depend on: None for the landmark fallback, else the parser's weights and classes."""
+        mask = self.settings.mask
+        if mask.parser_weights is None:
+            return None
+        return {"parser": file_fingerprint(mask.parser_weights), "face_classes": list(mask.face_classes)}
 
     def faces(self, job: Job) -> FaceAnalysis:
         """Detections and tracks of the video, from the cache when the input and detector settings match."""
@@ -241,7 +259,7 @@ class Preprocessor:
         frames = np.stack([f for t, f in enumerate(iter_frames(job.source)) if first <= t <= last])
         # yuv420p needs even sizes: drop a last odd row/column (coordinates are unchanged).
         frames = frames[:, : frames.shape[1] // 2 * 2, : frames.shape[2] // 2 * 2]
-        arrays = annotate_clip(frames, faces, s.clip, s.align_size)
+        arrays = annotate_clip(frames, faces, s.clip, s.align_size, self.parser)
         arrays["source_frames"] = np.array([first, last], dtype=np.int64)
         video = self.out / "videos" / f"{job.clip_id}.mp4"
         fps = max(1, int(round(analysis.fps))) if analysis.fps > 0 else 25
