@@ -33,7 +33,7 @@ from idvid.training.checkpointing import save_checkpoint_atomically
 from idvid.training.feature_cache import FeatureCache
 from idvid.training.guard import DivergenceError, NonFiniteGuard
 from idvid.training.recipe import Recipe
-from idvid.training.visuals import add_video_summary, frame_grid, write_video
+from idvid.training.visuals import log_generated_videos
 
 log = logging.getLogger(__name__)
 
@@ -377,33 +377,14 @@ class IdentityVideoModule(L.LightningModule):
             self.validation["guidance_scale"],
             seed=self.seed,
         ).cpu()
-        grid = frame_grid(video, references=batch["ref_image"].cpu())
-        for logger in self.loggers:
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(experiment, "add_image"):  # TensorBoard: one row per sample, reference first
-                experiment.add_image("val/samples", grid, self.global_step)
-                for index, sample in enumerate(video):
-                    add_video_summary(experiment, f"val/video/{batch['id'][index]}", sample, self.global_step)
-                self._log_validation_spectra(experiment, video, batch)
         out_dir = Path(self.trainer.default_root_dir) / "samples"
-        for index, sample in enumerate(video):  # deterministic names: step and clip id
-            write_video(out_dir / f"step{self.global_step:06d}_{batch['id'][index]}.mp4", sample)
+        log_generated_videos(self.loggers, video, batch, self.global_step, out_dir, self.validation["frequency"])
         # Sampling at video scale holds activations of every denoising step's graph-free passes;
         # free them before training resumes.
-        del video, grid
+        del video
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-
-    def _log_validation_spectra(self, writer: Any, video: torch.Tensor, batch: Mapping[str, Any]) -> None:
-        """Face-region spectra of the generated videos (ConsisID Fig. 3), where the clip's face masks put the face."""
-        settings = self.validation["frequency"]
-        if not settings or batch.get("face_mask") is None:  # off, or no face mask to find the face with
-            return
-        from idvid.evaluation.frequency import FrequencyConfig, log_validation_spectra
-
-        config = FrequencyConfig(**settings)
-        log_validation_spectra(writer, "val/frequency", video, batch["face_mask"].cpu(), self.global_step, config)
 
     # -------------------------------------------------------------- optimizer
     def configure_optimizers(self) -> dict[str, Any]:

@@ -1,9 +1,10 @@
-"""Pictures for TensorBoard: frame grids and animated videos of generated samples, and mp4 files."""
+"""Pictures for TensorBoard: frame grids, animated videos and face spectra of generated samples, and mp4 files."""
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -47,3 +48,34 @@ def add_video_summary(writer, tag: str, video: torch.Tensor, step: int, fps: int
     height, width = frames.shape[1:3]
     image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=buffer.getvalue())
     writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+
+
+def log_generated_videos(
+    loggers: Sequence[Any],
+    video: torch.Tensor,
+    batch: Mapping[str, Any],
+    step: int,
+    out_dir: Path,
+    frequency: Mapping[str, Any] | None = None,
+) -> None:
+    """Validation samples ``[B, F, 3, H, W]`` in [-1, 1]: to TensorBoard and as ``stepNNNNNN_<clip id>.mp4``.
+
+    TensorBoard gets ``val/samples`` (one row per sample, the reference photo first), an animated
+    ``val/video/<clip id>`` each, and, when ``frequency`` settings are given and the batch has face
+    masks, the face-region spectra of the samples (ConsisID Fig. 3) under ``val/frequency``.
+    """
+    grid = frame_grid(video, references=batch["ref_image"].cpu())
+    for logger in loggers:
+        experiment = getattr(logger, "experiment", None)
+        if not hasattr(experiment, "add_image"):  # TensorBoard only
+            continue
+        experiment.add_image("val/samples", grid, step)
+        for index, sample in enumerate(video):
+            add_video_summary(experiment, f"val/video/{batch['id'][index]}", sample, step)
+        if frequency and batch.get("face_mask") is not None:  # off, or no face mask to find the face with
+            from idvid.evaluation.frequency import FrequencyConfig, log_validation_spectra
+
+            masks = batch["face_mask"].cpu()
+            log_validation_spectra(experiment, "val/frequency", video, masks, step, FrequencyConfig(**frequency))
+    for index, sample in enumerate(video):  # deterministic names: step and clip id
+        write_video(out_dir / f"step{step:06d}_{batch['id'][index]}.mp4", sample)
