@@ -53,13 +53,11 @@ class ClipEmbedder:
     @torch.no_grad()
     def images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """``[N, D]`` L2-normalised embeddings of RGB uint8 images."""
-        out = []
-        for start in range(0, len(images), self.batch_size):
-            batch = [np.ascontiguousarray(image) for image in images[start : start + self.batch_size]]
-            pixels = self.processor(images=batch, return_tensors="pt")["pixel_values"].to(self.device)
-            pooled = self.model.vision_model(pixel_values=pixels).pooler_output
-            out.append(_normalise(self.model.visual_projection(pooled)).float().cpu())
-        return torch.cat(out)
+
+        def embed(pixels: torch.Tensor) -> torch.Tensor:
+            return self.model.visual_projection(self.model.vision_model(pixel_values=pixels).pooler_output)
+
+        return _embed_in_batches(images, self.processor, embed, self.device, self.batch_size)
 
     @torch.no_grad()
     def text(self, text: str) -> torch.Tensor:
@@ -85,14 +83,20 @@ class DinoEmbedder:
 
     @torch.no_grad()
     def images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        out = []
-        for start in range(0, len(images), self.batch_size):
-            batch = [np.ascontiguousarray(image) for image in images[start : start + self.batch_size]]
-            pixels = self.processor(images=batch, return_tensors="pt")["pixel_values"].to(self.device)
-            # The CLS token after the final norm: DINO's image embedding.
-            cls = self.model(pixel_values=pixels).last_hidden_state[:, 0]
-            out.append(_normalise(cls).float().cpu())
-        return torch.cat(out)
+        def embed(pixels: torch.Tensor) -> torch.Tensor:
+            return self.model(pixel_values=pixels).last_hidden_state[:, 0]  # CLS after the final norm: DINO's
+
+        return _embed_in_batches(images, self.processor, embed, self.device, self.batch_size)
+
+
+def _embed_in_batches(images: Sequence[np.ndarray], processor, embed, device: str, batch_size: int) -> torch.Tensor:
+    """``[N, D]`` L2-normalised ``embed(pixels)`` of RGB uint8 images, `batch_size` images at a time."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = [np.ascontiguousarray(image) for image in images[start : start + batch_size]]
+        pixels = processor(images=batch, return_tensors="pt")["pixel_values"].to(device)
+        out.append(_normalise(embed(pixels)).float().cpu())
+    return torch.cat(out)
 
 
 def clip_score(clip: ClipEmbedder, frames: Sequence[np.ndarray], prompt: str, bgr_compat: bool = False) -> float:
