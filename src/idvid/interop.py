@@ -18,7 +18,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
+from idvid.atomic_files import write_atomic
 from idvid.backbones.lora import has_lora, save_lora, without_lora
 from idvid.registry import REGISTRIES, PluginKind, register_format
 
@@ -103,11 +103,8 @@ def consolidate(folder: str | Path, out: str | Path) -> Path:
             f"{folder} is not a DeepSpeed checkpoint folder (one with a `checkpoint/` folder and a `latest` file, "
             "written by `fit trainer=deepspeed_zero2|3`); a .ckpt file needs no consolidation."
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
     with contextlib.redirect_stdout(io.StringIO()):  # Lightning prints a line per call
-        convert_zero_checkpoint_to_fp32_state_dict(str(folder), str(partial))
-    os.replace(partial, out)
+        write_atomic(out, lambda tmp: convert_zero_checkpoint_to_fp32_state_dict(str(folder), str(tmp)))
     return out
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import subprocess
 import sys
@@ -36,6 +35,7 @@ import cv2
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from idvid.atomic_files import write_json_atomic
 from idvid.evaluation import frequency
 from idvid.evaluation.evaluate import evaluate
 from idvid.evaluation.report import markdown_table, write_csv
@@ -57,12 +57,6 @@ DEMO_STATEMENT = (
     "DEMO SCALE: these runs use the bundled demo (tiny random backbone, a few training steps); their numbers "
     "show that the fit -> sample -> evaluate machinery works and are NOT paper results."
 )
-
-
-def write_json_atomically(path: Path, data: dict) -> None:
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(temporary, path)
 
 
 # ------------------------------------------------------------------ evaluation set
@@ -108,7 +102,7 @@ def prepare_eval_set(cfg: dict, out: Path) -> tuple[Path, Path, list[str]]:
             lines.append(f"{sample_name}\t{prompt}")
             names.append(sample_name)
     prompts_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    write_json_atomically(recorded, spec)
+    write_json_atomic(recorded, spec)
     return refs_dir, prompts_file, names
 
 
@@ -151,7 +145,7 @@ def run_fit(name: str, cfg: dict, folder: Path) -> dict[str, Any]:
         status["reason"] = failure_reason(text, code)
     elif not (run_dir / "checkpoints" / "last.ckpt").is_file():
         status.update(status="failed", reason=f"fit ended without {run_dir / 'checkpoints' / 'last.ckpt'}")
-    write_json_atomically(folder / "fit_status.json", status)
+    write_json_atomic(folder / "fit_status.json", status)
     return status
 
 
@@ -319,7 +313,7 @@ def ablate(cfg: dict | DictConfig) -> dict[str, dict]:
         if result["status"] == "failed":  # no marker: the next run tries this experiment again
             continue
         log_hparams(out, name, result, cfg["fit_overrides"])
-        write_json_atomically(marker, result)  # last: its presence means this experiment is done
+        write_json_atomic(marker, result)  # last: its presence means this experiment is done
     demo = any(_is_demo(out / name) for name in results)
     text = write_table(out, results, demo)
     freq = {k: v for k, v in cfg["evaluate"]["frequency"].items() if k != "region_fallback"}

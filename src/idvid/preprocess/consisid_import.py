@@ -30,18 +30,12 @@ from typing import Any
 import cv2
 import numpy as np
 
+from idvid.atomic_files import read_json, write_atomic, write_json_atomic, write_npz_atomic
 from idvid.data.manifest import write_manifest
 from idvid.data.video_io import VideoReadError, iter_frames
 from idvid.faces import FaceAnalyzer
 from idvid.preprocess.annotate import face_mask
-from idvid.preprocess.records import (
-    file_fingerprint,
-    read_json,
-    settings_key,
-    write_atomic,
-    write_json_atomic,
-    write_npz_atomic,
-)
+from idvid.preprocess.records import file_fingerprint, settings_key
 from idvid.preprocess.summary import print_summary
 from idvid.preprocess.tracking import box_iou
 

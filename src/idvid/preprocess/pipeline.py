@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from idvid.atomic_files import read_json, write_atomic, write_json_atomic, write_npz_atomic
 from idvid.data.manifest import write_manifest
 from idvid.data.video_io import VideoReadError, iter_frames, probe_video, write_mp4
 from idvid.faces import FaceAnalyzer, build_face_analyzer
@@ -30,14 +31,7 @@ from idvid.faces.parsing import FaceParser
 from idvid.preprocess.annotate import ClipSettings, MaskSettings, annotate_clip, build_parser, track_frames
 from idvid.preprocess.captions import Captions
 from idvid.preprocess.filters import FilterSettings, failed_filters, main_track, track_metrics
-from idvid.preprocess.records import (
-    file_fingerprint,
-    read_json,
-    settings_key,
-    write_atomic,
-    write_json_atomic,
-    write_npz_atomic,
-)
+from idvid.preprocess.records import file_fingerprint, settings_key
 from idvid.preprocess.summary import print_summary
 from idvid.preprocess.tracking import FaceAnalysis, TrackingSettings, analyze_video
 

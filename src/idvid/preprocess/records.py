@@ -1,14 +1,11 @@
-"""Fingerprints and atomic files: what makes preprocessing resumable and safe to interrupt."""
+"""Fingerprints: what decides whether a clip's earlier result is still valid (writes go through idvid.atomic_files)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
-from typing import Any, Callable
-
-import numpy as np
+from typing import Any
 
 
 def file_fingerprint(path: Path) -> dict[str, int | str]:
@@ -21,39 +18,3 @@ def settings_key(*parts: Any) -> str:
     """A short stable hash of JSON-able parts (file fingerprints, backend and settings)."""
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Call write(tmp) on a temporary name in the same folder, then rename it to `path`.
-
-    The rename is atomic, so `path` is either the old complete file or the new complete one;
-    a crash leaves at most a `.tmp-*` file that nothing reads.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n"))
-
-
-def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    def write(tmp: Path) -> None:
-        with tmp.open("wb") as handle:  # a file object: np.savez would append .npz to a path
-            np.savez_compressed(handle, **arrays)
-
-    write_atomic(path, write)
-
-
-def read_json(path: Path) -> dict | None:
-    """The JSON object at `path`, or None when it is missing or unreadable (then it is redone)."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None

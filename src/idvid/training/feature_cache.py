@@ -27,13 +27,13 @@ renamed, so an interrupted run never leaves a half-written entry that a later ru
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from idvid.atomic_files import write_atomic
 from idvid.randomness import BatchRandom
 
 
@@ -175,10 +175,4 @@ def _stack(values: list[Any], device: torch.device) -> Any:
 
 
 def _save_atomic(value: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
-        torch.save(value, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, lambda tmp: torch.save(value, tmp))
