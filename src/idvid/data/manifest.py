@@ -57,15 +57,7 @@ def read_manifest(path: str | Path) -> list[dict]:
     root = path.parent
     entries: list[dict] = []
     seen: dict[str, int] = {}
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{lineno}: not valid JSON ({err}); each line must be one JSON object") from err
-        if not isinstance(entry, dict):
-            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(entry).__name__}")
+    for lineno, entry in read_json_lines(path):
         for key in REQUIRED_KEYS:
             if key not in entry:
                 raise ValueError(f"{path}:{lineno}: missing key {key!r}; every line needs {list(REQUIRED_KEYS)}")
@@ -82,6 +74,23 @@ def read_manifest(path: str | Path) -> list[dict]:
     if not entries:
         raise ValueError(f"{path}: manifest has no clips")
     return entries
+
+
+def read_json_lines(path: str | Path) -> list[tuple[int, dict]]:
+    """(line number, object) for each non-empty line of a JSON Lines file; a bad line is named in the error."""
+    path = Path(path)
+    rows = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{lineno}: not valid JSON ({err}); each line must be one JSON object") from err
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        rows.append((lineno, row))
+    return rows
 
 
 def write_manifest(path: str | Path, entries: list[dict]) -> None:

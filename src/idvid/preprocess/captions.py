@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
+
+from idvid.data.manifest import read_json_lines
 
 # Column / key names accepted in a captions file (the second spellings are ConsisID's captions.json).
 VIDEO_KEYS = ("video", "path")
@@ -57,16 +58,5 @@ def _read_rows(path: Path) -> list[tuple[int, dict]]:
         with path.open(newline="", encoding="utf-8") as handle:
             return [(lineno, row) for lineno, row in enumerate(csv.DictReader(handle), start=2)]
     if path.suffix.lower() in (".jsonl", ".json"):
-        rows = []
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({err}); one JSON object a line") from err
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            rows.append((lineno, row))
-        return rows
+        return read_json_lines(path)
     raise ValueError(f"captions file {path} must end in .csv or .jsonl (one object a line)")
