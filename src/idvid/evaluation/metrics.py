@@ -100,7 +100,11 @@ class ClipGroup:
         frames = self.embedder.images(ctx.sampled)
         text = self.embedder.text(ctx.prompt)
         reference = self.embedder.images([ctx.reference_image])[0]
-        score = clip_metrics.clip_score(self.embedder, ctx.sampled, ctx.prompt, self.bgr_compat)
+        # CLIPScore on RGB frames is 100 x CLIP-T of the embeddings above; only the compat flag re-embeds.
+        if self.bgr_compat:
+            score = clip_metrics.clip_score(self.embedder, ctx.sampled, ctx.prompt, bgr_compat=True)
+        else:
+            score = 100.0 * clip_metrics.mean_cosine_to(text, frames)
         return {
             "clipscore" + ("_bgr_compat" if self.bgr_compat else ""): score,
             "clip_t": clip_metrics.mean_cosine_to(text, frames),
