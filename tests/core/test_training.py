@@ -263,12 +263,12 @@ def test_held_out_loss_at_a_fixed_timestep_is_deterministic(demo_batch):
     model, _ = build_model("plan_c")
     model.eval()
 
-    def loss_at(timestep):
-        return model.compute_loss(demo_batch, BatchRandom(torch.Generator().manual_seed(0)), timestep)["loss"]
+    def loss_at(t_fraction):
+        return model.compute_loss(demo_batch, BatchRandom(torch.Generator().manual_seed(0)), t_fraction)["loss"]
 
     with torch.no_grad():
-        assert torch.equal(loss_at(100), loss_at(100))
-        assert not torch.equal(loss_at(100), loss_at(899))
+        assert torch.equal(loss_at(0.1), loss_at(0.1))
+        assert not torch.equal(loss_at(0.1), loss_at(0.9))
 
 
 @pytest.mark.parametrize(
