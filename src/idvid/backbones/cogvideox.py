@@ -233,7 +233,8 @@ class CogVideoXBackbone(Backbone):
             timesteps = torch.full_like(timesteps, int(round(t_fraction * (num_train_timesteps - 1))))
         noise = random.randn_like(clean)
         timesteps = timesteps.to(clean.device)
-        alpha_bar = self.scheduler.alphas_cumprod.to(clean.device)[timesteps]
+        # In the latents' precision, as the loss has always computed it (diffusers keeps alphas_cumprod in float64).
+        alpha_bar = self.scheduler.alphas_cumprod.to(clean.device)[timesteps].to(clean.dtype)
         return NoisedLatents(
             noisy=self.scheduler.add_noise(clean, noise, timesteps),
             timesteps=timesteps,

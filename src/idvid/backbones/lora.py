@@ -11,7 +11,6 @@ file), which ``pipeline.load_lora_weights`` and ``transformer.load_lora_adapter`
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Sequence
 
 import torch
