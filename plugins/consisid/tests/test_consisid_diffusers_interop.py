@@ -186,6 +186,22 @@ def test_plans_without_a_consisid_form_refuse_and_export_to_the_kit_format(tmp_p
     assert (out / "injectors" / "face_latent" / "config.json").is_file()
 
 
+def test_compat_transformer_from_and_save_pretrained_round_trip(tmp_path):
+    reference = tiny_consisid(CONFIGS["6 layers, interval 2, rotary, kps, scale 1.5, batch 3, 5 scales"])
+    module, checkpoint = converted(tmp_path, reference)
+    args = inputs(reference, batch=2)
+    with torch.no_grad():
+        expected = reference(**args).sample
+        from_checkpoint = ConsisIDCompatTransformer.from_pretrained(checkpoint)
+        assert (from_checkpoint(**args).sample - expected).abs().max() <= 1e-5
+        from_checkpoint.save_pretrained(tmp_path / "saved")  # diffusers' ConsisID layout
+        assert ConsisIDTransformer3DModel.from_pretrained(tmp_path / "saved").state_dict().keys() == (
+            reference.state_dict().keys()
+        )
+        from_folder = ConsisIDCompatTransformer.from_pretrained(tmp_path / "saved")
+        assert (from_folder(**args).sample - expected).abs().max() <= 1e-5
+
+
 def demo_checkpoint(tmp_path, experiment: str, *overrides: str):
     """The model `fit experiment=<experiment>` starts from, at the demo's own sizes, saved as a kit checkpoint."""
     import hydra
