@@ -83,3 +83,20 @@ def test_killed_while_writing_last_then_resume_last(tmp_path, monkeypatch):
     assert loss is not None
     assert torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 4
     assert sorted(p.name for p in checkpoints.iterdir()) == ["last.ckpt", "step000002.ckpt", "step000004.ckpt"]
+
+
+@pytest.mark.slow
+def test_a_finished_run_leaves_its_final_step_in_last_whatever_the_intervals(tmp_path):
+    # 7 steps, validation and checkpoints every 5: Lightning alone leaves step 5 in last.ckpt.
+    run_fit(
+        tmp_path,
+        "experiment=plan_a",
+        "model.validation.sample=false",
+        "trainer.max_steps=7",
+        "trainer.val_check_interval=5",
+        "callbacks.checkpoint.every_n_train_steps=5",
+    )
+    checkpoints = tmp_path / "checkpoints"
+    last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 7
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["last.ckpt", "step000005.ckpt", "step000007.ckpt"]

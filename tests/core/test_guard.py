@@ -76,6 +76,12 @@ def test_a_non_finite_step_is_skipped_and_training_goes_on(tmp_path, target):
     assert skipped and {value for _, value in skipped} == {1.0}, skipped
     _, losses = scalars(tmp_path, "train/loss")
     assert all(math.isfinite(v) for _, v in losses)
+    # The skip is logged at its step; no stale loss or gradient norm is repeated there.
+    _, grad_norms = scalars(tmp_path, "train/grad_norm")
+    assert [step for step, _ in grad_norms] == [0, 1, 3, 4]
+    assert [step for step, _ in losses] == ([0, 1, 3, 4] if target == "loss" else [0, 1, 2, 3, 4])
+    _, skips = scalars(tmp_path, "train/skipped")
+    assert skips == [(0, 0.0), (1, 0.0), (2, 1.0), (3, 0.0), (4, 0.0)]
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert all(torch.isfinite(v).all() for v in checkpoint["state_dict"].values() if v.is_floating_point())
 

@@ -13,6 +13,7 @@ from diffusers import CogVideoXTransformer3DModel
 from idvid.backbones.cogvideox import CogVideoXBackbone
 from idvid.injection import BlockSelection, InjectionPlan, Site
 
+from ..conftest import compose_config
 from .helpers import ConstantInjector, LinearInjector, backbone_inputs, make_backbone, run_backbone
 
 
@@ -34,6 +35,24 @@ def test_adapter_matches_diffusers_forward(backbone_config):
 def test_bad_block_selection_is_a_clear_error(spec, message):
     with pytest.raises(ValueError, match=message):
         BlockSelection(spec).indices(4)
+
+
+# Every form the README shows for `injectors.identity.blocks=...`, as typed on the command line.
+README_BLOCK_OVERRIDES = [
+    ("all", list(range(10))),
+    ("odd", [1, 3, 5, 7, 9]),
+    ("even", [0, 2, 4, 6, 8]),
+    ("{every: 3}", [0, 3, 6, 9]),
+    ("{every: 3, offset: 1}", [1, 4, 7]),
+    ("[0,5,9]", [0, 5, 9]),
+]
+
+
+@pytest.mark.parametrize("experiment", ["plan_c", "plan_e", "consisid_preview"])
+@pytest.mark.parametrize("override, expected", README_BLOCK_OVERRIDES)
+def test_every_readme_block_override_composes_with_the_real_configs(experiment, override, expected):
+    cfg = compose_config([f"experiment={experiment}", f"injectors.identity.blocks={override}"])
+    assert BlockSelection(cfg.injectors.identity.blocks).indices(10) == expected
 
 
 def test_wrong_channel_count_is_a_clear_error(backbone_config):

@@ -13,6 +13,11 @@ diffusers' ``ConsisIDPipeline`` can run a kit-trained model unchanged::
     )
     video = pipe(image=face, prompt="...", id_cond=id_cond, id_vit_hidden=id_vit_hidden).frames[0]
 
+Or in one line, from a kit checkpoint or a diffusers ConsisID folder::
+
+    transformer = ConsisIDCompatTransformer.from_pretrained("last.ckpt")   # or "exported/"
+    transformer.save_pretrained("exported/")  # diffusers' ConsisIDTransformer3DModel layout
+
 Its config is the ``ConsisIDTransformer3DModel`` config of the same model, so the
 pipeline reads patch size, sample sizes, channels and ``is_kps`` as usual. Only
 plans that have a ConsisID form can be wrapped (``consisid_preview``, ``plan_f``);
@@ -21,6 +26,8 @@ see ``idvid_consisid.diffusers_format``.
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,7 +36,8 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin
 
 from idvid.injection import NO_INJECTION
-from idvid_consisid.diffusers_format import config_dict
+from idvid.interop import convert, is_deepspeed_checkpoint, load_module
+from idvid_consisid.diffusers_format import config_dict, consisid_transformer
 
 
 class ConsisIDCompatTransformer(ModelMixin, ConfigMixin):
@@ -50,6 +58,34 @@ class ConsisIDCompatTransformer(ModelMixin, ConfigMixin):
         self.plan = module.plan
         self._cached_key: tuple | None = None
         self._cached_injection = None
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, ema: bool = False, torch_dtype: torch.dtype | None = None, **kwargs):
+        """Wrap a kit checkpoint (a ``.ckpt`` from ``fit``/``convert``, or a DeepSpeed folder), or a diffusers
+        ``ConsisIDTransformer3DModel`` folder (``save_pretrained``'s, ``export --to diffusers-consisid``'s, the
+        released one). ``ema``: the checkpoint's EMA weights. Hub names and diffusers' loading options
+        (variants, device maps, ...) are not supported: this class is built from a local kit model."""
+        if kwargs:
+            raise TypeError(
+                f"ConsisIDCompatTransformer.from_pretrained takes a local path, ema and torch_dtype; got "
+                f"{sorted(kwargs)}. For diffusers' options load ConsisIDTransformer3DModel.from_pretrained instead."
+            )
+        path = Path(path)
+        if path.is_dir() and not is_deepspeed_checkpoint(path):
+            if ema:
+                raise ValueError(f"{path} is a diffusers folder: it holds no EMA weights (ema=True needs a kit .ckpt).")
+            with tempfile.TemporaryDirectory() as scratch:
+                checkpoint, _ = convert("diffusers-consisid", str(path), str(Path(scratch) / "converted.ckpt"), [])
+                module = load_module(checkpoint)
+        else:
+            module = load_module(path, ema=ema)
+        model = cls(module.eval())
+        return model.to(torch_dtype) if torch_dtype is not None else model
+
+    def save_pretrained(self, save_directory: str | Path, **kwargs) -> None:
+        """Write diffusers' ``ConsisIDTransformer3DModel`` folder (what ``export --to diffusers-consisid`` writes):
+        it loads with that class or with ``ConsisIDCompatTransformer.from_pretrained``."""
+        consisid_transformer(self).save_pretrained(save_directory, **kwargs)
 
     def _injection(self, id_cond: torch.Tensor | None, id_vit_hidden: list[torch.Tensor] | None, dtype: torch.dtype):
         if id_cond is None:

@@ -128,6 +128,14 @@ def _identity_injector(module) -> tuple[str, LocalFaceCrossAttention, GlobalFace
             problems.append(
                 f"diffusers applies the cross-attention after a block (post_attn), this plan uses {cross.site.value}"
             )
+        inner_dim = module.backbone.info.hidden_size
+        kv_dim, diffusers_kv_dim = cross.local_facial_extractor.output_dim, int(inner_dim / 3 * 2)
+        if kv_dim != diffusers_kv_dim:
+            problems.append(
+                f"its identity tokens are output_dim={kv_dim} wide, but diffusers derives the cross-attention key "
+                f"width from the transformer as int(inner_dim * 2 / 3) = {diffusers_kv_dim} (inner_dim "
+                f"{inner_dim}); train it with injectors.{identity[0][0]}.extractor.output_dim={diffusers_kv_dim}"
+            )
         blocks = cross.block_indices
         interval = blocks[1] - blocks[0] if len(blocks) > 1 else num_layers
         if blocks != list(range(0, num_layers, interval)) or num_layers % interval:

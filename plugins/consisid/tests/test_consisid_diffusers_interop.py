@@ -186,6 +186,52 @@ def test_plans_without_a_consisid_form_refuse_and_export_to_the_kit_format(tmp_p
     assert (out / "injectors" / "face_latent" / "config.json").is_file()
 
 
+def test_compat_transformer_from_and_save_pretrained_round_trip(tmp_path):
+    reference = tiny_consisid(CONFIGS["6 layers, interval 2, rotary, kps, scale 1.5, batch 3, 5 scales"])
+    module, checkpoint = converted(tmp_path, reference)
+    args = inputs(reference, batch=2)
+    with torch.no_grad():
+        expected = reference(**args).sample
+        from_checkpoint = ConsisIDCompatTransformer.from_pretrained(checkpoint)
+        assert (from_checkpoint(**args).sample - expected).abs().max() <= 1e-5
+        from_checkpoint.save_pretrained(tmp_path / "saved")  # diffusers' ConsisID layout
+        assert ConsisIDTransformer3DModel.from_pretrained(tmp_path / "saved").state_dict().keys() == (
+            reference.state_dict().keys()
+        )
+        from_folder = ConsisIDCompatTransformer.from_pretrained(tmp_path / "saved")
+        assert (from_folder(**args).sample - expected).abs().max() <= 1e-5
+
+
+def demo_checkpoint(tmp_path, experiment: str, *overrides: str):
+    """The model `fit experiment=<experiment>` starts from, at the demo's own sizes, saved as a kit checkpoint."""
+    import hydra
+    import lightning as L
+
+    from idvid.interop import save_module
+    from tests.conftest import compose_config
+
+    cfg = compose_config([f"experiment={experiment}", *overrides])
+    L.seed_everything(0)
+    module = hydra.utils.instantiate(cfg.model)
+    return module, save_module(module, tmp_path / f"{experiment}.ckpt")
+
+
+@pytest.mark.parametrize("experiment", ["consisid_preview", "plan_f"])
+def test_the_exportable_plans_export_at_the_demo_sizes(tmp_path, experiment):
+    module, checkpoint = demo_checkpoint(tmp_path, experiment)
+    out = export(str(checkpoint), "diffusers-consisid", str(tmp_path / "exported"))
+    exported = ConsisIDTransformer3DModel.from_pretrained(out).state_dict()
+    identity = module.plan.injectors["identity"].state_dict()
+    for key, value in identity.items():
+        assert torch.equal(exported[key], value), key
+
+
+def test_a_cross_attention_width_diffusers_cannot_hold_names_the_fix(tmp_path):
+    _, checkpoint = demo_checkpoint(tmp_path, "consisid_preview", "injectors.identity.extractor.output_dim=32")
+    with pytest.raises(ValueError, match=r"output_dim=32.*int\(inner_dim \* 2 / 3\) = 21.*extractor.output_dim=21"):
+        export(str(checkpoint), "diffusers-consisid", str(tmp_path / "nope"))
+
+
 def test_missing_or_wrong_source_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="No ConsisID transformer at .*_class_name"):
         convert("diffusers-consisid", str(tmp_path), str(tmp_path / "x.ckpt"), [])

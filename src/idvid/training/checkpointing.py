@@ -65,7 +65,19 @@ def save_checkpoint_atomically(trainer: L.Trainer, path: str | Path, weights_onl
 
 
 class AtomicModelCheckpoint(ModelCheckpoint):
-    """Lightning's ModelCheckpoint whose every write (top-k and ``last``) goes through ``.partial`` + rename."""
+    """Lightning's ModelCheckpoint whose every write (top-k and ``last``) goes through ``.partial`` + rename.
+
+    A finished run also saves its final step, whatever ``every_n_train_steps`` is: Lightning's own
+    ``on_train_end`` only writes ``last`` when nothing was saved yet, so a 7-step run checkpointed
+    every 5 steps would leave step 5 as ``last`` and ``sample``/``export``/``init_from`` would read it.
+    """
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._should_skip_saving_checkpoint(trainer):  # also: this step is already saved
+            return
+        monitor_candidates = self._monitor_candidates(trainer)
+        self._save_topk_checkpoint(trainer, monitor_candidates)
+        self._save_last_checkpoint(trainer, monitor_candidates)
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         save_checkpoint_atomically(trainer, filepath, self.save_weights_only)

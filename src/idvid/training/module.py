@@ -244,7 +244,7 @@ class IdentityVideoModule(L.LightningModule):
                 parameter.grad = None  # the optimizer then leaves every weight as it is
             self._non_finite_step("gradient")
             return
-        self.guard.good_step()
+        self._good_step()
         self.log("train/grad_norm", grad_norm)
 
     @property
@@ -266,7 +266,7 @@ class IdentityVideoModule(L.LightningModule):
             # global_step already counts the step that was just discarded
             self._non_finite_step("loss" if self._non_finite_loss else "gradient", step=self.global_step - 1)
         elif not self._non_finite_loss:  # (a non-finite loss between accumulation boundaries is discarded later)
-            self.guard.good_step()
+            self._good_step()
             if engine.get_global_grad_norm() is not None:
                 self.log("train/grad_norm", float(engine.get_global_grad_norm()))
 
@@ -277,10 +277,18 @@ class IdentityVideoModule(L.LightningModule):
             return finite
         return bool(self.trainer.strategy.reduce_boolean_decision(finite, all=True))
 
+    def _good_step(self) -> None:
+        self.guard.good_step()
+        self._forget_step_values("train/skipped")  # a skip is logged from another hook: drop its 1.0
+        self.log("train/skipped", 0.0)
+
     def _non_finite_step(self, what: str, step: int | None = None) -> None:
         step = self.global_step if step is None else step
         self.guard.bad_step()
+        self.log("train/skipped", 1.0)
         self.log("train/non_finite_steps", float(self.guard.total), sync_dist=False)
+        # A step skipped for its gradient did compute a finite loss, logged above; the rest would be stale.
+        self._forget_step_values("train/grad_norm", *(["train/loss"] if what == "loss" else []))
         log.warning("step %d: non-finite %s, step skipped (%d in a row)", step, what, self.guard.consecutive)
         if self.guard.should_stop:
             path = Path(self.trainer.default_root_dir) / "checkpoints" / "last_good.ckpt"
@@ -291,6 +299,17 @@ class IdentityVideoModule(L.LightningModule):
                 f"rate, gradient clipping (trainer.gradient_clip_val=1.0) or bf16, or raise "
                 f"model.non_finite.max_consecutive_steps."
             )
+
+    def _forget_step_values(self, *names: str) -> None:
+        """Keep Lightning from logging these metrics' previous values again at this (skipped) step.
+
+        Lightning re-sends every step metric's last value at each step until the epoch ends, and the
+        training stream is one endless epoch: a skipped step would show the last finite loss. Resetting
+        the result (Lightning 2.6's collection, the one place that holds it) leaves the step without one.
+        """
+        for result in self.trainer._results.values():
+            if result.meta.name in names:
+                result.reset()
 
     # ------------------------------------------------------------- validation
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
