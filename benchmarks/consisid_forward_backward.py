@@ -19,7 +19,8 @@ import torch
 from diffusers import ConsisIDTransformer3DModel
 from diffusers.models.embeddings import get_3d_rotary_pos_embed
 
-from idvid.interop import convert, load_module
+from idvid.interop import load_module
+from idvid.verbs.convert import convert
 
 
 def mid_size_config(layers: int) -> dict:

@@ -19,7 +19,8 @@ import torch
 from diffusers import ConsisIDPipeline
 from idvid_consisid.tiny import write_tiny_pipeline
 
-from idvid.interop import convert, load_module
+from idvid.interop import load_module
+from idvid.verbs.convert import convert
 
 # The released LFE's depth (10 perceiver layers) and query count (32) on the demo's widths.
 LFE = dict(LFE_depth=10, LFE_num_heads=4, LFE_num_id_token=5, LFE_num_querie=32, LFE_ff_mult=4)

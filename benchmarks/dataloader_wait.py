@@ -18,10 +18,9 @@ import warnings
 
 import hydra
 import lightning as L
-from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
-from idvid.cli import CONFIG_DIR
+from idvid import config_packages
 from idvid.interop import build_for_training
 
 
@@ -53,8 +52,7 @@ def main() -> None:
     options = parser.parse_args()
     warnings.filterwarnings("ignore")
 
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["experiment=plan_c", *options.overrides])
+    cfg = config_packages.compose("config", ["experiment=plan_c", *options.overrides])
     with open_dict(cfg):
         cfg.data.num_workers = options.workers
     L.seed_everything(cfg.seed)

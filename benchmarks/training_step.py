@@ -159,13 +159,9 @@ def counted_transformer_flops(module, batch: dict) -> tuple[float, float]:
 
 
 def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from idvid import config_packages
 
-    from idvid.cli import _config_dir
-
-    with initialize_config_dir(config_dir=str(_config_dir()), version_base="1.3"):
-        return hydra_compose("config", overrides=overrides)
+    return config_packages.compose("config", overrides)
 
 
 def run_one(args) -> dict:

@@ -6,22 +6,22 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from idvid.cli import CONFIG_DIR
+from idvid import config_packages
 
-EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR.parent / "experiments").glob("*.yaml"))
+REPO = Path(__file__).resolve().parents[1]
+# Every experiment of the installed config packages (the kit's and the plugins').
+EXPERIMENTS = sorted(
+    {name for package in config_packages.all_config_packages() for name in package.groups().get("experiment", [])}
+)
 PLANS = [e for e in EXPERIMENTS if e.startswith("plan_")]
 
 
 def compose_config(overrides: list[str], run_dir: Path | None = None) -> DictConfig:
     """Compose the real config tree; with ``run_dir``, also make ``${hydra:...}`` resolvable."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=overrides, return_hydra_config=run_dir is not None)
+    cfg = config_packages.compose("config", overrides, return_hydra_config=run_dir is not None)
     if run_dir is not None:
         with open_dict(cfg):
             cfg.hydra.runtime.output_dir = str(run_dir)

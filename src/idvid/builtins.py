@@ -1,6 +1,11 @@
-"""The core's own plugins: imported by the registry before any entry point."""
+"""The core's own plugins, registered through the core's own ``idvid.plugins`` entry point (pyproject.toml).
+
+The registry never imports this module: it is loaded with every other plugin package.
+"""
 
 import idvid.backbones.cogvideox  # noqa: F401  (registers "cogvideox")
 import idvid.conditioning.reference_latents  # noqa: F401  (registers "reference_latents")
+import idvid.faces.dlib_analyzer  # noqa: F401  (registers the "dlib" face backend)
+import idvid.faces.insightface_analyzer  # noqa: F401  (registers the "insightface" face backend)
 import idvid.interop  # noqa: F401  (registers the "idvid" checkpoint format)
 import idvid.training.losses  # noqa: F401  (registers the losses)

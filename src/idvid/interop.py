@@ -1,4 +1,6 @@
-"""Checkpoints in and out: the `convert` and `export` verbs, and loading kit checkpoints.
+"""Checkpoints in and out: kit checkpoints, checkpoint formats, and the kit's own ``idvid`` format.
+
+The `convert`, `export` and `consolidate` verbs are in ``idvid.verbs.convert``.
 
 A *kit checkpoint* is a Lightning checkpoint of ``IdentityVideoModule``: its
 ``hyper_parameters`` hold the model's architecture (backbone, conditioners,
@@ -30,7 +32,7 @@ from safetensors.torch import save_file
 
 from idvid.atomic_files import write_atomic
 from idvid.backbones.lora import has_lora, without_lora
-from idvid.registry import REGISTRIES, PluginKind, register_format
+from idvid.registry import register_format
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ log = logging.getLogger(__name__)
 class ConvertedModel:
     """What a format's ``read`` returns: enough to build and fill a kit model."""
 
-    experiment: str  # the experiment whose training setup fits this model (e.g. consisid_preview)
+    experiment: str  # the experiment (the format plugin's own, shipped in its config package) that fits this model
     backbone: dict[str, Any]  # merged into the experiment's backbone node (sizes, pretrained path)
     injectors: dict[str, Any]  # replaces the experiment's injectors
     state_dict: dict[str, torch.Tensor]  # keys of IdentityVideoModule's state dict
@@ -157,53 +159,6 @@ def save_module(module: L.LightningModule, path: str | Path) -> Path:
     trainer.strategy.connect(module)
     trainer.save_checkpoint(path)
     return path
-
-
-def convert(format_name: str, source: str, out: str, overrides: list[str]) -> tuple[Path, str]:
-    """Read a foreign checkpoint with a format plugin, save it as a kit checkpoint; returns (path, experiment)."""
-    import hydra
-    from hydra import compose, initialize_config_dir
-
-    from idvid.cli import _config_dir
-
-    reader = REGISTRIES[PluginKind.FORMAT].get(format_name)()
-    if not hasattr(reader, "read"):
-        raise ValueError(f"Format {format_name!r} cannot be read (export only); formats that read: {_formats('read')}.")
-    converted: ConvertedModel = reader.read(Path(source))
-    with initialize_config_dir(config_dir=str(_config_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=[f"experiment={converted.experiment}", *overrides])
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    model_cfg["backbone"] = {**model_cfg["backbone"], **converted.backbone}
-    model_cfg["injectors"] = converted.injectors
-    torch.manual_seed(0)  # parts not in the source (e.g. demo-scale encoders) are built reproducibly
-    module = hydra.utils.instantiate(model_cfg)
-    missing, unexpected = module.load_state_dict(converted.state_dict, strict=False)
-    # A foreign checkpoint brings the trained parts; frozen encoders come from config or `pretrained`.
-    frozen = tuple(f"backbone.{name}." for name in module.backbone.frozen_modules) + ("conditioners.",)
-    missing = [k for k in missing if not k.startswith(frozen)]
-    if missing or unexpected:
-        raise ValueError(
-            f"Converted weights do not fit the kit model: missing {missing[:5]}, unexpected {unexpected[:5]}. "
-            f"This is a bug in the {format_name!r} format plugin."
-        )
-    path = save_module(module, out)
-    for note in converted.notes:
-        log.warning(note)
-    return path, converted.experiment
-
-
-def export(checkpoint: str, format_name: str, out: str, ema: bool = False) -> Path:
-    writer = REGISTRIES[PluginKind.FORMAT].get(format_name)()
-    if not hasattr(writer, "write"):
-        raise ValueError(f"Format {format_name!r} cannot be written; formats that write: {_formats('write')}.")
-    module = load_module(checkpoint, ema=ema)
-    out_path = Path(out)
-    writer.write(module, out_path)
-    return out_path
-
-
-def _formats(method: str) -> str:
-    return ", ".join(e.name for e in REGISTRIES[PluginKind.FORMAT].entries() if hasattr(e.obj, method)) or "(none)"
 
 
 @register_format("idvid")

@@ -16,7 +16,9 @@ a callable) whose import registers its plugins with the decorators here::
     class MyInjector(TokenInjector): ...
 
 The core never imports a plugin by name: configs refer to plugins by their
-registered names, and ``build`` looks them up.
+registered names, and ``build`` looks them up. Registering is storage only: this
+module imports nothing of the kit, and the core's own plugins (``idvid.builtins``)
+register through the core's own ``idvid.plugins`` entry point like any other.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import logging
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable, TypeVar
+
+from idvid.errors import ConfigKeyError, UnknownNameError
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +46,8 @@ class PluginKind(str, Enum):
     CONDITIONER = "conditioner"
     LOSS = "loss"
     FORMAT = "format"  # checkpoint formats for `convert` / `export`
+    FACE_BACKEND = "face_backend"  # face detection + keypoints + identity embedding (`face=<name>`)
+    DATASET_IMPORTER = "dataset_importer"  # annotated data sets -> manifest (`preprocess data.importer=<name>`)
 
 
 @dataclass(frozen=True)
@@ -73,7 +79,7 @@ class Registry:
         load_plugins()
         if name not in self._entries:
             known = ", ".join(sorted(self._entries)) or "(none)"
-            raise KeyError(
+            raise UnknownNameError(
                 f"Unknown {self.kind.value} plugin {name!r}. Registered {self.kind.value} plugins: {known}. "
                 f"Run `python -m idvid plugins` to see them with their sources; a plugin package must be "
                 f"installed (pip install -e path/to/plugin) to be discovered."
@@ -142,18 +148,26 @@ def register_format(name: str) -> Callable[[T], T]:
     return _decorator(PluginKind.FORMAT, name)
 
 
+def register_face_backend(name: str) -> Callable[[T], T]:
+    return _decorator(PluginKind.FACE_BACKEND, name)
+
+
+def register_dataset_importer(name: str) -> Callable[[T], T]:
+    """An importer is a callable ``importer(source, out, analyzer, face, min_frames) -> summary dict``."""
+    return _decorator(PluginKind.DATASET_IMPORTER, name)
+
+
 _plugins_loaded = False
 
 
 def load_plugins() -> None:
-    """Import the core's built-in plugins and every installed ``idvid.plugins`` entry point (once)."""
+    """Import every installed ``idvid.plugins`` entry point, the core's own included (once)."""
     global _plugins_loaded
     if _plugins_loaded:
         return
     # Set first: plugin modules call the registries (and so this function) while they import.
     _plugins_loaded = True
     try:
-        importlib.import_module("idvid.builtins")
         for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             try:
                 loaded = entry_point.load()
@@ -173,14 +187,21 @@ def load_plugins() -> None:
 
 
 def build(kind: PluginKind | str, name: str, /, **kwargs: Any) -> Any:
-    """Instantiate the plugin registered as ``name`` with keyword arguments from config."""
+    """Instantiate the plugin registered as ``name`` with keyword arguments from config.
+
+    Config keys that do not fit the plugin's parameters are a config error naming them; an error the
+    plugin raises while it builds itself (a ``TypeError`` included) is the plugin's and propagates as is.
+    """
     kind = PluginKind(kind)
     cls = REGISTRIES[kind].get(name)
     try:
-        return cls(**kwargs)
+        inspect.signature(cls).bind(**kwargs)
     except TypeError as error:
         params = ", ".join(p for p in inspect.signature(cls).parameters if p != "self")
-        raise TypeError(
+        raise ConfigKeyError(
             f"Could not build {kind.value} plugin {name!r} ({cls.__qualname__}) from config keys "
-            f"{sorted(kwargs)}: {error}. Its parameters are: {params}."
-        ) from error
+            f"{sorted(kwargs)}: {error}.\nIts parameters are: {params}. Fix the keys of its config node."
+        ) from None
+    except ValueError:  # no signature to check (some builtins): let the call say what is wrong
+        pass
+    return cls(**kwargs)

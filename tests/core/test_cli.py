@@ -17,7 +17,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from idvid.cli import VERBS, main
-from idvid.data.demo import build_demo
+from idvid.demo import build_demo
 from idvid.data.manifest import read_manifest
 from idvid.data.video_io import read_mp4
 from idvid.injection import SITE_DESCRIPTIONS, Site

@@ -8,13 +8,12 @@ import hydra
 import lightning as L
 import torch
 
-from idvid.cli import CONFIG_DIR
 from idvid.randomness import BatchRandom
 from idvid.registry import REGISTRIES, PluginKind
 
-from ..conftest import compose_config
+from ..conftest import REPO, compose_config
 
-CONTRIBUTING = (CONFIG_DIR.parent / "CONTRIBUTING.md").read_text()
+CONTRIBUTING = (REPO / "CONTRIBUTING.md").read_text()
 
 
 def _block(language: str, index: int = 0) -> str:

@@ -192,7 +192,7 @@ def test_deepspeed_checkpoint_consolidates_into_the_model(deepspeed_runs, tmp_pa
     assert all(torch.equal(from_folder[name], value) for name, value in rebuilt.items())
     from diffusers import CogVideoXTransformer3DModel
 
-    from idvid.interop import export
+    from idvid.verbs.convert import export
 
     exported = export(str(root / "full" / "checkpoints" / "step000004.ckpt"), "idvid", str(tmp_path / "export"))
     transformer = CogVideoXTransformer3DModel.from_pretrained(exported / "transformer").state_dict()

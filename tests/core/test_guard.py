@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from idvid.fit import fit
+from idvid.verbs.fit import fit
 from idvid.training.guard import DivergenceError, NonFiniteGuard
 
 from ..conftest import compose_config

@@ -15,7 +15,7 @@ import torch
 
 from idvid.data.video_io import read_mp4
 from idvid.interop import build_for_training, load_module, save_module
-from idvid.sample import reference_batch, sample
+from idvid.verbs.sample import reference_batch, sample
 
 from ..conftest import compose_config
 

@@ -11,7 +11,7 @@ import torch
 from hydra.errors import InstantiationException
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from idvid.fit import fit
+from idvid.verbs.fit import fit
 from idvid.injection import Site
 from idvid.randomness import BatchRandom
 

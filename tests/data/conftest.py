@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from idvid.data.demo import build_demo
+from idvid.demo import build_demo
 
 
 @pytest.fixture(scope="session")

@@ -8,10 +8,10 @@ import time
 import numpy as np
 import pytest
 
-from idvid.data import demo as demo_module
-from idvid.data.demo import DEMO_SEED, DEMO_VERSION, build_demo, demo_settings, render_clip, source_photos
+from idvid import demo as demo_module
 from idvid.data.manifest import ANNOTATION_KEYS, load_annotations, read_manifest
 from idvid.data.video_io import read_mp4
+from idvid.demo import DEMO_SEED, DEMO_VERSION, build_demo, demo_settings, render_clip, source_photos
 from idvid.faces import DlibFaceAnalyzer
 from idvid.preprocess import Preprocessor
 

@@ -12,7 +12,7 @@ import torch
 from torchvision.models import inception_v3
 
 from idvid.cli import main
-from idvid.data.demo import Camera, render_frames, source_photos
+from idvid.demo import Camera, render_frames, source_photos
 from idvid.data.video_io import write_mp4
 from idvid.faces import DlibFaceAnalyzer
 

@@ -8,13 +8,12 @@ import math
 import time
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-from idvid.cli import CONFIG_DIR
-from idvid.evaluation.ablate import ablate, failure_reason, prepare_eval_set
+from idvid import config_packages
+from idvid.verbs.ablate import ablate, failure_reason, prepare_eval_set
 
 from .conftest import run_cli, write_png
 
@@ -98,9 +97,7 @@ def test_a_failed_fit_is_recorded_and_retried_not_marked_finished(tmp_path, peop
 
 
 def compose_ablate(overrides: list[str]):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("ablate", overrides=overrides)
+    return config_packages.compose("ablate", overrides)
 
 
 @pytest.mark.parametrize(

@@ -16,12 +16,12 @@ from idvid.evaluation.evaluate import evaluate, summary
 from idvid.evaluation.inputs import pair_inputs, read_prompts
 from idvid.faces import tiny_insightface
 
-from ..conftest import CONFIG_DIR
+from ..conftest import REPO
 from .conftest import run_cli, write_png
 
 
 def config(eval_dirs, out: Path, **overrides) -> dict:
-    cfg = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "evaluation" / "default.yaml"))
+    cfg = OmegaConf.to_container(OmegaConf.load(REPO / "src" / "idvid" / "conf" / "evaluation" / "default.yaml"))
     cfg["models"]["root"] = str(out.parent / "no-models-here")
     cfg["models"] = {k: v.replace("${.root}", cfg["models"]["root"]) for k, v in cfg["models"].items()}
     cfg.update(videos=str(eval_dirs["videos"]), refs=str(eval_dirs["refs"]), prompts=str(eval_dirs["prompts"]))

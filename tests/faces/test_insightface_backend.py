@@ -151,7 +151,7 @@ def test_factory_builds_each_backend_and_names_the_available_ones(models_dir):
 
 
 def test_sample_reference_uses_the_chosen_backend(tmp_path, models_dir):
-    from idvid.sample import reference_batch
+    from idvid.verbs.sample import reference_batch
 
     photo = tmp_path / "red.png"
     cv2.imwrite(str(photo), cv2.cvtColor(red_and_green_image(), cv2.COLOR_RGB2BGR))

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from idvid.data.demo import Camera, render_frames, source_photos
+from idvid.demo import Camera, render_frames, source_photos
 from idvid.data.video_io import write_mp4
 from idvid.faces import DlibFaceAnalyzer
 from idvid.preprocess import ClipSettings, FilterSettings, PreprocessSettings

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from idvid.data.demo import FRAME_SIZE
+from idvid.demo import FRAME_SIZE
 from idvid.data.video_io import read_mp4
 from idvid.faces import ARCFACE_TEMPLATE_112, align_face, face_template, transform_points
 from idvid.preprocess.annotate import ClipSettings, annotate_clip, track_frames

@@ -17,7 +17,8 @@ from torch import nn
 from idvid.cli import main
 from idvid.data.manifest import load_annotations
 from idvid.faces.parsing import BiSeNet, FaceParser
-from idvid.preprocess import MaskSettings, Preprocessor, mask_settings
+from idvid.preprocess import MaskSettings, Preprocessor
+from idvid.verbs.preprocess import mask_settings
 
 from .conftest import CountingAnalyzer, make_raw, settings_for
 

@@ -9,11 +9,18 @@
   ``ConsisIDTransformer3DModel`` folders, e.g. the released ConsisID-preview.
 * ``consisid.identity_features`` (conditioner): ``id_cond`` = face-recognition embedding +
   CLIP image embedding, ``id_vit_hidden`` = CLIP ViT hidden states at several depths.
+* ``consisid`` (dataset importer): ConsisID's released annotation layout -> the manifest format
+  (``preprocess data.importer=consisid data.source=total_train_data.txt``).
+
+Its configs (``idvid_consisid.conf``: the plans a-g and consisid_preview as experiments, the
+injector and conditioner nodes, the Table-3 ablation) reach the CLI through the ``idvid.configs``
+entry point.
 
 Installed as a separate distribution (``idvid-consisid``) that registers through the
 ``idvid.plugins`` entry point, exactly as a third-party method would.
 """
 
+from idvid_consisid.annotation_import import import_consisid
 from idvid_consisid.conditioner import IdentityFeatures
 from idvid_consisid.diffusers_format import DiffusersConsisIDFormat
 from idvid_consisid.injectors import GlobalFaceLatent, LocalFaceCrossAttention
@@ -26,5 +33,6 @@ __all__ = [
     "LocalFaceCrossAttention",
     "LocalFacialExtractor",
     "PerceiverAttention",
+    "import_consisid",
     "perceiver_cross_attention",
 ]

@@ -16,7 +16,8 @@ from idvid_consisid.compat import ConsisIDCompatTransformer
 from idvid_consisid.tiny import write_tiny_pipeline
 from transformers import AutoTokenizer, T5EncoderModel
 
-from idvid.interop import convert, export, load_module
+from idvid.interop import load_module
+from idvid.verbs.convert import convert, export
 
 BASE = dict(
     num_attention_heads=3,

@@ -1,26 +1,18 @@
-"""Data: clip manifest, bundled demo builder, dataset, resumable sampler and datamodule."""
+"""Data: clip manifest, dataset and resumable sampler.
+
+The datamodule (``idvid.data.datamodule``, which imports Lightning) is imported by its full name; the
+bundled demo is ``idvid.demo``.
+"""
 
 from idvid.data.dataset import IdentityVideoDataset
-from idvid.data.demo import build_demo
 from idvid.data.manifest import load_annotations, read_manifest, write_manifest
 from idvid.data.sampler import ResumableRandomSampler
 
 __all__ = [
-    "IdentityVideoDataModule",
     "IdentityVideoDataset",
     "ResumableRandomSampler",
-    "build_demo",
-    "collate",
     "load_annotations",
     "read_manifest",
     "write_manifest",
 ]
 
-
-def __getattr__(name: str):
-    # The datamodule imports lightning (slow); load it only when asked for.
-    if name in ("IdentityVideoDataModule", "collate"):
-        from idvid.data import datamodule
-
-        return getattr(datamodule, name)
-    raise AttributeError(f"module 'idvid.data' has no attribute {name!r}")

@@ -51,7 +51,7 @@ class IdentityVideoDataModule(lightning.LightningDataModule):
     def prepare_data(self) -> None:
         # Runs on one process per node: build the demo once before the ranks read it.
         if self.manifest is None:
-            from idvid.data.demo import build_demo
+            from idvid.demo import build_demo
 
             build_demo()
 
@@ -60,7 +60,7 @@ class IdentityVideoDataModule(lightning.LightningDataModule):
             return
         manifest: str | Path = self.manifest
         if manifest is None:
-            from idvid.data.demo import build_demo
+            from idvid.demo import build_demo
 
             manifest = build_demo()  # returns at once when already built
         self.dataset = IdentityVideoDataset(

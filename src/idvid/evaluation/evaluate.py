@@ -1,4 +1,4 @@
-"""The ``evaluate`` verb: score generated videos against their reference photos and prompts.
+"""Score generated videos against their reference photos and prompts (the ``evaluate`` verb: ``idvid.verbs.evaluate``).
 
 ``python -m idvid evaluate videos=DIR refs=DIR prompts=FILE out=DIR [metrics=[...]]`` writes
 ``per_video.csv``, ``aggregate.md`` / ``aggregate.csv``, ``skipped.csv`` and the frequency
@@ -22,7 +22,7 @@ from idvid.data.video_io import read_mp4
 from idvid.evaluation.identity import evenly_sampled_indices, largest_faces, reference_face
 from idvid.evaluation.inputs import pair_inputs
 from idvid.evaluation.metrics import METRIC_GROUPS, VideoContext, build_detector, build_group
-from idvid.evaluation.report import log_tensorboard, markdown_table, write_reports
+from idvid.evaluation.report import log_tensorboard, write_reports
 
 log = logging.getLogger(__name__)
 
@@ -108,30 +108,3 @@ def evaluate(cfg: Mapping[str, Any] | DictConfig) -> EvaluationResult:
     if cfg.get("tensorboard_dir"):
         log_tensorboard(Path(cfg["tensorboard_dir"]), aggregate, int(cfg.get("tensorboard_step", 0)))
     return EvaluationResult(rows, set_level, aggregate, unavailable, skipped)
-
-
-def summary(result: EvaluationResult, out: Path) -> str:
-    """The text the verb prints: the aggregate table, unavailable metrics with their paths, skipped videos."""
-    text = markdown_table(
-        ["metric", "value", "videos"], [[r["metric"], r["value"], r["videos"]] for r in result.aggregate]
-    )
-    for name, reason in result.unavailable.items():
-        text += f"unavailable: {name}: {reason}\n"
-    for name, reason in result.skipped:
-        text += f"skipped: {name}: {reason}\n"
-    return text + f"wrote {out}/per_video.csv, {out}/aggregate.md, {out}/aggregate.csv\n"
-
-
-REQUIRED = ("videos", "refs", "prompts", "out")
-
-
-def main(cfg: DictConfig) -> EvaluationResult:
-    missing = [key for key in REQUIRED if OmegaConf.is_missing(cfg, key)]
-    if missing:
-        raise SystemExit(
-            f"evaluate needs {', '.join(f'{key}=' for key in missing)}: python -m idvid evaluate videos=DIR refs=DIR "
-            f"prompts=FILE out=DIR (NAME.mp4 pairs with refs/NAME.png|jpg and the line NAME<TAB>prompt)"
-        )
-    result = evaluate(cfg)
-    print(summary(result, Path(cfg.out)))
-    return result

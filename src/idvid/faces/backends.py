@@ -1,25 +1,19 @@
-"""Face backends by name, so configs and command lines pick one without code branches."""
+"""Face backends are plugins (kind ``face_backend``), picked by name: ``face=dlib|insightface`` in every verb."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from idvid.faces.dlib_analyzer import DlibFaceAnalyzer
-from idvid.faces.insightface_analyzer import InsightFaceAnalyzer
 from idvid.faces.types import FaceAnalyzer
-
-FACE_BACKENDS: dict[str, Callable[..., FaceAnalyzer]] = {
-    "dlib": DlibFaceAnalyzer,
-    "insightface": InsightFaceAnalyzer,
-}
+from idvid.registry import REGISTRIES, PluginKind, build
 
 
-def build_face_analyzer(name: str, **kwargs) -> FaceAnalyzer:
-    """The face analyzer called ``name`` ("dlib" or "insightface"), built with ``kwargs``.
+def face_backend_names() -> list[str]:
+    return [entry.name for entry in REGISTRIES[PluginKind.FACE_BACKEND].entries()]
 
-    Both take ``models_dir``: dlib defaults to the face_recognition_models package, insightface
-    needs the antelopev2 folder.
+
+def build_face_analyzer(name: str, **options) -> FaceAnalyzer:
+    """The face analyzer registered as ``name`` (the core's: "dlib", "insightface"), built with ``options``.
+
+    Both core backends take ``models_dir``: dlib defaults to the face_recognition_models package,
+    insightface needs the antelopev2 folder.
     """
-    if name not in FACE_BACKENDS:
-        raise ValueError(f"unknown face backend {name!r}; available: {', '.join(sorted(FACE_BACKENDS))}")
-    return FACE_BACKENDS[name](**kwargs)
+    return build(PluginKind.FACE_BACKEND, name, **options)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from idvid.faces.types import Face, check_rgb_uint8
+from idvid.registry import register_face_backend
 
 PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
 RECOGNIZER_FILE = "dlib_face_recognition_resnet_model_v1.dat"
@@ -55,6 +56,7 @@ def _load_models(models_dir: str) -> tuple[object, object, object]:
     return detector, predictor, recognizer
 
 
+@register_face_backend("dlib")
 class DlibFaceAnalyzer:
     """HOG face detector + 68-point landmarks + 128-d dlib ResNet identity embedding.
 

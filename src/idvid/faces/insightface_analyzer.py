@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from idvid.faces.types import Face, check_rgb_uint8
+from idvid.registry import register_face_backend
 
 DETECTOR_FILE = "scrfd_10g_bnkps.onnx"
 RECOGNIZER_FILE = "glintr100.onnx"
@@ -56,6 +57,7 @@ def _load_models(models_dir: str) -> tuple[object, object]:
     return models[0], models[1]
 
 
+@register_face_backend("insightface")
 class InsightFaceAnalyzer:
     """antelopev2 SCRFD detection (5 keypoints) + ArcFace identity embedding, on CPU.
 

@@ -9,14 +9,15 @@ import cv2
 import numpy as np
 import pytest
 
+from idvid_consisid.annotation_import import import_consisid
+
 from idvid.cli import main
 from idvid.data.dataset import IdentityVideoDataset
 from idvid.data.manifest import load_annotations, read_manifest
-from idvid.data.video_io import read_mp4
+from idvid.data.video_io import read_mp4, write_mp4
+from idvid.demo import source_photos
 from idvid.faces import DlibFaceAnalyzer
-from idvid.preprocess.consisid_import import import_consisid
-
-from .conftest import CountingAnalyzer
+from tests.preprocess.conftest import PAN, CountingAnalyzer, render
 
 FACE = {"name": "dlib", "options": {}}
 
@@ -26,13 +27,22 @@ def box_item(box, track, confidence=0.95):
     return {"box": {"x1": x1, "y1": y1, "x2": x2, "y2": y2}, "confidence": confidence, "new_track_id": track}
 
 
+@pytest.fixture(scope="module")
+def astronaut_clip(tmp_path_factory):
+    """The preprocess tests' slow pan over the astronaut photo, as an mp4."""
+    photo = source_photos()["astronaut"]
+    path = tmp_path_factory.mktemp("clips") / "astronaut.mp4"
+    write_mp4(path, render(photo, DlibFaceAnalyzer().detect(photo)[0].box, PAN))
+    return path
+
+
 @pytest.fixture
-def consisid_tree(clip_library, tmp_path):
+def consisid_tree(astronaut_clip, tmp_path):
     """ConsisID's layout around one real clip: boxes from a detector, SAM2-style masks for frames 0-5."""
     root = tmp_path / "consisid"
     videos, anno = root / "videos", root / "anno"
     videos.mkdir(parents=True)
-    shutil.copy2(clip_library / "astronaut.mp4", videos / "clip_001.mp4")
+    shutil.copy2(astronaut_clip, videos / "clip_001.mp4")
     frames = read_mp4(videos / "clip_001.mp4")
     detector = DlibFaceAnalyzer()
     boxes, face_boxes = {}, []
@@ -102,10 +112,11 @@ def test_the_verb_imports_and_a_bad_list_file_is_a_clear_error(consisid_tree, tm
     monkeypatch.chdir(tmp_path)
     root, _, _ = consisid_tree
     small = ["clip.num_frames=4", "clip.frame_stride=1"]
-    main(["preprocess", f"data.consisid={root / 'total_train_data.txt'}", f"data.out={tmp_path / 'out'}", *small])
+    source = f"data.source={root / 'total_train_data.txt'}"
+    main(["preprocess", "data.importer=consisid", source, f"data.out={tmp_path / 'out'}", *small])
     assert [e["id"] for e in read_manifest(tmp_path / "out" / "manifest.jsonl")] == ["clip_001-0"]
     (root / "bad.txt").write_text("videos,captions.json\n")
     capsys.readouterr()
     with pytest.raises(SystemExit):
-        main(["preprocess", f"data.consisid={root / 'bad.txt'}", f"data.out={tmp_path / 'x'}"])
+        main(["preprocess", "data.importer=consisid", f"data.source={root / 'bad.txt'}", f"data.out={tmp_path / 'x'}"])
     assert "bad.txt:1: expected `videos_dir,captions.json,anno_base`" in capsys.readouterr().err

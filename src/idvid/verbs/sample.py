@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import torch
 
-from idvid.faces import FACE_BACKENDS, box_ellipse_mask, build_face_analyzer, landmark_hull_mask, reference_images
+from idvid.faces import box_ellipse_mask, build_face_analyzer, face_backend_names, landmark_hull_mask, reference_images
 from idvid.interop import load_module
 from idvid.training.visuals import write_video
 
@@ -100,7 +100,7 @@ def main(args: list[str]) -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--guidance", type=float, default=6.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--face", choices=sorted(FACE_BACKENDS), default="dlib", help="face backend for the reference")
+    parser.add_argument("--face", choices=face_backend_names(), default="dlib", help="face backend for the reference")
     parser.add_argument(
         "--face-models", default=None, help="folder of the face backend's model files (insightface: antelopev2)"
     )

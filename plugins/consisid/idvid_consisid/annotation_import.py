@@ -1,5 +1,8 @@
 """Import a data set annotated by ConsisID's released data pipeline into idvid's manifest format.
 
+``python -m idvid preprocess data.importer=consisid data.source=<total_train_data.txt> data.out=<folder>``
+(the dataset importer ``consisid``).
+
 The layout it reads (as ConsisID's training dataloader does):
 
 - a list file (`total_train_data.txt`), one line per part: `videos_dir,captions.json,anno_base`;
@@ -38,6 +41,7 @@ from idvid.preprocess.annotate import face_mask
 from idvid.preprocess.records import file_fingerprint, settings_key
 from idvid.preprocess.summary import print_summary
 from idvid.preprocess.tracking import box_iou
+from idvid.registry import register_dataset_importer
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +55,7 @@ def read_list_file(list_file: Path) -> list[dict[str, Any]]:
     A malformed list or captions file is a configuration error (ValueError / FileNotFoundError).
     """
     if not list_file.is_file():
-        raise FileNotFoundError(f"ConsisID list file not found: {list_file}; pass data.consisid=<total_train_data.txt>")
+        raise FileNotFoundError(f"ConsisID list file not found: {list_file}; pass data.importer=consisid data.source=<total_train_data.txt>")
     videos = []
     for lineno, line in enumerate(list_file.read_text().splitlines(), start=1):
         if not line.strip():
@@ -71,6 +75,7 @@ def read_list_file(list_file: Path) -> list[dict[str, Any]]:
     return videos
 
 
+@register_dataset_importer("consisid")
 def import_consisid(
     list_file: str | Path, out: str | Path, analyzer: FaceAnalyzer, face: dict, min_frames: int
 ) -> dict[str, Any]:

@@ -1,10 +1,11 @@
-"""`python -m idvid plugins`: the injection sites and every registered plugin."""
+"""`python -m idvid plugins`: the injection sites, every registered plugin, and every config package."""
 
 from __future__ import annotations
 
 from rich.console import Console
 from rich.table import Table
 
+from idvid.config_packages import all_config_packages
 from idvid.injection.injector import Injector, TokenInjector
 from idvid.injection.sites import Site
 from idvid.registry import REGISTRIES, PluginKind
@@ -38,3 +39,11 @@ def print_plugins() -> None:
         for entry in registry.entries():
             plugins.add_row(kind.value, entry.name, *_describe(kind, entry.obj), entry.source)
     console.print(plugins)
+
+    configs = Table(title="Config packages (Hydra groups: pick an option with group=option)")
+    for column in ("package", "source", "group", "options"):
+        configs.add_column(column, overflow="fold")
+    for package in all_config_packages():
+        for group, options in package.groups().items():
+            configs.add_row(package.package, package.source, group or "(root configs)", ", ".join(options))
+    console.print(configs)

@@ -140,7 +140,7 @@ def demo_settings(raw: Path, out: Path) -> PreprocessSettings:
     ~40 degrees, which the default 30 degree limit would drop; half the frames with a face
     suffice; and the training clip is data/demo.yaml's 9 frames at stride 1.
     """
-    from idvid.preprocess import ClipSettings, FilterSettings, PreprocessSettings  # idvid.preprocess imports idvid.data
+    from idvid.preprocess import ClipSettings, FilterSettings, PreprocessSettings
 
     filters = FilterSettings(min_face_size=64, min_valid_fraction=MIN_VALID_FRAMES / NUM_FRAMES, max_rotation_deg=60)
     return PreprocessSettings(raw=raw, out=out, filters=filters, clip=ClipSettings(num_frames=9, frame_stride=1))

@@ -107,7 +107,7 @@ def prepare_eval_set(cfg: dict, out: Path) -> tuple[Path, Path, list[str]]:
 
 
 def _manifest_references(manifest: str | None, count: int) -> list[tuple[str, np.ndarray, str]]:
-    from idvid.data.demo import build_demo
+    from idvid.demo import build_demo
     from idvid.data.manifest import load_annotations, read_manifest
     from idvid.data.video_io import read_mp4
 
@@ -165,7 +165,7 @@ def sample_eval_set(folder: Path, refs_dir: Path, prompts_file: Path, names: lis
     """One video per evaluation-set entry from the fit's last.ckpt, in ``<folder>/videos``."""
     from idvid.evaluation.inputs import read_prompts
     from idvid.interop import load_module
-    from idvid.sample import reference_batch
+    from idvid.verbs.sample import reference_batch
     from idvid.training.visuals import write_video
 
     spec = cfg["eval_set"]

@@ -1,0 +1,1 @@
+"""ConsisID's Hydra configs (experiments, injectors, conditioners), announced as an ``idvid.configs`` entry point."""

@@ -1,0 +1,120 @@
+"""User errors, and the one way every verb prints them.
+
+A *user error* is a mistake the user can fix (a bad config value, a missing file, a plan refused at
+start-up); its message names the bad value and the fix. The CLI prints it as a clean multi-line
+message with no traceback; a bug (any other exception) keeps its full traceback. The kit counts as
+user errors:
+
+* ``UserError`` and its subclasses (``ConfigError`` is also a ``ValueError``, ``MissingFileError`` a
+  ``FileNotFoundError``, so callers and tests that catch the built-in types keep working);
+* a ``ValueError`` / ``FileNotFoundError`` / ``KeyError`` raised by the kit's own code (an ``idvid``
+  module, or a plugin module named ``idvid_*``): the kit's convention is that these carry a message
+  for the user;
+* ``hydra.errors.InstantiationException``: building an object from a config node failed, i.e. a
+  config value does not fit the class it is given to.
+
+``HYDRA_FULL_ERROR=1`` or ``IDVID_TRACEBACK=1`` shows the traceback of a user error too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from types import TracebackType
+
+TRACEBACK_VARIABLES = ("IDVID_TRACEBACK", "HYDRA_FULL_ERROR")
+TRACEBACK_HINT = "(traceback: run again with IDVID_TRACEBACK=1)"
+
+
+class UserError(Exception):
+    """A mistake the user can fix: ``UserError(what is wrong, how to fix it)``."""
+
+    def __init__(self, problem: str, fix: str | None = None):
+        self.problem = problem
+        self.fix = fix
+        super().__init__(problem if fix is None else f"{problem}\n{fix}")
+
+    def __str__(self) -> str:  # KeyError's repr-quoting must not reach subclasses that are also KeyErrors
+        return self.args[0]
+
+
+class ConfigError(UserError, ValueError):
+    """A config value (or a combination of them) the kit refuses."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A file or folder the user named does not exist or is not what the verb needs."""
+
+
+class UnknownNameError(UserError, KeyError):
+    """A registered name (plugin, format, face backend) that is not registered."""
+
+
+class ConfigKeyError(UserError, TypeError):
+    """Config keys that do not fit the parameters of the plugin (or class) they are given to."""
+
+
+KIT_ERROR_TYPES = (ValueError, FileNotFoundError, KeyError)
+
+
+def _raised_by_kit(traceback: TracebackType | None) -> bool:
+    """Whether the innermost frame of ``traceback`` is in the kit or one of its ``idvid_*`` plugins."""
+    if traceback is None:
+        return False
+    while traceback.tb_next is not None:
+        traceback = traceback.tb_next
+    module = str(traceback.tb_frame.f_globals.get("__name__", ""))
+    return module.split(".")[0] == "idvid" or module.startswith("idvid_")
+
+
+def is_user_error(error: BaseException) -> bool:
+    from hydra.errors import InstantiationException
+
+    if isinstance(error, (UserError, InstantiationException)):
+        return True
+    return isinstance(error, KIT_ERROR_TYPES) and _raised_by_kit(error.__traceback__)
+
+
+def message_of(error: BaseException) -> str:
+    """The user-facing text of a user error: its message, never its repr."""
+    from hydra.errors import InstantiationException
+
+    if isinstance(error, InstantiationException) and error.__cause__ is not None:
+        cause = error.__cause__
+        if is_user_error(cause):
+            return message_of(cause)
+        # Hydra's own message quotes the cause's repr; say which node failed and the cause's own words.
+        first_line = str(error).splitlines()[0]
+        return f"{first_line}\n{type(cause).__name__}: {message_of(cause)}\nFix the config values of that node."
+    if isinstance(error, KeyError) and not isinstance(error, UserError) and len(error.args) == 1:
+        return str(error.args[0])  # str(KeyError) is the repr of its message
+    return str(error)
+
+
+def traceback_wanted() -> bool:
+    return any(os.environ.get(name, "") not in ("", "0") for name in TRACEBACK_VARIABLES)
+
+
+def format_user_error(verb: str, error: BaseException) -> str:
+    lines = message_of(error).strip().splitlines() or [type(error).__name__]
+    text = f"idvid {verb}: error: {lines[0]}\n" + "".join(f"  {line}\n" for line in lines[1:])
+    return text + f"  {TRACEBACK_HINT}\n"
+
+
+@contextlib.contextmanager
+def reported_as_user_errors(verb: str) -> Iterator[None]:
+    """Print a user error raised inside as the kit's clean message and exit with status 1.
+
+    Anything else propagates with its traceback, and so does a user error when a traceback is
+    wanted (``IDVID_TRACEBACK=1`` / ``HYDRA_FULL_ERROR=1``).
+    """
+    try:
+        yield
+    except Exception as error:
+        if traceback_wanted() or not is_user_error(error):
+            raise
+        sys.stderr.write(format_user_error(verb, error))
+        sys.stderr.flush()
+        raise SystemExit(1) from None

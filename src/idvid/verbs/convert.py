@@ -1,0 +1,90 @@
+"""The `convert`, `export` and `consolidate` verbs: checkpoints in and out through format plugins."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from idvid import config_packages
+from idvid.errors import ConfigError
+from idvid.interop import ConvertedModel, consolidate, load_module, save_module
+from idvid.registry import REGISTRIES, PluginKind
+
+log = logging.getLogger(__name__)
+
+
+def convert(format_name: str, source: str, out: str, overrides: list[str]) -> tuple[Path, str]:
+    """Read a foreign checkpoint with a format plugin, save it as a kit checkpoint; returns (path, experiment)."""
+    import hydra
+
+    reader = REGISTRIES[PluginKind.FORMAT].get(format_name)()
+    if not hasattr(reader, "read"):
+        raise ConfigError(
+            f"Format {format_name!r} cannot be read (export only).", f"Formats that read: {_formats('read')}."
+        )
+    converted: ConvertedModel = reader.read(Path(source))
+    cfg = config_packages.compose("config", [f"experiment={converted.experiment}", *overrides])
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    model_cfg["backbone"] = {**model_cfg["backbone"], **converted.backbone}
+    model_cfg["injectors"] = converted.injectors
+    torch.manual_seed(0)  # parts not in the source (e.g. demo-scale encoders) are built reproducibly
+    module = hydra.utils.instantiate(model_cfg)
+    missing, unexpected = module.load_state_dict(converted.state_dict, strict=False)
+    # A foreign checkpoint brings the trained parts; frozen encoders come from config or `pretrained`.
+    frozen = tuple(f"backbone.{name}." for name in module.backbone.frozen_modules) + ("conditioners.",)
+    missing = [k for k in missing if not k.startswith(frozen)]
+    if missing or unexpected:
+        raise ValueError(
+            f"Converted weights do not fit the kit model: missing {missing[:5]}, unexpected {unexpected[:5]}. "
+            f"This is a bug in the {format_name!r} format plugin."
+        )
+    path = save_module(module, out)
+    for note in converted.notes:
+        log.warning(note)
+    return path, converted.experiment
+
+
+def export(checkpoint: str, format_name: str, out: str, ema: bool = False) -> Path:
+    writer = REGISTRIES[PluginKind.FORMAT].get(format_name)()
+    if not hasattr(writer, "write"):
+        raise ConfigError(
+            f"Format {format_name!r} cannot be written.", f"Formats that write: {_formats('write')}."
+        )
+    module = load_module(checkpoint, ema=ema)
+    out_path = Path(out)
+    writer.write(module, out_path)
+    return out_path
+
+
+def _formats(method: str) -> str:
+    return ", ".join(e.name for e in REGISTRIES[PluginKind.FORMAT].entries() if hasattr(e.obj, method)) or "(none)"
+
+
+def main(verb: str, args: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog=f"python -m idvid {verb}")
+    if verb == "convert":
+        parser.add_argument("--from", dest="format", required=True, help="source format (`python -m idvid plugins` lists them)")
+        parser.add_argument("source", help="the foreign checkpoint (folder or file)")
+        parser.add_argument("--out", required=True, help="kit checkpoint to write (.ckpt)")
+        parser.add_argument("overrides", nargs="*", help="Hydra overrides for the experiment config")
+        options = parser.parse_args(args)
+        path, experiment = convert(options.format, options.source, options.out, options.overrides)
+        print(f"wrote {path}\nfine-tune it: python -m idvid fit experiment={experiment} init_from={path}")
+    elif verb == "consolidate":
+        parser.add_argument("folder", help="a DeepSpeed checkpoint folder, e.g. outputs/<run>/checkpoints/last.ckpt")
+        parser.add_argument("out", help="kit checkpoint file to write (.ckpt)")
+        options = parser.parse_args(args)
+        print(f"wrote {consolidate(options.folder, options.out)}")
+    else:
+        parser.add_argument("checkpoint", help="a kit checkpoint (.ckpt) from fit or convert, or a DeepSpeed folder")
+        parser.add_argument(
+            "--to", dest="format", required=True, help="target format, e.g. idvid (`python -m idvid plugins` lists them)"
+        )
+        parser.add_argument("out", help="folder to write")
+        parser.add_argument("--ema", action="store_true", help="export the EMA of the weights")
+        options = parser.parse_args(args)
+        print(f"wrote {export(options.checkpoint, options.format, options.out, ema=options.ema)}")
