@@ -29,7 +29,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
 from idvid.atomic_files import write_atomic
-from idvid.backbones.lora import has_lora, save_lora, without_lora
+from idvid.backbones.lora import has_lora, without_lora
 from idvid.registry import REGISTRIES, PluginKind, register_format
 
 log = logging.getLogger(__name__)
@@ -210,10 +210,10 @@ def _formats(method: str) -> str:
 class KitFormat:
     """The kit's own diffusers-style folder; every plan can be written to it.
 
-    ``OUT/transformer/`` is a diffusers ``CogVideoXTransformer3DModel`` (input layer already
-    widened for input_concat channels); a model trained with ``trainable=lora`` adds
-    ``OUT/transformer_lora/pytorch_lora_weights.safetensors`` (diffusers' LoRA format, read by
-    ``transformer.load_lora_adapter`` / ``pipe.load_lora_weights``). ``OUT/injectors/<label>/``
+    ``OUT/transformer/`` is the backbone's diffusers transformer (``save_pretrained``; the input
+    layer already widened for input_concat channels); a model trained with ``trainable=lora`` adds
+    ``OUT/transformer_lora/pytorch_lora_weights.safetensors`` in the family's diffusers LoRA format
+    (``Backbone.save_lora``; read by ``transformer.load_lora_adapter`` / ``pipe.load_lora_weights``). ``OUT/injectors/<label>/``
     holds each injector's config node (``config.json``) and weights (``diffusion_pytorch_model.safetensors``), and
     ``OUT/idvid_model.json`` the whole model config. ``load_module`` of the checkpoint remains
     the way to rebuild a model; this folder is for tools that read diffusers layouts.
@@ -225,7 +225,7 @@ class KitFormat:
         # Trained with LoRA: the base transformer as it was, and the adapter in diffusers' LoRA format.
         without_lora(transformer, merge=False).save_pretrained(out / "transformer")
         if has_lora(transformer):
-            save_lora(transformer, out / "transformer_lora")
+            module.backbone.save_lora(out / "transformer_lora")
         hparams = dict(module.hparams)
         for label, injector in module.plan.injectors.items():
             folder = out / "injectors" / label

@@ -79,12 +79,10 @@ def sample(
     face: str = "dlib",
 ) -> Path:
     module = load_module(checkpoint, ema=ema).eval()
-    config = module.backbone.transformer.config
-    spatial = module.backbone.info.vae_spatial_compression
-    # Defaults: the size the transformer was built for (as diffusers' CogVideoX pipelines do).
-    num_frames = num_frames or config.sample_frames
-    height = height or config.sample_height * spatial
-    width = width or config.sample_width * spatial
+    default_frames, default_height, default_width = module.backbone.default_video_size
+    num_frames = num_frames or default_frames
+    height = height or default_height
+    width = width or default_width
     batch = reference_batch(Path(image), prompt, height, width, face_models, face)
     video = module.generate(batch, num_frames, height, width, steps, guidance, seed=seed, progress=True)
     return write_video(Path(out), video[0])
@@ -96,7 +94,7 @@ def main(args: list[str]) -> None:
     parser.add_argument("--image", required=True, help="reference photo with one face")
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--out", required=True, help="mp4 to write")
-    parser.add_argument("--frames", type=int, default=None, help="default: the model's sample_frames")
+    parser.add_argument("--frames", type=int, default=None, help="default: the backbone's default video size")
     parser.add_argument("--height", type=int, default=None)
     parser.add_argument("--width", type=int, default=None)
     parser.add_argument("--steps", type=int, default=50)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from idvid.backbones.base import Backbone
 from idvid.backbones.cogvideox import CogVideoXBackbone
-from idvid.injection import InputConcatInjector, TokenInjector
+from idvid.injection import InjectionPlan, InputConcatInjector, TokenInjector
 
 
 class ConstantInjector(TokenInjector):
@@ -21,6 +22,17 @@ class ConstantInjector(TokenInjector):
     def forward(self, block_index, hidden_states, prepared):
         self.calls.append(block_index)
         return torch.full_like(hidden_states, self.value)
+
+
+class PatternInjector(TokenInjector):
+    """Adds a fixed random pattern (a constant shift would vanish in the LayerNorms that follow a site)."""
+
+    consumes = ()
+
+    def forward(self, block_index, hidden_states, prepared):
+        generator = torch.Generator().manual_seed(block_index)
+        pattern = torch.randn(hidden_states.shape, generator=generator, dtype=torch.float32)
+        return pattern.to(hidden_states)
 
 
 class LinearInjector(TokenInjector):
@@ -55,12 +67,21 @@ def make_backbone(config: dict, **overrides) -> CogVideoXBackbone:
     return CogVideoXBackbone(**{**config, **overrides}).eval()
 
 
-def backbone_inputs(backbone: CogVideoXBackbone, batch: int = 2, frames: int = 3, size: int = 8):
+def backbone_inputs(backbone: Backbone, batch: int = 2):
+    """Random transformer inputs of any backbone: latents of its default video size (with the input
+    layer's channel count), timesteps ``[10, 700]`` and text embeddings of its encoder's shape."""
     generator = torch.Generator().manual_seed(1)
-    channels = backbone.transformer.patch_embed.proj.in_channels
-    latents = torch.randn(batch, frames, channels, size, size, generator=generator)
+    _, frames, _, height, width = backbone.latent_shape(batch, *backbone.default_video_size)
+    channels = backbone.input_layer.in_channels
+    latents = torch.randn(batch, frames, channels, height, width, generator=generator)
     timestep = torch.tensor([10, 700][:batch])
-    text = torch.randn(
-        batch, backbone.transformer.config.max_text_seq_length, backbone.info.text_hidden_size, generator=generator
-    )
+    text_shape = backbone.encode_text([""] * batch).shape
+    text = torch.randn(*text_shape, generator=generator)
     return latents, timestep, text
+
+
+def run_backbone(backbone: Backbone, plan=None, conditions=None, inputs=None) -> torch.Tensor:
+    """The backbone's forward on ``inputs`` (default: ``backbone_inputs``) with ``plan`` prepared on ``conditions``."""
+    latents, timestep, text = inputs or backbone_inputs(backbone)
+    injection = (plan or InjectionPlan({})).prepare(conditions or {})
+    return backbone(latents, timestep, text, injection)

@@ -235,7 +235,7 @@ def test_plugins_lists_sites_and_every_registered_plugin(tmp_path):
         assert listed[key][5].startswith("idvid-consisid"), listed[key]
     assert listed[("injector", "consisid.global_face_latent")][2] == "input_concat"
     assert listed[("injector", "consisid.local_face_cross_attention")][2].startswith("attn_ffn")
-    for key in [("backbone", "cogvideox"), ("loss", "v_to_x0"), ("conditioner", "reference_latents")]:
+    for key in [("backbone", "cogvideox"), ("loss", "weighted_mse"), ("conditioner", "reference_latents")]:
         assert listed[key][5] == "idvid (core)"
 
 

@@ -33,6 +33,8 @@ INFO = BackboneInfo(
     text_hidden_size=32,
     vae_temporal_compression=4,
     vae_spatial_compression=8,
+    patch_size=2,
+    patch_size_t=1,
 )
 
 
@@ -108,7 +110,7 @@ def test_load_plugins_discovers_the_consisid_distribution():
     core = {(kind, e.name) for kind, r in REGISTRIES.items() for e in r.entries() if e.source == "idvid (core)"}
     assert {
         (PluginKind.BACKBONE, "cogvideox"),
-        (PluginKind.LOSS, "v_to_x0"),
+        (PluginKind.LOSS, "weighted_mse"),
         (PluginKind.CONDITIONER, "reference_latents"),
     } <= core
 

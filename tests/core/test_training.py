@@ -151,30 +151,6 @@ def test_each_plan_trains_three_steps(experiment, tmp_path):
     assert all(math.isfinite(events.Scalars(tag)[0].value) for tag in quantile_tags)
 
 
-@pytest.mark.slow
-def test_resume_reproduces_the_next_losses_exactly(tmp_path):
-    common = [
-        "experiment=plan_c",
-        "trainer.max_steps=4",
-        "trainer.val_check_interval=100",
-        "callbacks.checkpoint.every_n_train_steps=2",
-    ]
-    run_fit(tmp_path / "full", *common)
-    checkpoint = tmp_path / "full" / "checkpoints" / "step000002.ckpt"
-    assert checkpoint.is_file()
-    run_fit(tmp_path / "resumed", *common, f"ckpt_path={checkpoint}")
-    _, full = scalars(tmp_path / "full", "train/loss")
-    _, resumed = scalars(tmp_path / "resumed", "train/loss")
-    assert [s for s, _ in resumed] == [2, 3]
-    assert resumed == full[2:]  # bit-for-bit: same data draws, noise, timesteps and recipe coins
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
-    # The demo's frozen parts are random, not from disk: they must travel with the checkpoint.
-    assert any(k.startswith("backbone.vae.") for k in state) and any(
-        k.startswith("conditioners.identity.") for k in state
-    )
-    assert any(k.startswith("plan.injectors.identity.") for k in state)
-
-
 def test_checkpoint_leaves_out_frozen_weights_that_come_from_disk(tmp_path, backbone_config):
     from idvid.backbones.cogvideox import CogVideoXBackbone
 
@@ -194,21 +170,6 @@ def test_checkpoint_leaves_out_frozen_weights_that_come_from_disk(tmp_path, back
     torch.testing.assert_close(
         again.backbone.transformer.patch_embed.proj.weight, model.backbone.transformer.patch_embed.proj.weight
     )
-
-
-def test_gradient_checkpointing_does_not_change_loss_or_gradients(demo_batch):
-    results = []
-    for checkpointing in ("false", "true"):
-        model, _ = build_model("plan_c", f"backbone.gradient_checkpointing={checkpointing}")
-        model.train()
-        loss = model.compute_loss(demo_batch, BatchRandom(torch.Generator().manual_seed(0)))["loss"]
-        loss.backward()
-        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
-    (loss_a, grads_a), (loss_b, grads_b) = results
-    torch.testing.assert_close(loss_a, loss_b, rtol=0, atol=1e-6)
-    assert grads_a.keys() == grads_b.keys()
-    for name in grads_a:
-        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.slow
@@ -263,12 +224,12 @@ def test_held_out_loss_at_a_fixed_timestep_is_deterministic(demo_batch):
     model, _ = build_model("plan_c")
     model.eval()
 
-    def loss_at(timestep):
-        return model.compute_loss(demo_batch, BatchRandom(torch.Generator().manual_seed(0)), timestep)["loss"]
+    def loss_at(t_fraction):
+        return model.compute_loss(demo_batch, BatchRandom(torch.Generator().manual_seed(0)), t_fraction)["loss"]
 
     with torch.no_grad():
-        assert torch.equal(loss_at(100), loss_at(100))
-        assert not torch.equal(loss_at(100), loss_at(899))
+        assert torch.equal(loss_at(0.1), loss_at(0.1))
+        assert not torch.equal(loss_at(0.1), loss_at(0.9))
 
 
 @pytest.mark.parametrize(

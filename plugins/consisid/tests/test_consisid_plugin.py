@@ -17,6 +17,8 @@ INFO = BackboneInfo(
     text_hidden_size=32,
     vae_temporal_compression=4,
     vae_spatial_compression=8,
+    patch_size=2,
+    patch_size_t=1,
 )
 LFE_SIZES = dict(
     id_dim=20,

@@ -13,6 +13,16 @@ The adapter also holds the model family's frozen parts (VAE, T5 text encoder,
 tokenizer, scheduler). Everything is either built from config (tiny random
 models for the demo and tests) or loaded from one local diffusers pipeline
 folder (``pretrained``).
+
+The family's side of the backbone contract (``idvid.backbones.base``):
+
+- latents: the VAE posterior sample times ``vae.config.scaling_factor``;
+- training objective: v-prediction on the DDPM schedule's ``alphas_cumprod``, t ~ U{0..T-1}; the
+  loss compares the x0 estimate ``sqrt(a) x_t - sqrt(1 - a) v`` with the clean latent, weighted by
+  ``1 / (1 - a)`` (ConsisID's and CogVideoX's fine-tuning loss);
+- sampling: ``CogVideoXDPMScheduler``, whose step also takes the previous step's x0 estimate and
+  timestep (:class:`CogVideoXDPMSchedule` keeps them);
+- input_concat widens ``transformer.patch_embed.proj``; LoRA exports through CogVideoX's LoRA format.
 """
 
 from __future__ import annotations
@@ -22,14 +32,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKLCogVideoX, CogVideoXDPMScheduler, CogVideoXTransformer3DModel
+from diffusers import AutoencoderKLCogVideoX, CogVideoXDPMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
 from diffusers.models.embeddings import get_3d_rotary_pos_embed
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import AutoTokenizer, T5Config, T5EncoderModel
 
+from idvid.backbones.base import Backbone, BackboneInfo, DiffusersSchedule, NoisedLatents
 from idvid.backbones.demo_tokenizer import build_demo_tokenizer
-from idvid.backbones.info import BackboneInfo
+from idvid.backbones.lora import LORA_WEIGHTS_FILE, lora_adapter_metadata, lora_layers
 from idvid.injection.plan import NO_INJECTION, PreparedInjection
 from idvid.injection.sites import Site
 from idvid.randomness import BatchRandom
@@ -51,7 +62,7 @@ def _require_dir(path: Path, what: str) -> Path:
 
 
 @register_backbone("cogvideox")
-class CogVideoXBackbone(nn.Module):
+class CogVideoXBackbone(Backbone):
     """CogVideoX transformer + VAE + T5 text encoder + tokenizer + DPM scheduler."""
 
     def __init__(
@@ -120,18 +131,39 @@ class CogVideoXBackbone(nn.Module):
             text_hidden_size=config.text_embed_dim,
             vae_temporal_compression=self.vae.config.temporal_compression_ratio,
             vae_spatial_compression=2 ** (len(self.vae.config.block_out_channels) - 1),
+            patch_size=config.patch_size,
+            patch_size_t=1,  # CogVideoX 1.0 (1.5's temporal patches are refused in __init__)
         )
 
     @property
-    def frozen_modules(self) -> dict[str, nn.Module]:
-        """Parts that never train (left out of checkpoints when they come from ``pretrained``)."""
-        return {"vae": self.vae, "text_encoder": self.text_encoder}
+    def default_video_size(self) -> tuple[int, int, int]:
+        """The size the transformer was built for, as diffusers' CogVideoX pipelines default to."""
+        config, spatial = self.transformer.config, self.info.vae_spatial_compression
+        return config.sample_frames, config.sample_height * spatial, config.sample_width * spatial
 
-    def train(self, mode: bool = True) -> "CogVideoXBackbone":
-        super().train(mode)
-        for module in self.frozen_modules.values():
-            module.eval()
-        return self
+    def latent_shape(self, batch_size: int, num_frames: int, height: int, width: int) -> tuple[int, int, int, int, int]:
+        info = self.info
+        temporal, size_step = info.vae_temporal_compression, info.vae_spatial_compression * info.patch_size
+        bad_frames = num_frames < 1 or (num_frames - 1) % temporal
+        if bad_frames or height % size_step or width % size_step or min(height, width) < size_step:
+            frames_below = max(1, (num_frames - 1) // temporal * temporal + 1)
+            raise ValueError(
+                f"Cannot sample {num_frames} frames of {height}x{width}: CogVideoX takes 1 + a multiple of "
+                f"{temporal} frames (nearest: {frames_below} or {frames_below + temporal}) and heights and widths "
+                f"that are multiples of {size_step} (nearest: {_nearest_multiples(height, size_step)} x "
+                f"{_nearest_multiples(width, size_step)})."
+            )
+        return (
+            batch_size,
+            (num_frames - 1) // temporal + 1,
+            info.latent_channels,
+            height // info.vae_spatial_compression,
+            width // info.vae_spatial_compression,
+        )
+
+    @property
+    def input_layer(self) -> nn.Module:
+        return self.transformer.patch_embed.proj
 
     def set_input_channels(self, extra_channels: int) -> None:
         """Make the patch embedding accept ``latent_channels + extra_channels`` input channels.
@@ -174,23 +206,62 @@ class CogVideoXBackbone(nn.Module):
         return self.text_encoder(tokens.input_ids.to(device))[0]
 
     @torch.no_grad()
-    def encode_video(self, video: torch.Tensor, random: BatchRandom | None = None) -> torch.Tensor:
-        """``[B, F, 3, H, W]`` in [-1, 1] -> scaled latents ``[B, f, C, h, w]``.
-
-        A sample of the VAE posterior drawn through ``random``, or its mean when ``random`` is None.
-        """
+    def encode_posterior(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B, F, 3, H, W]`` in [-1, 1] -> the VAE posterior's (mean, std), in the VAE's ``[B, C, f, h, w]``."""
         posterior = self.vae.encode(video.permute(0, 2, 1, 3, 4)).latent_dist
-        latents = posterior.mean
-        if random is not None:
-            latents = latents + posterior.std * random.randn_like(posterior.mean)
-        latents = latents * self.vae.config.scaling_factor
-        return latents.permute(0, 2, 1, 3, 4).contiguous()
+        return posterior.mean, posterior.std
+
+    def normalize_latents(self, raw: torch.Tensor) -> torch.Tensor:
+        return (raw * self.vae.config.scaling_factor).permute(0, 2, 1, 3, 4).contiguous()
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents ``[B, f, C, h, w]`` -> video ``[B, F, 3, H, W]`` in [-1, 1]."""
         latents = latents.permute(0, 2, 1, 3, 4) / self.vae.config.scaling_factor
         return self.vae.decode(latents).sample.permute(0, 2, 1, 3, 4).clamp(-1, 1)
+
+    # ------------------------------------------------------ training objective
+    def add_training_noise(
+        self, clean: torch.Tensor, random: BatchRandom, t_fraction: float | None = None
+    ) -> NoisedLatents:
+        """DDPM noising at t ~ U{0..T-1} (or t = round(t_fraction * (T - 1))); target the clean latent."""
+        num_train_timesteps = self.scheduler.config.num_train_timesteps
+        timesteps = random.randint(num_train_timesteps, clean.shape[0])
+        if t_fraction is not None:
+            if not 0.0 <= t_fraction <= 1.0:
+                raise ValueError(f"t_fraction={t_fraction} is not a fraction of the schedule; use a value in [0, 1].")
+            timesteps = torch.full_like(timesteps, int(round(t_fraction * (num_train_timesteps - 1))))
+        noise = random.randn_like(clean)
+        timesteps = timesteps.to(clean.device)
+        # In the latents' precision, as the loss has always computed it (diffusers keeps alphas_cumprod in float64).
+        alpha_bar = self.scheduler.alphas_cumprod.to(clean.device)[timesteps].to(clean.dtype)
+        return NoisedLatents(
+            noisy=self.scheduler.add_noise(clean, noise, timesteps),
+            timesteps=timesteps,
+            target=clean,
+            weight=(1.0 / (1.0 - alpha_bar)).float(),
+        )
+
+    def to_target_space(self, prediction: torch.Tensor, noised: NoisedLatents) -> torch.Tensor:
+        """The v-prediction as an x0 estimate: ``sqrt(a) * x_t - sqrt(1 - a) * v``."""
+        alphas_cumprod = self.scheduler.alphas_cumprod.to(prediction.device)[noised.timesteps]
+        alpha_bar = alphas_cumprod.to(prediction.dtype).view(-1, 1, 1, 1, 1)
+        return alpha_bar.sqrt() * noised.noisy - (1 - alpha_bar).sqrt() * prediction
+
+    # ---------------------------------------------------------------- sampling
+    def sampling_schedule(self, num_inference_steps: int, device: torch.device | str) -> "CogVideoXDPMSchedule":
+        return CogVideoXDPMSchedule(self.scheduler, num_inference_steps, device)
+
+    # -------------------------------------------------------------------- LoRA
+    def save_lora(self, folder: Path) -> Path:
+        # Any pipeline of the CogVideoX LoRA family writes the same transformer-only layout. The metadata
+        # (rank, alpha, targets) lets diffusers rebuild the same scaling when it loads the file.
+        CogVideoXPipeline.save_lora_weights(
+            folder,
+            transformer_lora_layers=lora_layers(self.transformer),
+            transformer_lora_adapter_metadata=lora_adapter_metadata(self.transformer),
+        )
+        return Path(folder) / LORA_WEIGHTS_FILE
 
     # ----------------------------------------------------------------- forward
     def rotary_embedding(self, latent_frames: int, latent_height: int, latent_width: int, device: torch.device):
@@ -300,3 +371,35 @@ class CogVideoXBackbone(nn.Module):
 
         video = injection.apply(Site.POST_ATTN, index, video)
         return video, text
+
+
+class CogVideoXDPMSchedule(DiffusersSchedule):
+    """``CogVideoXDPMScheduler``: each step also reads the previous step's x0 estimate and timestep."""
+
+    def __init__(self, scheduler: CogVideoXDPMScheduler, num_inference_steps: int, device: torch.device | str):
+        super().__init__(scheduler, num_inference_steps, device)
+        self.old_pred_original_sample: torch.Tensor | None = None
+
+    def step(
+        self,
+        prediction: torch.Tensor,
+        step_index: int,
+        latents: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        previous_timestep = self.timesteps[step_index - 1] if step_index > 0 else None
+        latents, self.old_pred_original_sample = self.scheduler.step(
+            prediction,
+            self.old_pred_original_sample,
+            self.timesteps[step_index],
+            previous_timestep,
+            latents,
+            generator=generator,
+            return_dict=False,
+        )
+        return latents
+
+
+def _nearest_multiples(value: int, step: int) -> str:
+    below = max(step, value // step * step)
+    return str(below) if below == value else f"{below} or {below + step}"

@@ -1,16 +1,16 @@
 """LoRA on a diffusers transformer's projections (through peft, as diffusers' own LoRA training does).
 
 ConsisID's training code offers LoRA of rank 128 on the attention projections
-``to_q``, ``to_k``, ``to_v`` and ``to_out.0`` as the alternative to a full fine-tune. The
-adapter weights export in diffusers' key format (``pytorch_lora_weights.safetensors``, keys
-``transformer.<module>.lora_A.weight`` ...), which ``pipeline.load_lora_weights`` and
-``transformer.load_lora_adapter`` read.
+``to_q``, ``to_k``, ``to_v`` and ``to_out.0`` as the alternative to a full fine-tune; each
+backbone names its default targets (``Backbone.lora_targets``). The adapter weights export in
+diffusers' key format (``pytorch_lora_weights.safetensors``, keys ``transformer.<module>.lora_A.weight``
+...) through the backbone (``Backbone.save_lora``: each family's pipeline class writes its own
+file), which ``pipeline.load_lora_weights`` and ``transformer.load_lora_adapter`` read.
 """
 
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -21,9 +21,9 @@ LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
 
 def add_lora(
     transformer: nn.Module,
+    targets: Sequence[str],
     rank: int = 128,
     alpha: float | None = None,
-    targets: Sequence[str] = ("to_q", "to_k", "to_v", "to_out.0"),
     dropout: float = 0.0,
 ) -> None:
     """Wrap the ``targets`` linear layers of ``transformer`` with LoRA (B starts at zero: output unchanged)."""
@@ -64,17 +64,9 @@ def lora_layers(transformer: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(transformer).items()}
 
 
-def save_lora(transformer: nn.Module, folder: Path) -> Path:
-    """Write ``folder/pytorch_lora_weights.safetensors`` in diffusers' format (keys prefixed ``transformer.``)."""
-    from diffusers import CogVideoXPipeline
-
-    # Any pipeline of the CogVideoX LoRA family writes the same transformer-only layout. The metadata
-    # (rank, alpha, targets) lets diffusers rebuild the same scaling when it loads the file.
-    metadata = transformer.peft_config["default"].to_dict()
-    CogVideoXPipeline.save_lora_weights(
-        folder, transformer_lora_layers=lora_layers(transformer), transformer_lora_adapter_metadata=metadata
-    )
-    return folder / LORA_WEIGHTS_FILE
+def lora_adapter_metadata(transformer: nn.Module) -> dict:
+    """Rank, alpha and targets of the adapter: diffusers rebuilds the same scaling from them when it loads."""
+    return transformer.peft_config["default"].to_dict()
 
 
 def without_lora(transformer: nn.Module, merge: bool) -> nn.Module:

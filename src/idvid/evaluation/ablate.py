@@ -170,10 +170,10 @@ def sample_eval_set(folder: Path, refs_dir: Path, prompts_file: Path, names: lis
 
     spec = cfg["eval_set"]
     module = load_module(folder / "fit" / "checkpoints" / "last.ckpt").eval()
-    config, spatial = module.backbone.transformer.config, module.backbone.info.vae_spatial_compression
-    frames = spec.get("frames") or config.sample_frames
-    height = spec.get("height") or config.sample_height * spatial
-    width = spec.get("width") or config.sample_width * spatial
+    default_frames, default_height, default_width = module.backbone.default_video_size
+    frames = spec.get("frames") or default_frames
+    height = spec.get("height") or default_height
+    width = spec.get("width") or default_width
     prompts = read_prompts(prompts_file)
     videos = folder / "videos"
     for name in names:

@@ -29,14 +29,12 @@ def sample_latents(
     generator: torch.Generator | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Return denoised latents ``[B, f, C, h, w]`` with the backbone's (CogVideoX DPM) scheduler."""
-    scheduler = backbone.scheduler
+    """Return denoised latents ``[B, f, C, h, w]`` with the backbone's own denoising schedule."""
     device = text_embeddings.device
-    scheduler.set_timesteps(num_inference_steps, device=device)
-    timesteps = scheduler.timesteps
+    schedule = backbone.sampling_schedule(num_inference_steps, device)  # fresh: holds this run's solver state
 
     latents = torch.randn(latent_shape, generator=generator, dtype=torch.float32).to(device, text_embeddings.dtype)
-    latents = latents * scheduler.init_noise_sigma
+    latents = schedule.prepare_initial_noise(latents)
 
     use_cfg = guidance_scale > 1.0
     branches = 2 if use_cfg else 1
@@ -45,24 +43,15 @@ def sample_latents(
     injection = plan.prepare(branch_conditions)  # once per video
     extra_latents = plan.concat_latents(branch_conditions, latents.repeat(branches, 1, 1, 1, 1))
 
-    old_pred_original_sample = None
-    for i, t in enumerate(tqdm(timesteps, desc="sampling", disable=not progress)):
+    for i, t in enumerate(tqdm(schedule.timesteps, desc="sampling", disable=not progress)):
         model_input = latents.repeat(branches, 1, 1, 1, 1)
-        model_input = scheduler.scale_model_input(model_input, t)
+        model_input = schedule.scale_model_input(model_input, t)
         if extra_latents is not None:
             model_input = torch.cat([model_input, extra_latents], dim=2)
         prediction = backbone(model_input, t.expand(model_input.shape[0]), text, injection).float()
         if use_cfg:
             uncond, cond = prediction.chunk(2)
             prediction = uncond + guidance_scale * (cond - uncond)
-        latents, old_pred_original_sample = scheduler.step(
-            prediction,
-            old_pred_original_sample,
-            t,
-            timesteps[i - 1] if i > 0 else None,
-            latents,
-            generator=generator,
-            return_dict=False,
-        )
+        latents = schedule.step(prediction, i, latents, generator=generator)
         latents = latents.to(text_embeddings.dtype)
     return latents

@@ -6,8 +6,10 @@ What is cached, and why only this (ConsisID's recipe draws fresh randomness ever
   (classifier-free guidance) only chooses *which* caption ("" or the real one) is encoded,
   and both are cached.
 - **VAE posteriors** of the training videos, per (video file, frame indices, size): the mean and
-  standard deviation of the latent distribution. The latent itself is a fresh sample
-  ``mean + std * noise`` drawn at every step from the step's generator, exactly as without the cache.
+  standard deviation of the latent distribution (``Backbone.encode_posterior``, before the family's
+  latent normalisation). The latent itself is a fresh sample ``mean + std * noise`` drawn at every
+  step from the step's generator and normalised by the backbone (``Backbone.latents_from_posterior``),
+  exactly as without the cache.
 
 - **conditions of deterministic conditioners** (those declaring ``deterministic_inputs``, e.g.
   ConsisID's identity features: CLIP on the clean reference image + the face embedding), per
@@ -113,15 +115,14 @@ class FeatureCache:
 
         def compute(indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
             with torch.no_grad():
-                posterior = backbone.vae.encode(video[indices].permute(0, 2, 1, 3, 4)).latent_dist
-            return [(m.cpu().clone(), s.cpu().clone()) for m, s in zip(posterior.mean, posterior.std)]
+                mean, std = backbone.encode_posterior(video[indices])
+            return [(m.cpu().clone(), s.cpu().clone()) for m, s in zip(mean, std)]
 
         entries = self._entries("vae", keys, compute)
         mean = torch.stack([m for m, _ in entries]).to(video.device)
         std = torch.stack([s for _, s in entries]).to(video.device)
-        # The same draw, in the same order, as CogVideoXBackbone.encode_video.
-        latents = (mean + std * random.randn_like(mean)) * backbone.vae.config.scaling_factor
-        return latents.permute(0, 2, 1, 3, 4).contiguous()
+        # The same draw, in the same order, and the same normalisation as backbone.encode_video.
+        return backbone.latents_from_posterior(mean, std, random)
 
     def conditions(self, conditioner: nn.Module, batch: dict, backbone: Any, random: BatchRandom) -> dict[str, Any]:
         """`conditioner(batch, ...)` for a conditioner with `deterministic_inputs`, cached per sample.

@@ -1,4 +1,4 @@
-"""Diffusion losses. A loss maps the model's prediction to a scalar, optionally inside a mask."""
+"""Diffusion losses. A loss maps the prediction (in the target's space) to a scalar, optionally inside a mask."""
 
 from __future__ import annotations
 
@@ -8,27 +8,26 @@ from torch import nn
 from idvid.registry import register_loss
 
 
-@register_loss("v_to_x0")
-class VPredictionToX0Loss(nn.Module):
-    """ConsisID / CogVideoX recipe: turn a v-prediction into an x0 estimate and weight by 1 / (1 - alpha_bar_t).
+@register_loss("weighted_mse")
+class WeightedMSELoss(nn.Module):
+    """The squared error to the backbone's target, weighted per sample, averaged (inside ``mask``).
 
-    ``x0_hat = sqrt(alpha_bar) * x_t - sqrt(1 - alpha_bar) * v``; the squared error to the clean
-    latent is weighted per sample. With a ``mask`` (``[B, f, 1, h, w]`` in [0, 1]) the error is
-    averaged over the masked elements only (dynamic mask loss).
+    The backbone decides the space and the weight (``Backbone.add_training_noise``,
+    ``Backbone.to_target_space``): e.g. a v-prediction's x0 estimate against the clean latent, weighted
+    by 1 / (1 - alpha_bar_t) (ConsisID's recipe), or a flow-matching velocity with weight 1. With a
+    ``mask`` (``[B, f, 1, h, w]`` in [0, 1]) each sample's error is averaged over the masked elements
+    only (dynamic mask loss).
     """
 
     def forward(
         self,
         prediction: torch.Tensor,
-        clean_latents: torch.Tensor,
-        noisy_latents: torch.Tensor,
-        alphas_cumprod: torch.Tensor,
+        target: torch.Tensor,
+        weight: torch.Tensor,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        alpha_bar = alphas_cumprod.to(prediction.dtype).view(-1, 1, 1, 1, 1)
-        x0_hat = alpha_bar.sqrt() * noisy_latents - (1 - alpha_bar).sqrt() * prediction
-        weight = 1.0 / (1.0 - alpha_bar)
-        error = weight * (x0_hat.float() - clean_latents.float()) ** 2
+        weight = weight.view(-1, *([1] * (prediction.dim() - 1)))
+        error = weight * (prediction.float() - target.float()) ** 2
         if mask is None:
             return error.mean()
         mask = mask.expand_as(error).float()

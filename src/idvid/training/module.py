@@ -74,7 +74,7 @@ class IdentityVideoModule(L.LightningModule):
         super().__init__()
         # Plain containers, so that checkpoints hold no OmegaConf objects (they load with weights_only).
         backbone, conditioners, injectors = _plain(backbone), _plain(conditioners) or {}, _plain(injectors) or {}
-        recipe, loss, optimizer = _plain(recipe) or {}, _plain(loss) or {"name": "v_to_x0"}, _plain(optimizer)
+        recipe, loss, optimizer = _plain(recipe) or {}, _plain(loss) or {"name": "weighted_mse"}, _plain(optimizer)
         lr_scheduler, validation = _plain(lr_scheduler) or {"name": "constant"}, _plain(validation) or {}
         non_finite, lora = _plain(non_finite) or {}, _plain(lora) or {}
         self.save_hyperparameters()
@@ -109,7 +109,8 @@ class IdentityVideoModule(L.LightningModule):
         # Text embeddings and VAE posteriors on disk, reused by later runs (idvid.training.feature_cache).
         self.feature_cache = FeatureCache(feature_cache) if feature_cache else None
         if trainable == "lora":
-            add_lora(self.backbone.transformer, **lora)
+            targets = lora.get("targets") or self.backbone.lora_targets
+            add_lora(self.backbone.transformer, **{**lora, "targets": list(targets)})
         self._set_trainable(trainable)
 
     # ------------------------------------------------------------- parameters
@@ -124,7 +125,7 @@ class IdentityVideoModule(L.LightningModule):
             parameter.requires_grad_(True)
         # The widened input layer must learn to read the new channels even when the backbone is frozen.
         if trainable != "all" and self.plan.extra_input_channels:
-            self.backbone.transformer.patch_embed.proj.requires_grad_(True)
+            self.backbone.input_layer.requires_grad_(True)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -176,10 +177,11 @@ class IdentityVideoModule(L.LightningModule):
             return run_conditioners(self.conditioners, batch, self.backbone, random, cache)
 
     def compute_loss(
-        self, batch: Mapping[str, Any], random: BatchRandom, timestep: int | None = None
+        self, batch: Mapping[str, Any], random: BatchRandom, t_fraction: float | None = None
     ) -> dict[str, torch.Tensor]:
-        """The training loss of a batch; ``timestep`` fixes t for every sample (else t ~ U[0, T))."""
-        return self._denoising_loss(self._encode_inputs(batch, random), random, timestep)
+        """The training loss of a batch; ``t_fraction`` fixes t for every sample at that fraction of the
+        schedule (else the backbone's own timestep sampling)."""
+        return self._denoising_loss(self._encode_inputs(batch, random), random, t_fraction)
 
     def _encode_inputs(self, batch: Mapping[str, Any], random: BatchRandom) -> dict[str, Any]:
         """The timestep-independent part of a step: latents, recipe choices, text and conditions."""
@@ -196,26 +198,21 @@ class IdentityVideoModule(L.LightningModule):
         return {"clean": clean, "batch": batch, "text": text, "conditions": conditions}
 
     def _denoising_loss(
-        self, inputs: Mapping[str, Any], random: BatchRandom, timestep: int | None
+        self, inputs: Mapping[str, Any], random: BatchRandom, t_fraction: float | None
     ) -> dict[str, torch.Tensor]:
         backbone, clean, conditions = self.backbone, inputs["clean"], inputs["conditions"]
-        scheduler = backbone.scheduler
-        timesteps = random.randint(scheduler.config.num_train_timesteps, clean.shape[0])
-        if timestep is not None:
-            timesteps = torch.full_like(timesteps, timestep)
-        noise = random.randn_like(clean)
-        noisy = scheduler.add_noise(clean, noise, timesteps.to(clean.device))
+        # The backbone's training objective: how noise is added, what the loss compares, each sample's weight.
+        noised = backbone.add_training_noise(clean, random, t_fraction)
 
-        model_input = noisy
-        extra = self.plan.concat_latents(conditions, noisy)
+        model_input = noised.noisy
+        extra = self.plan.concat_latents(conditions, noised.noisy)
         if extra is not None:
-            model_input = torch.cat([noisy, self.recipe.drop_image_latents(extra, random)], dim=2)
+            model_input = torch.cat([noised.noisy, self.recipe.drop_image_latents(extra, random)], dim=2)
         injection = self.plan.prepare(conditions)
-        prediction = backbone(model_input, timesteps.to(clean.device), inputs["text"], injection)
+        prediction = backbone(model_input, noised.timesteps, inputs["text"], injection)
 
         mask = self.recipe.loss_mask(inputs["batch"].get("face_mask"), clean.shape, random).to(clean.device)
-        alphas_cumprod = scheduler.alphas_cumprod.to(clean.device)[timesteps.to(clean.device)]
-        loss = self.loss_fn(prediction, clean, noisy, alphas_cumprod, mask)
+        loss = self.loss_fn(backbone.to_target_space(prediction, noised), noised.target, noised.weight, mask)
         return {"loss": loss, "prediction": prediction}
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor | None:
@@ -306,18 +303,17 @@ class IdentityVideoModule(L.LightningModule):
         inputs = self._encode_inputs(batch, random)
         after_encoding = generator.get_state()
 
-        def held_out_loss(timestep: int | None) -> torch.Tensor:
+        def held_out_loss(t_fraction: float | None) -> torch.Tensor:
             torch.manual_seed(self.seed + batch_idx)
             generator.set_state(after_encoding)
-            return self._denoising_loss(inputs, random, timestep)["loss"]
+            return self._denoising_loss(inputs, random, t_fraction)["loss"]
 
         batch_size = batch["video"].shape[0]
         self.log("val/loss", held_out_loss(None), prog_bar=True, batch_size=batch_size, sync_dist=True)
         # The loss at fixed points of the schedule, same noise each time: a cheap, deterministic signal
         # that separates "learns coarse structure" (high t) from "learns detail" (low t).
-        last = self.backbone.scheduler.config.num_train_timesteps - 1
         for quantile in self.validation["loss_quantiles"]:
-            loss_t = held_out_loss(int(round(quantile * last)))
+            loss_t = held_out_loss(quantile)
             self.log(f"val/loss_t{quantile:.1f}", loss_t, batch_size=batch_size, sync_dist=True)
         if batch_idx == 0 and self.validation["sample"] and self.trainer.is_global_zero:
             self._log_validation_sample(batch)
@@ -335,23 +331,11 @@ class IdentityVideoModule(L.LightningModule):
         progress: bool = False,
     ) -> torch.Tensor:
         """Videos ``[B, num_frames, 3, height, width]`` in [-1, 1] for the batch's references and captions."""
-        info = self.backbone.info
-        if (num_frames - 1) % info.vae_temporal_compression or height % (2 * info.vae_spatial_compression):
-            raise ValueError(
-                f"Cannot sample {num_frames} frames of {height}x{width}: frames must be 1 + a multiple of "
-                f"{info.vae_temporal_compression} and sizes multiples of {2 * info.vae_spatial_compression}."
-            )
+        shape = self.backbone.latent_shape(len(batch["caption"]), num_frames, height, width)  # refuses bad sizes
         generator = torch.Generator().manual_seed(seed)
         conditions = self.conditions_for(batch, BatchRandom(generator))
         text = self.backbone.encode_text(list(batch["caption"]))
         negative = self.backbone.encode_text([""] * len(batch["caption"]))
-        shape = (
-            len(batch["caption"]),
-            (num_frames - 1) // info.vae_temporal_compression + 1,
-            info.latent_channels,
-            height // info.vae_spatial_compression,
-            width // info.vae_spatial_compression,
-        )
         latents = sample_latents(
             self.backbone,
             self.plan,

@@ -1,0 +1,258 @@
+"""The backbone contract: everything the core may ask of a DiT family, and nothing more.
+
+The training module, the sampler, the feature cache, ``sample``, ``evaluate`` and ``export``
+reach a backbone only through the members below. A family's internals (its scheduler, its VAE
+normalisation, the name of its patch embedding, its LoRA file format) stay in its adapter
+(``idvid.backbones.cogvideox``, ``idvid.backbones.wan``); a third party adds a family by
+subclassing :class:`Backbone` in a plugin package and registering it with
+``idvid.registry.register_backbone`` (see CONTRIBUTING.md, "A new backbone").
+
+What the core does with a backbone, in full::
+
+    clean = backbone.encode_video(video, random)                      # normalised latents
+    noised = backbone.add_training_noise(clean, random)               # NoisedLatents
+    prediction = backbone(noised.noisy (+ input_concat channels), noised.timesteps, text, injection)
+    loss = weighted_mse(backbone.to_target_space(prediction, noised), noised.target, noised.weight, mask)
+
+    schedule = backbone.sampling_schedule(num_inference_steps, device)  # a DenoisingSchedule
+    latents = schedule.prepare_initial_noise(noise)
+    for i, t in enumerate(schedule.timesteps):
+        prediction = backbone(schedule.scale_model_input(latents, t), t, text, injection)   # (+ text-only CFG)
+        latents = schedule.step(prediction, i, latents, generator)
+    video = backbone.decode_latents(latents)
+
+Latents are always ``[B, f, C, h, w]`` (frames before channels) outside an adapter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from idvid.backbones.info import BackboneInfo
+from idvid.injection.plan import NO_INJECTION, PreparedInjection
+from idvid.randomness import BatchRandom
+
+__all__ = ["Backbone", "BackboneInfo", "DenoisingSchedule", "DiffusersSchedule", "NoisedLatents"]
+
+
+def _not_implemented(owner: object, member: str, what: str) -> NotImplementedError:
+    return NotImplementedError(
+        f"{type(owner).__name__}.{member} is not implemented: a backbone must {what} "
+        f"(see idvid.backbones.base.Backbone.{member})."
+    )
+
+
+@dataclass
+class NoisedLatents:
+    """One training step's noised input and what the loss compares against (``Backbone.add_training_noise``)."""
+
+    noisy: torch.Tensor  # the transformer's latent input, [B, f, C, h, w] (input_concat channels are added later)
+    timesteps: torch.Tensor  # what the transformer is called with, [B], on the latents' device
+    target: torch.Tensor  # what the loss compares against, in the space of Backbone.to_target_space
+    weight: torch.Tensor  # the loss weight of each sample, [B], float32
+
+
+class DenoisingSchedule:
+    """The denoising steps of ONE sampling run; it holds any multistep state (a solver's history).
+
+    Get a fresh one from ``Backbone.sampling_schedule`` for every video. The sampler calls, in order:
+    ``prepare_initial_noise`` once, then for each ``timesteps[i]``: ``scale_model_input``, the
+    backbone's forward (at ``timesteps[i]``), and ``step(prediction, i, latents, generator)``.
+    """
+
+    timesteps: torch.Tensor  # the model timesteps of the run, first (noisiest) to last
+
+    def prepare_initial_noise(self, noise: torch.Tensor) -> torch.Tensor:
+        """Standard normal noise ``[B, f, C, h, w]`` -> the first latents (e.g. times ``init_noise_sigma``)."""
+        return noise
+
+    def scale_model_input(self, latents: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        """The latents as the model reads them at ``timestep`` (identity for most schedulers)."""
+        return latents
+
+    def step(
+        self,
+        prediction: torch.Tensor,
+        step_index: int,
+        latents: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """The latents after step ``step_index``, from the (guided) model ``prediction`` at ``timesteps[step_index]``."""
+        raise _not_implemented(self, "step", "turn a prediction into the next, less noisy latents")
+
+
+class DiffusersSchedule(DenoisingSchedule):
+    """A diffusers scheduler whose ``step(model_output, timestep, sample, generator=)`` needs nothing else.
+
+    (Euler, UniPC, DPM-Solver multistep and the flow-matching ones do; CogVideoX's DPM scheduler
+    does not, and its adapter overrides ``step``.) ``scheduler`` is used as a template: the schedule
+    runs on its own copy, so two sampling runs never share a solver's state.
+    """
+
+    def __init__(self, scheduler: Any, num_inference_steps: int, device: torch.device | str | None = None):
+        self.scheduler = type(scheduler).from_config(scheduler.config)
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        self.timesteps = self.scheduler.timesteps
+
+    def prepare_initial_noise(self, noise: torch.Tensor) -> torch.Tensor:
+        return noise * self.scheduler.init_noise_sigma
+
+    def scale_model_input(self, latents: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        return self.scheduler.scale_model_input(latents, timestep)
+
+    def step(
+        self,
+        prediction: torch.Tensor,
+        step_index: int,
+        latents: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        timestep = self.timesteps[step_index]
+        return self.scheduler.step(prediction, timestep, latents, generator=generator, return_dict=False)[0]
+
+
+class Backbone(nn.Module):
+    """A DiT family: its transformer with the injection sites, its frozen encoders, its objective and sampler.
+
+    An adapter sets these attributes in ``__init__`` and implements the methods below that raise
+    ``NotImplementedError`` here. It builds either from config (tiny random models for the demo and
+    tests) or from ``pretrained``, one local diffusers pipeline folder; nothing is downloaded.
+    """
+
+    pretrained: str | None  # the local folder the frozen parts came from (None = built from config)
+    transformer: nn.Module  # the trained network: LoRA, widening, full fine-tune and export act on it
+    vae: nn.Module  # frozen; the feature cache fingerprints it
+    text_encoder: nn.Module  # frozen; the feature cache fingerprints it and reads its device
+    gradient_checkpointing: bool  # recompute each block in backward (the forward must honour it)
+    lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")  # default LoRA target module names
+
+    # ------------------------------------------------------------------ shape
+    @property
+    def info(self) -> BackboneInfo:
+        """The sizes injectors and conditioners are built for."""
+        raise _not_implemented(self, "info", "describe its sizes as a BackboneInfo")
+
+    @property
+    def frozen_modules(self) -> dict[str, nn.Module]:
+        """Attribute name -> part that never trains; left out of checkpoints when it comes from ``pretrained``."""
+        return {"vae": self.vae, "text_encoder": self.text_encoder}
+
+    def train(self, mode: bool = True) -> "Backbone":
+        super().train(mode)
+        for module in self.frozen_modules.values():
+            module.eval()  # frozen encoders stay in eval mode (no dropout) while the transformer trains
+        return self
+
+    @property
+    def default_video_size(self) -> tuple[int, int, int]:
+        """``(num_frames, height, width)`` that ``sample`` and ``ablate`` use when none is given."""
+        raise _not_implemented(self, "default_video_size", "say which (num_frames, height, width) it samples by default")
+
+    def latent_shape(self, batch_size: int, num_frames: int, height: int, width: int) -> tuple[int, int, int, int, int]:
+        """The latent ``(B, f, C, h, w)`` of a video of this size.
+
+        Raises ValueError naming the family's frame-count and size rule and the nearest valid values.
+        """
+        raise _not_implemented(self, "latent_shape", "map a video size to its latent shape (and refuse invalid sizes)")
+
+    # ------------------------------------------------------------ input_concat
+    @property
+    def input_layer(self) -> nn.Module:
+        """The patch-embedding layer that reads the latent channels (it trains whenever it was widened)."""
+        raise _not_implemented(self, "input_layer", "name the layer that reads the input channels")
+
+    def set_input_channels(self, extra_channels: int) -> None:
+        """Make the input layer take ``info.latent_channels + extra_channels`` channels.
+
+        Widening copies the old weights and zero-initialises the new input channels, so the output is
+        bit-identical until they train; a model that already has that many channels is kept as it is.
+        """
+        raise _not_implemented(self, "set_input_channels", "widen its input layer for input_concat injectors")
+
+    # -------------------------------------------------------------------- data
+    def encode_text(self, captions: list[str]) -> torch.Tensor:
+        """Captions -> text embeddings ``[B, L, info.text_hidden_size]`` on the text encoder's device."""
+        raise _not_implemented(self, "encode_text", "encode captions")
+
+    def encode_posterior(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B, F, 3, H, W]`` in [-1, 1] -> the VAE posterior's ``(mean, std)``, raw (unnormalised).
+
+        Their layout is the adapter's own (dim 0 is the batch); only ``latents_from_posterior`` reads
+        them. The feature cache stores them, so a cached posterior gives exactly ``encode_video``'s latents.
+        """
+        raise _not_implemented(self, "encode_posterior", "encode videos into its VAE posterior (mean, std)")
+
+    def normalize_latents(self, raw: torch.Tensor) -> torch.Tensor:
+        """A raw VAE sample (``encode_posterior``'s layout) -> normalised latents ``[B, f, C, h, w]``.
+
+        The family's own normalisation: CogVideoX multiplies by one scaling factor, Wan normalises each
+        channel with the VAE's latents mean and std. ``decode_latents`` undoes it.
+        """
+        raise _not_implemented(self, "normalize_latents", "apply its VAE latent normalisation")
+
+    def latents_from_posterior(
+        self, mean: torch.Tensor, std: torch.Tensor, random: BatchRandom | None = None
+    ) -> torch.Tensor:
+        """Normalised latents from a posterior: a sample drawn through ``random``, or the mean when None."""
+        raw = mean if random is None else mean + std * random.randn_like(mean)
+        return self.normalize_latents(raw)
+
+    @torch.no_grad()
+    def encode_video(self, video: torch.Tensor, random: BatchRandom | None = None) -> torch.Tensor:
+        """``[B, F, 3, H, W]`` in [-1, 1] -> normalised latents ``[B, f, C, h, w]`` (posterior sample or mean)."""
+        mean, std = self.encode_posterior(video)
+        return self.latents_from_posterior(mean, std, random)
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents ``[B, f, C, h, w]`` -> video ``[B, F, 3, H, W]`` clamped to [-1, 1]."""
+        raise _not_implemented(self, "decode_latents", "decode latents into video")
+
+    # ----------------------------------------------------------------- forward
+    def forward(
+        self,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        text_embeddings: torch.Tensor,
+        injection: PreparedInjection = NO_INJECTION,
+    ) -> torch.Tensor:
+        """The transformer's prediction ``[B, f, C_out, h, w]`` for ``latents`` ``[B, f, C_in, h, w]``.
+
+        ``C_in`` includes any input_concat channels. The block loop calls
+        ``injection.apply(Site.X, block_index, video_tokens)`` at each in-block site (the adapter's
+        docstring says where each site is in its block) and honours ``gradient_checkpointing``.
+        """
+        raise _not_implemented(self, "forward", "run its transformer with the injection sites")
+
+    # ------------------------------------------------------ training objective
+    def add_training_noise(
+        self, clean: torch.Tensor, random: BatchRandom, t_fraction: float | None = None
+    ) -> NoisedLatents:
+        """Noise clean latents as the family trains: its timestep sampling, noising, target and weight.
+
+        Every draw goes through ``random`` (exact resume, data parallel). ``t_fraction`` in [0, 1] puts
+        every sample at that fraction of the training schedule (0 = least noise): the held-out loss at
+        fixed quantiles. The draws are the same with and without it, so quantile losses share their noise.
+        """
+        raise _not_implemented(self, "add_training_noise", "noise clean latents for training")
+
+    def to_target_space(self, prediction: torch.Tensor, noised: NoisedLatents) -> torch.Tensor:
+        """The model's output in the space of ``noised.target`` (CogVideoX: v -> x0 estimate)."""
+        return prediction
+
+    # ---------------------------------------------------------------- sampling
+    def sampling_schedule(self, num_inference_steps: int, device: torch.device | str) -> DenoisingSchedule:
+        """A fresh schedule of ``num_inference_steps`` denoising steps (its state belongs to one run)."""
+        raise _not_implemented(self, "sampling_schedule", "provide its denoising steps for sampling")
+
+    # -------------------------------------------------------------------- LoRA
+    def save_lora(self, folder: Path) -> Path:
+        """Write the transformer's LoRA adapter as the family's diffusers pipeline loads it.
+
+        Returns the written ``folder/pytorch_lora_weights.safetensors``.
+        """
+        raise _not_implemented(self, "save_lora", "export its LoRA weights in its diffusers format")
