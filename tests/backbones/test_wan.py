@@ -312,6 +312,6 @@ def test_an_expert_on_a_one_expert_model_is_refused():
 def test_frame_counts_the_vae_cannot_take_are_refused_with_the_nearest_valid_ones(wan):
     with pytest.raises(ValueError, match="data.num_frames=5 or 9"):
         wan.encode_video(torch.zeros(1, 8, 3, 32, 32))
-    with pytest.raises(ValueError, match=r"10 frames.*\(9 or 13\).*height 40.*\(32 or 48\)"):
+    with pytest.raises(ValueError, match=r"10 frames of 40x32.*nearest: 9 or 13.*height must be a multiple of 16 \(nearest: 32 or 48\)"):
         wan.latent_shape(1, 10, 40, 32)
     assert wan.latent_shape(2, 9, 32, 48) == (2, 3, 16, 4, 6)

@@ -276,14 +276,14 @@ class WanBackbone(Backbone):
         temporal, multiple = info.vae_temporal_compression, info.vae_spatial_compression * info.patch_size
         problems = []
         if num_frames < 1 or (num_frames - 1) % temporal:
-            low = max(1, (num_frames - 1) // temporal * temporal + 1)
-            problems.append(f"{num_frames} frames: Wan's VAE takes 1 + a multiple of {temporal} ({low} or {low + temporal})")
+            below = max(1, (num_frames - 1) // temporal * temporal + 1)
+            problems.append(f"Wan's VAE takes 1 + a multiple of {temporal} frames (nearest: {below} or {below + temporal})")
         for name, size in (("height", height), ("width", width)):
             if size < multiple or size % multiple:
-                low = max(multiple, size // multiple * multiple)
-                problems.append(f"{name} {size}: must be a multiple of {multiple} ({low} or {low + multiple})")
+                below = max(multiple, size // multiple * multiple)
+                problems.append(f"the {name} must be a multiple of {multiple} (nearest: {below} or {below + multiple})")
         if problems:
-            raise ValueError("Cannot make Wan latents for " + "; ".join(problems) + ".")
+            raise ValueError(f"Cannot sample {num_frames} frames of {height}x{width}: " + "; ".join(problems) + ".")
         return (
             batch_size,
             (num_frames - 1) // temporal + 1,
