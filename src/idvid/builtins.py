@@ -4,6 +4,7 @@ The registry never imports this module: it is loaded with every other plugin pac
 """
 
 import idvid.backbones.cogvideox  # noqa: F401  (registers "cogvideox")
+import idvid.backbones.wan  # noqa: F401  (registers "wan")
 import idvid.conditioning.reference_latents  # noqa: F401  (registers "reference_latents")
 import idvid.faces.dlib_analyzer  # noqa: F401  (registers the "dlib" face backend)
 import idvid.faces.insightface_analyzer  # noqa: F401  (registers the "insightface" face backend)

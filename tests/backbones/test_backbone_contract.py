@@ -49,6 +49,7 @@ class TinyBackbone:
 
 TINY_BACKBONES = [
     TinyBackbone("cogvideox_tiny", blocks="transformer_blocks", attention="attn1", feed_forward="ff"),
+    TinyBackbone("wan_tiny", blocks="blocks", attention="attn1", feed_forward="ffn"),
 ]
 IN_BLOCK_SITES = [Site.PRE_ATTN, Site.ATTN_FFN, Site.POST_ATTN]
 

@@ -1,0 +1,526 @@
+"""Backbone adapter for Wan 2.1 / 2.2 text-to-video (diffusers' ``WanTransformer3DModel``).
+
+This is the only code in idvid that knows Wan's block internals. It runs the transformer's
+forward itself (the same diffusers submodules, so state-dict keys are diffusers' own) to call
+the injection sites at exact places in each ``WanTransformerBlock``::
+
+    pre_attn -> norm1 + modulation -> self-attention (3D RoPE) -> gated residual
+             -> norm2 -> text cross-attention -> residual -> attn_ffn
+             -> norm3 + modulation -> FFN -> gated residual -> post_attn
+
+- ``pre_attn``: the block's input (video tokens).
+- ``attn_ffn``: after the text cross-attention's residual, before norm3 / the FFN, so the FFN
+  sees the injected signal (Wan's counterpart of "between attention and FFN").
+- ``post_attn``: the block's output.
+- ``input_concat``: the Conv3d patch embedding is widened (old weights copied, new input
+  channels zero), so a widened model's output is unchanged until the new channels train.
+
+Training objective: flow matching as Wan trains (``idvid.backbones.flow_matching``): velocity
+target ``noise - x_0``, shifted-uniform noise levels with the scheduler's ``flow_shift``, weight 1.
+Latents are normalised per channel with the VAE's ``latents_mean`` / ``latents_std``.
+
+Wan 2.2 A14B has two experts: ``transformer/`` for high noise (``t >= boundary_ratio * 1000``)
+and ``transformer_2/`` for low noise. ``expert=high_noise|low_noise`` picks the one that trains
+(it becomes ``self.transformer``; the other is frozen and kept for sampling); training draws
+timesteps only from its range, and forward sends every sample to the expert of its timestep.
+
+Everything is built from config (tiny random models for the demo and tests) or loaded from one
+local diffusers Wan pipeline folder (``pretrained``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import (
+    AutoencoderKLWan,
+    FlowMatchEulerDiscreteScheduler,
+    UniPCMultistepScheduler,
+    WanPipeline,
+    WanTransformer3DModel,
+)
+from diffusers.pipelines.wan.pipeline_wan import prompt_clean
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
+
+from idvid.backbones.base import Backbone, BackboneInfo, NoisedLatents
+from idvid.backbones.demo_tokenizer import build_demo_tokenizer
+from idvid.backbones.flow_matching import FlowMatchingSchedule, draw_sigmas, flow_matching_noise
+from idvid.backbones.lora import LORA_WEIGHTS_FILE, lora_layers
+from idvid.injection.plan import NO_INJECTION, PreparedInjection
+from idvid.injection.sites import Site
+from idvid.randomness import BatchRandom
+from idvid.registry import register_backbone
+
+log = logging.getLogger(__name__)
+
+PIPELINE_LAYOUT = "transformer/, vae/, text_encoder/, tokenizer/, scheduler/ (and transformer_2/ for Wan 2.2 A14B)"
+SCHEDULERS = {cls.__name__: cls for cls in (UniPCMultistepScheduler, FlowMatchEulerDiscreteScheduler)}
+EXPERTS = ("high_noise", "low_noise")
+NUM_TRAIN_TIMESTEPS = 1000  # Wan's timestep scale: the transformer sees 1000 * sigma
+WAN_TEXT_LENGTH = 512  # UMT5 tokens per caption in Wan's pipelines
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _check_pipeline_folder(root: Path) -> dict[str, Any]:
+    """Refuse folders this adapter cannot run, naming why and what to use; returns model_index.json."""
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"Pretrained Wan folder not found at {root}. `backbone.pretrained` must be a local diffusers Wan "
+            f"pipeline folder containing {PIPELINE_LAYOUT}, e.g. a Wan-AI/Wan2.1-T2V-1.3B-Diffusers snapshot "
+            "copied to this machine. No model is downloaded at run time."
+        )
+    index = _read_json(root / "model_index.json")
+    transformer_class = _read_json(root / "transformer" / "config.json").get("_class_name")
+    pipeline_class = index.get("_class_name") or "unknown"
+    if "CogVideoX" in pipeline_class or "ConsisID" in pipeline_class:
+        raise ValueError(
+            f"{root} is a {pipeline_class} folder, not a Wan pipeline; use backbone=cogvideox_tiny with "
+            f"backbone.pretrained={root} (the cogvideox backbone), or point backbone.pretrained at a Wan folder."
+        )
+    if transformer_class != "WanTransformer3DModel":
+        raise ValueError(
+            f"{root} is not a diffusers Wan pipeline folder: its transformer/config.json names "
+            f"{transformer_class!r} (model_index.json: {pipeline_class!r}), expected 'WanTransformer3DModel'. "
+            f"Point backbone.pretrained at a Wan T2V folder with {PIPELINE_LAYOUT}."
+        )
+    transformer_config = _read_json(root / "transformer" / "config.json")
+    if (root / "image_encoder").is_dir() or transformer_config.get("image_dim") or "I2V" in pipeline_class:
+        raise ValueError(
+            f"{root} is a Wan image-to-video folder ({pipeline_class}: image_encoder/, a CLIP image embedding in "
+            f"every cross-attention, in_channels={transformer_config.get('in_channels')} = 16 noise + 4 mask + 16 "
+            "first-frame latent). The wan backbone trains text-to-video: it feeds neither the CLIP image tokens nor "
+            "the first-frame latent and mask these weights expect. Use a Wan T2V folder (Wan2.1-T2V-1.3B/14B, "
+            "Wan2.2-T2V-A14B); identity methods add their own input channels through input_concat injectors."
+        )
+    for part in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"):
+        if not (root / part).is_dir():
+            raise FileNotFoundError(
+                f"{root / part}/ not found; a diffusers Wan pipeline folder contains {PIPELINE_LAYOUT}."
+            )
+    return index
+
+
+def _check_latent_channels(transformer: nn.Module, vae: AutoencoderKLWan, where: str) -> None:
+    config, z_dim = transformer.config, vae.config.z_dim
+    if config.out_channels != z_dim or config.in_channels != z_dim:
+        raise ValueError(
+            f"{where}: the transformer takes {config.in_channels} and predicts {config.out_channels} latent channels "
+            f"but the VAE's latent has z_dim={z_dim}. Use a transformer and VAE of the same Wan model (Wan 2.1 and "
+            f"2.2 A14B: 16 channels; Wan 2.2 TI2V-5B: 48), or make backbone.transformer.in_channels and "
+            f"out_channels equal backbone.vae.z_dim."
+        )
+
+
+def _scheduler_from(folder: Path | None, overrides: dict[str, Any] | None):
+    """The folder's scheduler (its class and config) with ``overrides``; ``class_name`` switches class."""
+    overrides = dict(overrides or {})
+    config = _read_json(folder / "scheduler_config.json") if folder else {}
+    class_name = overrides.pop("class_name", None) or config.get("_class_name") or "UniPCMultistepScheduler"
+    if class_name not in SCHEDULERS:
+        raise ValueError(
+            f"backbone.scheduler.class_name={class_name!r} is not a flow-matching scheduler the wan backbone "
+            f"supports; choose one of {', '.join(SCHEDULERS)}."
+        )
+    cls = SCHEDULERS[class_name]
+    shift = overrides.pop("flow_shift", config.get("flow_shift", config.get("shift", 1.0)))
+    # UniPC calls it flow_shift, flow-match Euler calls it shift: carry the folder's value across.
+    overrides["shift" if cls is FlowMatchEulerDiscreteScheduler else "flow_shift"] = shift
+    if cls is UniPCMultistepScheduler:
+        overrides.setdefault("prediction_type", "flow_prediction")
+        overrides.setdefault("use_flow_sigmas", True)
+    return cls.from_config({**config, **overrides})
+
+
+@register_backbone("wan")
+class WanBackbone(Backbone):
+    """Wan transformer(s) + Wan VAE + UMT5 text encoder + tokenizer + flow-matching scheduler."""
+
+    lora_targets = ("to_q", "to_k", "to_v", "to_out.0")  # self- and text cross-attention projections
+
+    def __init__(
+        self,
+        pretrained: str | None = None,
+        transformer: dict[str, Any] | None = None,
+        vae: dict[str, Any] | None = None,
+        text_encoder: dict[str, Any] | None = None,
+        scheduler: dict[str, Any] | None = None,
+        max_text_length: int = WAN_TEXT_LENGTH,
+        boundary_ratio: float | None = None,
+        expert: str | None = None,
+        default_video_size: tuple[int, int, int] | list[int] = (81, 480, 832),
+        gradient_checkpointing: bool = False,
+    ):
+        super().__init__()
+        self.pretrained = pretrained
+        if pretrained:
+            root = Path(pretrained).expanduser()
+            index = _check_pipeline_folder(root)
+            log.info("loading Wan components from %s", root)
+            high_noise = WanTransformer3DModel.from_pretrained(root / "transformer")
+            low_noise = (
+                WanTransformer3DModel.from_pretrained(root / "transformer_2")
+                if (root / "transformer_2").is_dir()
+                else None
+            )
+            self.vae = AutoencoderKLWan.from_pretrained(root / "vae")
+            self.text_encoder = UMT5EncoderModel.from_pretrained(root / "text_encoder")
+            self.tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
+            # The folder's text length (Wan: 512, what WanPipeline pads to); max_text_length is for built models.
+            max_text_length = min(self.tokenizer.model_max_length, WAN_TEXT_LENGTH)
+            self.scheduler = _scheduler_from(root / "scheduler", scheduler)
+            if boundary_ratio is None:
+                boundary_ratio = index.get("boundary_ratio")
+            where = str(root)
+        else:
+            missing = [k for k, v in {"transformer": transformer, "vae": vae, "text_encoder": text_encoder}.items() if not v]
+            if missing:
+                raise ValueError(
+                    f"backbone.pretrained is not set, so the backbone is built from config, but backbone.{missing[0]} "
+                    "is empty. Give a local Wan pipeline folder as backbone.pretrained=PATH or a config for each of "
+                    "transformer, vae, text_encoder (see hydra_conf/backbone/wan_tiny.yaml)."
+                )
+            log.info("building a randomly initialised Wan backbone from config (demo scale, not trained weights)")
+            high_noise = WanTransformer3DModel(**transformer)
+            # A two-expert (Wan 2.2 A14B-like) model from config: a second expert of the same shape.
+            low_noise = WanTransformer3DModel(**transformer) if boundary_ratio is not None else None
+            self.vae = AutoencoderKLWan(**vae)
+            self.tokenizer = build_demo_tokenizer(max_text_length)
+            self.text_encoder = UMT5EncoderModel(UMT5Config(**{"vocab_size": len(self.tokenizer), **text_encoder}))
+            self.scheduler = _scheduler_from(None, scheduler)
+            where = "backbone config"
+        for model in (high_noise, low_noise):
+            if model is not None:
+                _check_latent_channels(model, self.vae, where)
+        self.boundary_ratio, self.expert = self._choose_expert(expert, boundary_ratio, low_noise is not None)
+        # The trained network is `transformer` (LoRA, widening and checkpoints act on it); the other
+        # expert of a two-expert model is frozen and only runs in sampling, for its timesteps.
+        trained, other = (low_noise, high_noise) if self.expert == "low_noise" else (high_noise, low_noise)
+        self.transformer = trained
+        self.other_expert = other
+        self.max_text_length = int(max_text_length)
+        self._default_video_size = tuple(int(v) for v in default_video_size)
+        for frozen in self.frozen_modules.values():
+            frozen.requires_grad_(False)
+            frozen.eval()
+        self.gradient_checkpointing = gradient_checkpointing
+        self.latent_channels = self.vae.config.z_dim
+        self.register_buffer(
+            "latents_mean", torch.tensor(self.vae.config.latents_mean).view(1, 1, -1, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "latents_std", torch.tensor(self.vae.config.latents_std).view(1, 1, -1, 1, 1), persistent=False
+        )
+
+    @staticmethod
+    def _choose_expert(expert: str | None, boundary_ratio: float | None, two_experts: bool):
+        if not two_experts:
+            if expert is not None:
+                raise ValueError(
+                    f"backbone.expert={expert!r}, but this Wan model has one transformer (no transformer_2/, no "
+                    "boundary_ratio): there is no expert to choose. Remove backbone.expert (Wan 2.1), or use a "
+                    "two-expert Wan 2.2 A14B folder (or backbone.boundary_ratio=0.875 for a model built from config)."
+                )
+            return None, None
+        if boundary_ratio is None or not 0.0 < float(boundary_ratio) < 1.0:
+            raise ValueError(
+                f"A two-expert Wan model needs boundary_ratio in (0, 1) (Wan 2.2 A14B: 0.875); got {boundary_ratio!r}. "
+                "Set backbone.boundary_ratio or add it to the folder's model_index.json."
+            )
+        if expert not in EXPERTS:
+            raise ValueError(
+                f"backbone.expert={expert!r}: this Wan 2.2 model has two experts, transformer/ for high noise "
+                f"(t >= {float(boundary_ratio) * NUM_TRAIN_TIMESTEPS:.0f}) and transformer_2/ for low noise; choose "
+                "which one trains with backbone.expert=high_noise or backbone.expert=low_noise (one run each; the "
+                "other expert stays frozen and still samples its steps)."
+            )
+        return float(boundary_ratio), expert
+
+    # ------------------------------------------------------------------ shape
+    @property
+    def info(self) -> BackboneInfo:
+        config = self.transformer.config
+        patch_t, patch_h, _ = config.patch_size
+        return BackboneInfo(
+            hidden_size=config.num_attention_heads * config.attention_head_dim,
+            num_layers=config.num_layers,
+            latent_channels=self.latent_channels,
+            text_hidden_size=config.text_dim,
+            vae_temporal_compression=self.vae.config.scale_factor_temporal,
+            vae_spatial_compression=self.vae.config.scale_factor_spatial,
+            patch_size=patch_h,
+            patch_size_t=patch_t,
+        )
+
+    @property
+    def frozen_modules(self) -> dict[str, nn.Module]:
+        frozen = {"vae": self.vae, "text_encoder": self.text_encoder}
+        if self.other_expert is not None:
+            frozen["other_expert"] = self.other_expert
+        return frozen
+
+    @property
+    def default_video_size(self) -> tuple[int, int, int]:
+        return self._default_video_size
+
+    def latent_shape(self, batch_size: int, num_frames: int, height: int, width: int) -> tuple[int, ...]:
+        info = self.info
+        temporal, multiple = info.vae_temporal_compression, info.vae_spatial_compression * info.patch_size
+        problems = []
+        if num_frames < 1 or (num_frames - 1) % temporal:
+            below = max(1, (num_frames - 1) // temporal * temporal + 1)
+            problems.append(f"Wan's VAE takes 1 + a multiple of {temporal} frames (nearest: {below} or {below + temporal})")
+        for name, size in (("height", height), ("width", width)):
+            if size < multiple or size % multiple:
+                below = max(multiple, size // multiple * multiple)
+                problems.append(f"the {name} must be a multiple of {multiple} (nearest: {below} or {below + multiple})")
+        if problems:
+            raise ValueError(f"Cannot sample {num_frames} frames of {height}x{width}: " + "; ".join(problems) + ".")
+        return (
+            batch_size,
+            (num_frames - 1) // temporal + 1,
+            self.latent_channels,
+            height // info.vae_spatial_compression,
+            width // info.vae_spatial_compression,
+        )
+
+    # ------------------------------------------------------------ input layer
+    @property
+    def input_layer(self) -> nn.Conv3d:
+        return self.transformer.patch_embedding
+
+    def set_input_channels(self, extra_channels: int) -> None:
+        """Make the patch embedding accept ``latent_channels + extra_channels`` channels (new ones start at zero)."""
+        wanted = self.latent_channels + extra_channels
+        old: nn.Conv3d = self.transformer.patch_embedding
+        if old.in_channels == wanted:
+            return
+        if old.in_channels != self.latent_channels:
+            raise ValueError(
+                f"The transformer takes {old.in_channels} input channels, but this plan needs {wanted} "
+                f"({self.latent_channels} latent + {extra_channels} from input_concat injectors). Only a "
+                f"{self.latent_channels}-channel model can be widened; pick a plan whose input_concat channels add "
+                f"up to {old.in_channels - self.latent_channels}, or start from a {self.latent_channels}-channel model."
+            )
+        widened = nn.Conv3d(wanted, old.out_channels, old.kernel_size, old.stride, bias=old.bias is not None)
+        with torch.no_grad():
+            widened.weight.zero_()
+            widened.weight[:, : old.in_channels] = old.weight
+            if old.bias is not None:
+                widened.bias.copy_(old.bias)
+        widened.to(device=old.weight.device, dtype=old.weight.dtype)
+        self.transformer.patch_embedding = widened
+        self.transformer.register_to_config(in_channels=wanted)
+
+    # --------------------------------------------------------------- encoders
+    @torch.no_grad()
+    def encode_text(self, captions: list[str]) -> torch.Tensor:
+        """UMT5 embeddings ``[B, max_text_length, D]``, zero after each caption's tokens (as WanPipeline does)."""
+        tokens = self.tokenizer(
+            [prompt_clean(caption) for caption in captions],
+            padding="max_length",
+            max_length=self.max_text_length,
+            truncation=True,
+            add_special_tokens=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        device = next(self.text_encoder.parameters()).device
+        mask = tokens.attention_mask.to(device)
+        hidden = self.text_encoder(tokens.input_ids.to(device), mask).last_hidden_state
+        return hidden * mask.unsqueeze(-1).to(hidden.dtype)
+
+    def _check_frames(self, video: torch.Tensor) -> None:
+        frames, temporal = video.shape[1], self.vae.config.scale_factor_temporal
+        if (frames - 1) % temporal:
+            low = (frames - 1) // temporal * temporal + 1
+            raise ValueError(
+                f"Wan's VAE encodes 1 + a multiple of {temporal} frames; got {frames} (it would drop the last "
+                f"{(frames - 1) % temporal}). Use data.num_frames={low} or {low + temporal}."
+            )
+
+    @torch.no_grad()
+    def encode_posterior(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B, F, 3, H, W]`` in [-1, 1] -> the VAE posterior's (mean, std), raw latent space ``[B, f, C, h, w]``."""
+        self._check_frames(video)
+        posterior = self.vae.encode(video.permute(0, 2, 1, 3, 4)).latent_dist
+        return posterior.mean.permute(0, 2, 1, 3, 4).contiguous(), posterior.std.permute(0, 2, 1, 3, 4).contiguous()
+
+    def normalize_latents(self, raw: torch.Tensor) -> torch.Tensor:
+        """Wan's per-channel normalisation: ``(z - latents_mean) / latents_std``."""
+        return (raw - self.latents_mean.to(raw)) / self.latents_std.to(raw)
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents ``[B, f, C, h, w]`` -> video ``[B, F, 3, H, W]`` in [-1, 1]."""
+        raw = latents * self.latents_std.to(latents) + self.latents_mean.to(latents)
+        video = self.vae.decode(raw.permute(0, 2, 1, 3, 4).to(self.vae.dtype)).sample
+        return video.permute(0, 2, 1, 3, 4).clamp(-1, 1)
+
+    # ----------------------------------------------------------------- forward
+    def expert_of(self, timestep: torch.Tensor) -> torch.Tensor:
+        """Per sample: True where the trained ``transformer`` handles this timestep (always, for one expert)."""
+        if self.boundary_ratio is None:
+            return torch.ones_like(timestep, dtype=torch.bool)
+        high = timestep >= self.boundary_ratio * NUM_TRAIN_TIMESTEPS
+        return high if self.expert == "high_noise" else ~high
+
+    def forward(
+        self,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        text_embeddings: torch.Tensor,
+        injection: PreparedInjection = NO_INJECTION,
+    ) -> torch.Tensor:
+        """Predict the velocity ``[B, f, C_out, h, w]`` from ``latents`` ``[B, f, C_in, h, w]``.
+
+        With two experts the timestep picks the expert (``t >= boundary``: high noise), as WanPipeline does;
+        injectors act in whichever runs.
+        """
+        timestep = timestep.to(latents.device).expand(latents.shape[0])
+        mine = self.expert_of(timestep)
+        if bool(mine.all()):
+            model = self.transformer
+        elif not bool(mine.any()):
+            model = self.other_expert
+        else:
+            raise ValueError(
+                f"Timesteps {timestep.tolist()} fall on both sides of the expert boundary "
+                f"({self.boundary_ratio * NUM_TRAIN_TIMESTEPS:.0f}); call the two-expert Wan backbone with one "
+                "expert's timesteps at a time (training draws them from backbone.expert's range, sampling uses "
+                "one timestep per step)."
+            )
+        return self._run_transformer(model, latents, timestep, text_embeddings, injection)
+
+    def _run_transformer(
+        self,
+        model: WanTransformer3DModel,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        text_embeddings: torch.Tensor,
+        injection: PreparedInjection,
+    ) -> torch.Tensor:
+        """diffusers' ``WanTransformer3DModel.forward`` (T2V) with the adapter's block loop."""
+        batch, frames, channels, height, width = latents.shape
+        if channels != model.patch_embedding.in_channels:
+            raise ValueError(
+                f"The transformer expects {model.patch_embedding.in_channels} input channels but got {channels}; "
+                "call set_input_channels() with the plan's extra input_concat channels first."
+            )
+        video = latents.permute(0, 2, 1, 3, 4)  # diffusers' [B, C, F, H, W]
+        rotary = model.rope(video)
+        tokens = model.patch_embedding(video).flatten(2).transpose(1, 2).contiguous()
+        temb, timestep_proj, text, _ = model.condition_embedder(timestep, text_embeddings, None)
+        timestep_proj = timestep_proj.unflatten(1, (6, -1))
+
+        for index, block in enumerate(model.blocks):
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                tokens = checkpoint(
+                    self._run_block, index, block, tokens, text, timestep_proj, rotary, injection, use_reentrant=False
+                )
+            else:
+                tokens = self._run_block(index, block, tokens, text, timestep_proj, rotary, injection)
+
+        shift, scale = (model.scale_shift_table.to(temb.device) + temb.unsqueeze(1)).chunk(2, dim=1)
+        tokens = (model.norm_out(tokens.float()) * (1 + scale) + shift).type_as(tokens)
+        tokens = model.proj_out(tokens)
+        p_t, p_h, p_w = model.config.patch_size
+        grid = tokens.reshape(batch, frames // p_t, height // p_h, width // p_w, p_t, p_h, p_w, -1)
+        # -> [B, f, p_t, C, h, p_h, w, p_w] -> [B, F, C, H, W]
+        return grid.permute(0, 1, 4, 7, 2, 5, 3, 6).flatten(6, 7).flatten(4, 5).flatten(1, 2)
+
+    @staticmethod
+    def _run_block(
+        index: int,
+        block: nn.Module,
+        video: torch.Tensor,
+        text: torch.Tensor,
+        timestep_proj: torch.Tensor,
+        rotary: tuple[torch.Tensor, torch.Tensor],
+        injection: PreparedInjection,
+    ) -> torch.Tensor:
+        """diffusers' ``WanTransformerBlock.forward`` (per-sample timestep), with the three sites called explicitly."""
+        video = injection.apply(Site.PRE_ATTN, index, video)
+        shift_msa, scale_msa, gate_msa, c_shift_msa, c_scale_msa, c_gate_msa = (
+            block.scale_shift_table + timestep_proj.float()
+        ).chunk(6, dim=1)
+
+        normed = (block.norm1(video.float()) * (1 + scale_msa) + shift_msa).type_as(video)
+        attention = block.attn1(normed, None, None, rotary)
+        video = (video.float() + attention * gate_msa).type_as(video)
+
+        normed = block.norm2(video.float()).type_as(video)
+        video = video + block.attn2(normed, text, None, None)
+
+        video = injection.apply(Site.ATTN_FFN, index, video)
+
+        normed = (block.norm3(video.float()) * (1 + c_scale_msa) + c_shift_msa).type_as(video)
+        ff_output = block.ffn(normed)
+        video = (video.float() + ff_output.float() * c_gate_msa).type_as(video)
+
+        return injection.apply(Site.POST_ATTN, index, video)
+
+    # ---------------------------------------------------------- training objective
+    @property
+    def flow_shift(self) -> float:
+        """The scheduler's timestep shift (UniPC: ``flow_shift``; flow-match Euler: ``shift``), used in training too."""
+        config = self.scheduler.config
+        return float(config.flow_shift if "flow_shift" in config else config.shift)
+
+    @property
+    def sigma_range(self) -> tuple[float, float]:
+        """The noise levels the trained expert covers (the whole schedule for a one-expert model)."""
+        if self.boundary_ratio is None:
+            return (0.0, 1.0)
+        return (self.boundary_ratio, 1.0) if self.expert == "high_noise" else (0.0, self.boundary_ratio)
+
+    def add_training_noise(
+        self, clean: torch.Tensor, random: BatchRandom, t_fraction: float | None = None
+    ) -> NoisedLatents:
+        sigmas = draw_sigmas(random, clean.shape[0], self.flow_shift, self.sigma_range, t_fraction)
+        timesteps = (sigmas * NUM_TRAIN_TIMESTEPS).to(clean.device)
+        if self.boundary_ratio is not None:
+            # Rounding must not hand a sample to the other expert: the boundary belongs to high noise (t >= it).
+            boundary = torch.tensor(self.boundary_ratio * NUM_TRAIN_TIMESTEPS, dtype=timesteps.dtype)
+            if self.expert == "high_noise":
+                timesteps = timesteps.clamp(min=float(boundary))
+            else:
+                timesteps = timesteps.clamp(max=float(torch.nextafter(boundary, torch.zeros(()))))
+        noise = random.randn_like(clean)
+        return NoisedLatents(
+            noisy=flow_matching_noise(clean, noise, timesteps / NUM_TRAIN_TIMESTEPS),
+            timesteps=timesteps,
+            target=noise - clean,
+            weight=torch.ones_like(timesteps),
+        )
+
+    def to_target_space(self, prediction: torch.Tensor, noised: NoisedLatents) -> torch.Tensor:
+        return prediction  # the network predicts the velocity, which is the target
+
+    # ---------------------------------------------------------------- sampling
+    def sampling_schedule(self, num_inference_steps: int, device: torch.device | str | None) -> FlowMatchingSchedule:
+        return FlowMatchingSchedule(self.scheduler, num_inference_steps, device)
+
+    # -------------------------------------------------------------------- LoRA
+    def save_lora(self, folder: Path) -> Path:
+        """``folder/pytorch_lora_weights.safetensors`` in the layout ``WanPipeline.load_lora_weights`` reads.
+
+        A LoRA of the low-noise expert loads with ``load_lora_weights(folder, load_into_transformer_2=True)``.
+        """
+        metadata = self.transformer.peft_config["default"].to_dict()
+        WanPipeline.save_lora_weights(
+            folder,
+            transformer_lora_layers=lora_layers(self.transformer),
+            transformer_lora_adapter_metadata=metadata,
+        )
+        if self.expert == "low_noise":
+            log.info("LoRA of Wan 2.2's low-noise expert: load it with load_into_transformer_2=True")
+        return Path(folder) / LORA_WEIGHTS_FILE
