@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from idvid.data.video_io import write_mp4
-from idvid.evaluation.evaluate import evaluate, summary
+from idvid.evaluation.evaluate import evaluate
+from idvid.verbs.evaluate import summary
 from idvid.evaluation.inputs import pair_inputs, read_prompts
 from idvid.faces import tiny_insightface
 

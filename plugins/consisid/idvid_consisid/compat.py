@@ -36,7 +36,8 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin
 
 from idvid.injection import NO_INJECTION
-from idvid.interop import convert, is_deepspeed_checkpoint, load_module
+from idvid.interop import is_deepspeed_checkpoint, load_module
+from idvid.verbs.convert import convert
 from idvid_consisid.diffusers_format import config_dict, consisid_transformer
 
 
