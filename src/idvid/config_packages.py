@@ -94,7 +94,8 @@ def with_plugin_search_path(overrides: list[str]) -> list[str]:
     if not paths:
         return rest
     quoted = ",".join(f"'{path}'" for path in paths)
-    return [*rest, f"{SEARCHPATH_KEY}=[{quoted}]"]
+    # First: Hydra's argument parser takes overrides only before flags such as `--cfg job`.
+    return [f"{SEARCHPATH_KEY}=[{quoted}]", *rest]
 
 
 def _parse_list(value: str) -> list[str]:

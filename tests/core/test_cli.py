@@ -211,6 +211,8 @@ def test_plugins_lists_sites_and_every_registered_plugin(tmp_path):
     result = run_idvid("plugins", cwd=tmp_path)
     assert result.returncode == 0, explain(result)
     sites_text, _, plugins_text = result.stdout.partition("Registered plugins")
+    plugins_text, _, packages_text = plugins_text.partition("Config packages")
+    assert "idvid_consisid.conf" in packages_text and "plan_c" in packages_text
     assert "Injection sites" in sites_text and plugins_text, result.stdout
 
     assert table_rows(sites_text) == [[site.value, SITE_DESCRIPTIONS[site]] for site in Site]

@@ -146,7 +146,7 @@ def test_embed_is_insightface_arcface_on_the_bgr_image(analyzer):
 def test_factory_builds_each_backend_and_names_the_available_ones(models_dir):
     assert isinstance(build_face_analyzer("insightface", models_dir=models_dir, det_size=320), InsightFaceAnalyzer)
     assert isinstance(build_face_analyzer("dlib"), DlibFaceAnalyzer)
-    with pytest.raises(ValueError, match="unknown face backend 'retinaface'; available: dlib, insightface"):
+    with pytest.raises(KeyError, match="Unknown face_backend plugin 'retinaface'. Registered face_backend plugins: dlib, insightface"):
         build_face_analyzer("retinaface")
 
 

@@ -126,6 +126,11 @@ class IdentityVideoModule(L.LightningModule):
         # The widened input layer must learn to read the new channels even when the backbone is frozen.
         if trainable != "all" and self.plan.extra_input_channels:
             self.backbone.input_layer.requires_grad_(True)
+        if not self.trainable_parameters():
+            raise ValueError(
+                f"model.trainable={trainable} leaves nothing to train: this experiment has no injectors. "
+                f"Use model.trainable=all or model.trainable=lora, or add an injector."
+            )
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

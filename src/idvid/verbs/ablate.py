@@ -36,6 +36,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from idvid.atomic_files import write_json_atomic
+from idvid.errors import TRACEBACK_HINT
 from idvid.evaluation import frequency
 from idvid.evaluation.evaluate import evaluate
 from idvid.evaluation.report import markdown_table, write_csv
@@ -155,7 +156,8 @@ def failure_reason(log_text: str, code: int) -> str:
     A Python exception's own line ("module.SomeError: message"), else Hydra's config error ("Could not
     ..."), else the last line that is not Hydra's HYDRA_FULL_ERROR hint.
     """
-    lines = [line.strip() for line in log_text.splitlines() if line.strip() and "HYDRA_FULL_ERROR" not in line]
+    hints = ("HYDRA_FULL_ERROR", TRACEBACK_HINT)
+    lines = [line.strip() for line in log_text.splitlines() if line.strip() and not any(h in line for h in hints)]
     exceptions = [line for line in lines if re.match(r"^[\w.]*(Error|Exception)\b.*: ", line)]
     hydra_errors = [line for line in lines if "Could not" in line]
     return ((exceptions or hydra_errors or lines or [f"exit code {code}"])[-1])[:500]
