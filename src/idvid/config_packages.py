@@ -94,8 +94,10 @@ def with_plugin_search_path(overrides: list[str]) -> list[str]:
     if not paths:
         return rest
     quoted = ",".join(f"'{path}'" for path in paths)
-    # First: Hydra's argument parser takes overrides only before flags such as `--cfg job`.
-    return [f"{SEARCHPATH_KEY}=[{quoted}]", *rest]
+    # Beside the other overrides: Hydra's argument parser takes its overrides as one run of
+    # positional arguments, so one appended after a flag (`--cfg job`) would be refused.
+    first = next((i for i, arg in enumerate(rest) if "=" in arg and not arg.startswith("-")), len(rest))
+    return [*rest[:first], f"{SEARCHPATH_KEY}=[{quoted}]", *rest[first:]]
 
 
 def _parse_list(value: str) -> list[str]:

@@ -156,6 +156,10 @@ def failure_reason(log_text: str, code: int) -> str:
     A Python exception's own line ("module.SomeError: message"), else Hydra's config error ("Could not
     ..."), else the last line that is not Hydra's HYDRA_FULL_ERROR hint.
     """
+    # The kit's own user error ("idvid fit: error: ...", continued on indented lines) says it all.
+    kit_error = re.search(r"^idvid \w+: error: .*(?:\n  .*)*", log_text, flags=re.M)
+    if kit_error:
+        return " ".join(line.strip() for line in kit_error.group(0).splitlines() if TRACEBACK_HINT not in line)[:500]
     hints = ("HYDRA_FULL_ERROR", TRACEBACK_HINT)
     lines = [line.strip() for line in log_text.splitlines() if line.strip() and not any(h in line for h in hints)]
     exceptions = [line for line in lines if re.match(r"^[\w.]*(Error|Exception)\b.*: ", line)]
