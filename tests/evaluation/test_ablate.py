@@ -19,11 +19,13 @@ from .conftest import run_cli, write_png
 
 
 @pytest.mark.slow
+@pytest.mark.needs_plugin("idvid_consisid")
 def test_ablate_writes_table_3_marks_divergence_and_skips_finished_work(tmp_path, tiny_models, capsys):
     out = tmp_path / "ablation"
     args = [
         "ablate",
         f"out={out}",
+        "sweep=consisid_table3",  # the plugin's sweep: its experiments, overrides and Table 3's columns
         "experiments=[plan_a,plan_b]",
         'fit_overrides=["trainer.max_steps=2","model.validation.sample=false","trainer.limit_val_batches=0"]',
         # plan_b is made to diverge: a huge learning rate, and the NaN guard stops at the first bad step.
@@ -94,6 +96,21 @@ def test_a_failed_fit_is_recorded_and_retried_not_marked_finished(tmp_path, peop
     assert not (tmp_path / "out" / "plan_zz" / "result.json").exists()  # so a re-run tries it again
     assert "| plan_zz | failed |" in (tmp_path / "out" / "ablation.md").read_text()
     assert (tmp_path / "out" / "eval_set" / "refs" / "person_s0.png").is_file()
+
+
+def test_ablate_without_experiments_names_the_installed_sweeps():
+    from idvid.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"experiments=\[.*sweep=NAME; installed: "):
+        ablate(OmegaConf.to_container(compose_ablate(["out=unused"])))
+
+
+@pytest.mark.needs_plugin("idvid_consisid")
+def test_a_sweep_sets_the_experiments_and_the_report():
+    cfg = compose_ablate(["sweep=consisid_table3"])
+    assert list(cfg.experiments) == [f"plan_{letter}" for letter in "abcdefg"]
+    assert "Table 3" in cfg.report.title and cfg.report.columns[0].metric == "facesim_arc"
+    assert list(compose_ablate(["sweep=consisid_table3", "experiments=[plan_c]"]).experiments) == ["plan_c"]
 
 
 def compose_ablate(overrides: list[str]):

@@ -1,13 +1,13 @@
-"""The ``ablate`` verb: fit every experiment, sample one fixed evaluation set, evaluate, write Table 3.
+"""The ``ablate`` verb: fit every experiment, sample one fixed evaluation set, evaluate, write the table.
 
-For each experiment (default: plan_a ... plan_g) in ``<out>/<experiment>/``:
+The experiments are ``experiments=[...]`` or a plugin's sweep (config group ``sweep``: the experiments,
+their overrides and the report's title, columns and notes). For each experiment, in ``<out>/<experiment>/``:
 
 1. **fit**: ``python -m idvid fit experiment=<name> hydra.run.dir=<out>/<name>/fit <overrides>`` in a
    child process. A child process per experiment (rather than one ``--multirun``) keeps the sweep
    alive when one run diverges or crashes (Hydra's basic launcher stops at the first failing job),
    frees all memory between runs, and is exactly the command a user would type to redo one run.
-   A run that stops with ``DivergenceError`` (the NaN guard) is marked *unstable*, as the paper marks
-   plans f and g; any other failure is marked *failed* with the error's last line.
+   A run that stops with ``DivergenceError`` (the NaN guard) is marked *unstable*; any other failure is marked *failed* with the error's last line.
 2. **sample**: the run's ``last.ckpt`` generates one video per reference and seed of the evaluation
    set (fixed references, prompts and seeds, shared by every experiment).
 3. **evaluate**: ``idvid.evaluation.evaluate`` with the ``evaluate`` config node.
@@ -36,24 +36,16 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from idvid.atomic_files import write_json_atomic
-from idvid.errors import TRACEBACK_HINT
+from idvid.errors import TRACEBACK_HINT, ConfigError
 from idvid.evaluation import frequency
 from idvid.evaluation.evaluate import evaluate
 from idvid.evaluation.report import markdown_table, write_csv
 
 log = logging.getLogger(__name__)
 
-# Table 3 of the paper, then the kit's extra columns: (column title, aggregate metric name).
-TABLE_COLUMNS = (
-    ("FaceSim-Arc", "facesim_arc"),
-    ("FaceSim-Cur", "facesim_cur"),
-    ("CLIPScore", "clipscore"),
-    ("FID (official per-frame)", "fid_face_per_frame"),
-    ("FID (set)", "fid_face"),
-    ("FaceSim-dlib (offline)", "facesim_dlib"),
-    ("low-freq log-amp", "set_freq_low"),
-    ("high-freq log-amp", "set_freq_high"),
-)
+# The metric group (evaluate's ``metrics=[...]``) that reports each aggregate, where the names differ: a
+# group whose model is missing is "unavailable", and so are its columns.
+METRIC_GROUPS = {"clipscore": "clip", "fid_face": "fid", "fid_face_per_frame": "fid"}
 DEMO_STATEMENT = (
     "DEMO SCALE: these runs use the bundled demo (tiny random backbone, a few training steps); their numbers "
     "show that the fit -> sample -> evaluate machinery works and are NOT paper results."
@@ -210,15 +202,16 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def table_rows(results: dict[str, dict]) -> list[dict[str, Any]]:
+def table_rows(results: dict[str, dict], columns: list[dict[str, str]]) -> list[dict[str, Any]]:
     rows = []
     for name, result in results.items():
         metrics = result.get("metrics", {})
         unavailable = result.get("unavailable", {})
         row: dict[str, Any] = {"plan": name, "status": result["status"]}
-        for title, metric in TABLE_COLUMNS:
-            group = {"clipscore": "clip", "fid_face": "fid", "fid_face_per_frame": "fid"}.get(metric, metric)
-            row[title] = "unavailable" if group in unavailable else metrics.get(metric, "")
+        for column in columns:
+            metric = column["metric"]
+            group = METRIC_GROUPS.get(metric, metric)
+            row[column["title"]] = "unavailable" if group in unavailable else metrics.get(metric, "")
         notes = [result.get("reason", "")]
         if metrics.get("frames_with_face") == 0:
             notes.append("no face detected in the generated videos")
@@ -229,11 +222,11 @@ def table_rows(results: dict[str, dict]) -> list[dict[str, Any]]:
     return rows
 
 
-def write_table(out: Path, results: dict[str, dict], demo: bool) -> str:
-    rows = table_rows(results)
-    columns = ["plan", "status", *(title for title, _ in TABLE_COLUMNS), "note"]
+def write_table(out: Path, results: dict[str, dict], demo: bool, report: dict[str, Any]) -> str:
+    rows = table_rows(results, report["columns"])
+    columns = ["plan", "status", *(column["title"] for column in report["columns"]), "note"]
     write_csv(out / "ablation.csv", rows, columns)
-    text = "# Ablation (layout of ConsisID Table 3)\n\n"
+    text = f"# {report['title']}\n\n"
     if demo:
         text += f"**{DEMO_STATEMENT}**\n\n"
     text += markdown_table(columns, [[_cell(row[c]) for c in columns] for row in rows])
@@ -241,12 +234,8 @@ def write_table(out: Path, results: dict[str, dict], demo: bool) -> str:
     if unavailable:
         text += "\nn/a = metric unavailable (its model is not on disk):\n\n"
         text += "".join(f"- {name}: {reason}\n" for name, reason in unavailable.items())
-    text += (
-        "\nunstable = the fit stopped on consecutive non-finite steps (NaN guard), as the paper reports for plans f "
-        "and g. FID (official per-frame) is the mean |f_ref - f_frame|^2 of ConsisID's script; FID (set) is the "
-        "Frechet distance of all generated face crops vs all references. Frequency columns: mean log-amplitude of "
-        "the face-region spectrum in the low/high band (see evaluate's frequency.* settings).\n"
-    )
+    if report.get("notes"):
+        text += f"\n{report['notes'].strip()}\n"
     (out / "ablation.md").write_text(text, encoding="utf-8")
     return text
 
@@ -269,12 +258,12 @@ def write_spectra(out: Path, results: dict[str, dict], config: frequency.Frequen
     return pictures
 
 
-def log_hparams(out: Path, name: str, result: dict, fit_overrides: list[str]) -> None:
+def log_hparams(out: Path, name: str, result: dict, fit_overrides: list[str], columns: list[dict[str, str]]) -> None:
     """One HParams entry per experiment: the plan and status as hyper-parameters, the table's numbers as metrics."""
     from torch.utils.tensorboard import SummaryWriter
 
     metrics = {}
-    for _, metric in TABLE_COLUMNS:
+    for metric in (column["metric"] for column in columns):
         value = result.get("metrics", {}).get(metric)
         if isinstance(value, (int, float)) and not math.isnan(float(value)):
             metrics[f"ablation/{metric}"] = float(value)
@@ -290,6 +279,12 @@ def ablate(cfg: dict | DictConfig) -> dict[str, dict]:
     """Run (or resume) the sweep; returns {experiment: result record}."""
     if isinstance(cfg, DictConfig):
         cfg = OmegaConf.to_container(cfg, resolve=True)
+    if not cfg["experiments"]:
+        raise ConfigError(
+            "ablate: no experiments to run.",
+            "Name them (experiments=[plan_c,my_plan]) or choose a sweep a plugin ships "
+            f"(sweep=NAME; installed: {', '.join(installed_sweeps()) or 'none'}).",
+        )
     out = Path(cfg["out"]).absolute()
     out.mkdir(parents=True, exist_ok=True)
     refs_dir, prompts_file, names = prepare_eval_set(cfg, out)
@@ -318,10 +313,10 @@ def ablate(cfg: dict | DictConfig) -> dict[str, dict]:
         results[name] = result
         if result["status"] == "failed":  # no marker: the next run tries this experiment again
             continue
-        log_hparams(out, name, result, cfg["fit_overrides"])
+        log_hparams(out, name, result, cfg["fit_overrides"], cfg["report"]["columns"])
         write_json_atomic(marker, result)  # last: its presence means this experiment is done
     demo = any(_is_demo(out / name) for name in results)
-    text = write_table(out, results, demo)
+    text = write_table(out, results, demo, cfg["report"])
     freq = {k: v for k, v in cfg["evaluate"]["frequency"].items() if k != "region_fallback"}
     pictures = write_spectra(out, results, frequency.FrequencyConfig(**freq))
     if pictures:
@@ -332,6 +327,12 @@ def ablate(cfg: dict | DictConfig) -> dict[str, dict]:
                 writer.add_image(f"ablation/{key}", picture, 0, dataformats="HWC")
     print(text)
     return results
+
+
+def installed_sweeps() -> list[str]:
+    from idvid.config_packages import all_config_packages
+
+    return sorted({name for package in all_config_packages() for name in package.groups().get("sweep", [])})
 
 
 def _is_demo(folder: Path) -> bool:
