@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from idvid.faces import DlibFaceAnalyzer, align_face, face_template, transform_points
-from idvid.faces.parsing import CONSISID_FACE_CLASSES, IMAGENET_MEAN, IMAGENET_STD, BiSeNet, FaceParser
+from idvid.faces.parsing import FACE_AND_HAIR_CLASSES, IMAGENET_MEAN, IMAGENET_STD, BiSeNet, FaceParser
 
 # facexlib's BiSeNet(num_class=19): 191 state-dict entries, 13,300,416 parameters.
 RELEASED_NUM_KEYS = 191
@@ -108,7 +108,7 @@ def test_loader_reads_a_saved_state_dict_into_the_released_architecture(tmp_path
     assert isinstance(parser.network, BiSeNet) and not parser.network.training
     for key in RELEASED_SHAPES:
         torch.testing.assert_close(parser.network.state_dict()[key], saved[key])
-    assert parser.face_classes == CONSISID_FACE_CLASSES
+    assert parser.face_classes == FACE_AND_HAIR_CLASSES
 
 
 def test_missing_or_wrong_weights_fail_with_the_file_to_put_there(tmp_path):
@@ -162,7 +162,7 @@ def test_parse_mask_warps_the_kept_classes_back_onto_the_face(tmp_path, astronau
 def test_parse_mask_keeps_only_the_configured_classes(tmp_path, astronaut_face):
     image, face = astronaut_face
     masks = {}
-    for classes in [(SKIN,), (SKIN, HAIR), CONSISID_FACE_CLASSES]:
+    for classes in [(SKIN,), (SKIN, HAIR), FACE_AND_HAIR_CLASSES]:
         parser = tiny_parser(tmp_path, face_classes=classes)
         parser.network = KnownClassMap()
         masks[classes] = parser.parse_mask(image, face)
@@ -172,4 +172,4 @@ def test_parse_mask_keeps_only_the_configured_classes(tmp_path, astronaut_face):
     added_rows = np.nonzero(with_hair > skin_only)[0]
     assert added_rows.max() < face.kps[:2, 1].min()
     # ConsisID's face classes keep skin and hair but never cloth.
-    np.testing.assert_array_equal(masks[CONSISID_FACE_CLASSES], with_hair)
+    np.testing.assert_array_equal(masks[FACE_AND_HAIR_CLASSES], with_hair)

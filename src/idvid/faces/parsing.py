@@ -25,9 +25,9 @@ PARSING_CLASSES = (
     "background", "skin", "l_brow", "r_brow", "l_eye", "r_eye", "eye_g", "l_ear", "r_ear", "ear_r",
     "nose", "mouth", "u_lip", "l_lip", "neck", "neck_l", "cloth", "hair", "hat",
 )  # fmt: skip
-# ConsisID's reference processing whitens background, ears, earrings, neck, necklace, cloth and hat
-# (models/consisid_utils.py, bg_label); everything else, hair included, is the face it keeps.
-CONSISID_FACE_CLASSES = (1, 2, 3, 4, 5, 6, 10, 11, 12, 13, 17)
+# The face region a reference keeps: everything but background, ears, earrings, neck, necklace, cloth and hat
+# (hair included), as ConsisID whitens its references (models/consisid_utils.py, bg_label).
+FACE_AND_HAIR_CLASSES = (1, 2, 3, 4, 5, 6, 10, 11, 12, 13, 17)
 WEIGHTS_FILE = "parsing_bisenet.pth"
 WEIGHTS_SOURCE = "https://github.com/xinntao/facexlib/releases/download/v0.2.0/parsing_bisenet.pth"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -188,7 +188,7 @@ class FaceParser:
         self,
         weights_path: str | Path,
         device: str = "cpu",
-        face_classes: Sequence[int] = CONSISID_FACE_CLASSES,
+        face_classes: Sequence[int] = FACE_AND_HAIR_CLASSES,
         input_size: int = 512,
         network: nn.Module | None = None,
     ):

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 from idvid.faces import Face, align_face, box_ellipse_mask, landmark_hull_mask
-from idvid.faces.parsing import CONSISID_FACE_CLASSES, FaceParser
+from idvid.faces.parsing import FACE_AND_HAIR_CLASSES, FaceParser
 from idvid.preprocess.filters import rotation_deg
 from idvid.preprocess.tracking import FaceAnalysis
 
@@ -36,7 +36,7 @@ class MaskSettings:
     hull (68 landmarks) or the box ellipse."""
 
     parser_weights: Path | None = None
-    face_classes: tuple[int, ...] = CONSISID_FACE_CLASSES
+    face_classes: tuple[int, ...] = FACE_AND_HAIR_CLASSES
     device: str = "cpu"
 
 
