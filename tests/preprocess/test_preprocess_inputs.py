@@ -7,9 +7,11 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 
 from idvid.data.manifest import read_manifest
+from idvid.data.video_io import read_mp4, write_mp4
 from idvid.errors import ConfigError
 from idvid.preprocess import Preprocessor
 from idvid.preprocess.pipeline import find_inputs
@@ -154,3 +156,18 @@ def test_leftover_temporary_files_of_a_killed_run_are_removed(clip_library, tmp_
     Preprocessor(settings_for(raw, out), CountingAnalyzer()).run()
     assert [p for p in leftovers if p.exists()] == []
     assert someone_elses.exists()
+
+
+def test_a_phone_video_stored_sideways_is_processed_upright(clip_library, tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    upright = read_mp4(clip_library / "astronaut.mp4")[:, :, 32:224]  # taller than wide: a turn shows in the shape
+    # Stored a quarter turn counter-clockwise, with the display matrix a phone writes to turn it back.
+    write_mp4(raw / "phone.mp4", np.ascontiguousarray(np.rot90(upright, 1, axes=(1, 2))), display_rotation=-90)
+    (raw / "phone.txt").write_text("an astronaut, filmed on a phone.")
+    summary = Preprocessor(settings_for(raw, tmp_path / "out"), CountingAnalyzer()).run()
+    assert summary["outcomes"] == {"kept": 1}
+    [entry] = read_manifest(summary["manifest"])
+    kept = read_mp4(entry["video"])
+    assert kept.shape[1:] == upright.shape[1:]  # upright, not sideways
+    assert np.abs(kept.astype(int) - upright[: len(kept)].astype(int)).mean() < 6  # the same picture

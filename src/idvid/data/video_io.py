@@ -1,4 +1,9 @@
-"""Minimal video read/write with PyAV (RGB uint8 frames)."""
+"""Minimal video read/write with PyAV (RGB uint8 frames).
+
+Every decode in the kit goes through `iter_frames` (or `read_mp4`, built on it), which turns each
+frame the way players show it: phone videos are often stored sideways with a display matrix that
+says how to turn them (PyAV: `frame.rotation`).
+"""
 
 from __future__ import annotations
 
@@ -28,11 +33,12 @@ class VideoInfo:
     num_frames: int
 
 
-def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 8) -> str:
+def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 8, display_rotation: int = 0) -> str:
     """Write [T, H, W, 3] RGB uint8 frames as near-lossless yuv420p mp4; returns the codec used.
 
     libx264 (crf 10, one thread so the bytes are reproducible) when available, else mpeg4
-    at a high bit rate.
+    at a high bit rate. display_rotation: a counter-clockwise angle stored in the display matrix
+    (what phones write), which players and `iter_frames` apply; 0 writes none.
     """
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
@@ -44,6 +50,8 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 8) -> str:
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        if display_rotation:
+            stream.set_display_rotation(display_rotation)
         if codec == "libx264":
             stream.options = {"crf": "10", "preset": "medium", "threads": "1"}
         else:
@@ -58,16 +66,27 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 8) -> str:
 
 
 def read_mp4(path: str | Path) -> np.ndarray:
-    """Decode every frame of a video to [T, H, W, 3] RGB uint8."""
-    with av.open(str(path)) as container:
-        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
-    if not frames:
-        raise ValueError(f"no video frames could be decoded from {path}")
-    return np.stack(frames)
+    """Decode every frame of a video to [T, H, W, 3] RGB uint8, upright (see `iter_frames`)."""
+    return np.stack(list(iter_frames(path)))
+
+
+def upright_rgb(frame: av.VideoFrame) -> np.ndarray:
+    """The frame as [H, W, 3] RGB uint8, turned by its display rotation (as players show it).
+
+    `frame.rotation` is the counter-clockwise angle of the stream's display matrix (-90 for a phone
+    held upright); np.rot90 turns counter-clockwise too. Angles are rounded to quarter turns, and a
+    mirroring display matrix (rare) is not applied.
+    """
+    image = frame.to_ndarray(format="rgb24")
+    quarter_turns = round(frame.rotation / 90) % 4
+    return np.ascontiguousarray(np.rot90(image, quarter_turns)) if quarter_turns else image
 
 
 def probe_video(path: str | Path) -> VideoInfo:
     """Open `path` and describe its first video stream without decoding it.
+
+    width and height are the stored size: a video with a display rotation of a quarter turn decodes
+    to frames of height x width (`iter_frames` applies it).
 
     Raises VideoReadError("not_a_video") when the container cannot be opened or has no video
     stream (a truncated mp4 loses its index and lands here too), and lets PermissionError and
@@ -89,7 +108,10 @@ def probe_video(path: str | Path) -> VideoInfo:
 
 
 def iter_frames(path: str | Path) -> Iterator[np.ndarray]:
-    """Decode the first video stream frame by frame as [H, W, 3] RGB uint8 (constant memory).
+    """Decode the first video stream frame by frame as [H, W, 3] RGB uint8, upright (constant memory).
+
+    Each frame is turned by the stream's display rotation (`upright_rgb`), so detections, crops and
+    training clips see the video as players show it.
 
     A decoding error part-way raises VideoReadError("corrupt_video") naming the frame reached;
     a video that yields no frame at all raises it too.
@@ -99,7 +121,7 @@ def iter_frames(path: str | Path) -> Iterator[np.ndarray]:
     try:
         with av.open(str(path)) as container:
             for frame in container.decode(video=0):
-                yield frame.to_ndarray(format="rgb24")
+                yield upright_rgb(frame)
                 count += 1
     except av.FFmpegError as err:
         raise VideoReadError(path, "corrupt_video", f"decoding failed after {count} frames ({err})") from err
