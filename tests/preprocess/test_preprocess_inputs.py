@@ -171,3 +171,17 @@ def test_a_phone_video_stored_sideways_is_processed_upright(clip_library, tmp_pa
     kept = read_mp4(entry["video"])
     assert kept.shape[1:] == upright.shape[1:]  # upright, not sideways
     assert np.abs(kept.astype(int) - upright[: len(kept)].astype(int)).mean() < 6  # the same picture
+
+
+def test_an_out_holding_a_data_set_preprocess_did_not_write_is_refused_unless_overwrite(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    out = tmp_path / "demo"
+    (out / "videos").mkdir(parents=True)
+    (out / "manifest.jsonl").write_text('{"id": "talk"}\n')  # e.g. the demo set, or an imported one
+    with pytest.raises(FileExistsError, match=r"data\.out=.*demo holds a data set that preprocess did not write "
+                       r"\(manifest\.jsonl, videos\)\nchoose another data\.out, or pass overwrite=true"):
+        Preprocessor(settings_for(raw, out), CountingAnalyzer())
+    Preprocessor(settings_for(raw, out, overwrite=True), CountingAnalyzer()).run()
+    # Its own output folder (clip_ids.json is written first) is resumed without the flag.
+    Preprocessor(settings_for(raw, out), CountingAnalyzer()).run()

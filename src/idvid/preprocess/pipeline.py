@@ -35,6 +35,7 @@ from idvid.data.video_io import VideoReadError, iter_frames, probe_video, write_
 from idvid.errors import ConfigError
 from idvid.faces import FaceAnalyzer, build_face_analyzer
 from idvid.faces.parsing import FaceParser
+from idvid.output_paths import OutputExistsError
 from idvid.preprocess.annotate import ClipSettings, MaskSettings, annotate_clip, build_parser, track_frames
 from idvid.preprocess.captions import Captions
 from idvid.preprocess.filters import FilterSettings, failed_filters, main_track, track_metrics
@@ -59,7 +60,8 @@ class PreprocessSettings:
     (the parser's weights file, by name, size and mtime, and its classes are part of the record
     key). detect_every: run the
     detector on every k-th frame (faces in between are interpolated). rank/world_size: this
-    process takes inputs rank, rank + world_size, ... of the sorted list.
+    process takes inputs rank, rank + world_size, ... of the sorted list. overwrite: write into an
+    `out` that holds a data set preprocess did not write (else refused; its own output is resumed).
     """
 
     raw: Path
@@ -74,6 +76,7 @@ class PreprocessSettings:
     mask: MaskSettings = MaskSettings()
     rank: int = 0
     world_size: int = 1
+    overwrite: bool = False
 
 
 @dataclass
@@ -176,6 +179,22 @@ def _clashing(ids: list[str]) -> list[int]:
     return [index for index, clip_id in enumerate(ids) if counts[clip_id.casefold()] > 1]
 
 
+def refuse_foreign_dataset(out: Path, overwrite: bool) -> None:
+    """Refuse an `out` holding a data set that preprocess did not write (the demo, an import, one made by hand).
+
+    Its clips and manifest would be overwritten by same-named ones. A folder preprocess wrote (it has
+    its records, face cache or clip_ids.json, even after a kill) is resumed, never refused.
+    """
+    if overwrite or any((out / name).exists() for name in ("records", "cache", "clip_ids.json")):
+        return
+    dataset = [name for name in ("manifest.jsonl", "videos", "annotations") if (out / name).exists()]
+    if dataset:
+        raise OutputExistsError(
+            f"data.out={out} holds a data set that preprocess did not write ({', '.join(dataset)})",
+            "choose another data.out, or pass overwrite=true to write over its clips and manifest",
+        )
+
+
 def build_analyzer(face: dict) -> FaceAnalyzer:
     """The face backend named by the config ({"name": ..., "options": {...}})."""
     return build_face_analyzer(face.get("name"), **dict(face.get("options") or {}))
@@ -194,6 +213,7 @@ class Preprocessor:
         if settings.clip.num_frames < 1 or settings.clip.frame_stride < 1:
             raise ValueError(f"clip.num_frames and clip.frame_stride must be >= 1, got {settings.clip}")
         self.settings = settings
+        refuse_foreign_dataset(settings.out, settings.overwrite)
         self.captions = Captions(settings.raw, settings.captions)
         self.jobs = find_inputs(settings)
         # Built up front: a missing model folder is a configuration error and fails before any video.
