@@ -1,4 +1,4 @@
-"""Which inputs a preprocess run sees: one unique clip id per file, odd directory entries recorded, leftovers removed."""
+"""Which inputs preprocess sees: a unique clip id per file, odd entries recorded, leftovers removed, outputs kept."""
 
 from __future__ import annotations
 

@@ -8,9 +8,10 @@ skipped with its reason and metrics; a bad video never stops the run. Clip ids a
 
 Resumable: a record is trusted only when its key (input file size and mtime, face backend and
 every setting it depends on) matches the current one, and all files are written atomically, so
-an interrupted run redoes only unfinished videos (and deletes the temporary files it left). Face detections are cached separately
-(`<out>/cache/faces/<id>.npz`, keyed by the input, the backend and the detection settings), so
-changing a filter threshold or the clip length re-runs the cheap steps, not the detector.
+an interrupted run redoes only unfinished videos (and deletes the temporary files it left). Face
+detections are cached separately (`<out>/cache/faces/<id>.npz`, keyed by the input, the backend
+and the detection settings), so changing a filter threshold or the clip length re-runs the cheap
+steps, not the detector.
 """
 
 from __future__ import annotations
@@ -265,7 +266,9 @@ class Preprocessor:
         removed = []
         for folder, suffix in folders.items():
             removed += remove_leftovers(self.out / folder, {f"{job.clip_id}{suffix}" for job in mine})
-        own = {f"summary-rank{self.settings.rank}.json"} | ({"manifest.jsonl"} if self.settings.world_size == 1 else set())
+        own = {f"summary-rank{self.settings.rank}.json"}
+        if self.settings.world_size == 1:
+            own.add("manifest.jsonl")
         removed += remove_leftovers(self.out, own)
         if removed:
             log.info("removed %d temporary files left by an interrupted run, e.g. %s", len(removed), removed[0])
