@@ -106,11 +106,14 @@ def find_inputs(settings: PreprocessSettings) -> list[Job]:
     # What a run writes (when data.out lies inside data.raw) is no input.
     outputs = [settings.out.resolve() / name for name in OUTPUT_FOLDERS]
     skip = {settings.captions.resolve()} if settings.captions else set()
-    entries = []
+    entries, hidden = [], 0
     for path in sorted(raw.rglob("*")):
         relative = path.relative_to(raw)
-        if any(part.startswith(".") for part in relative.parts) or path.suffix.lower() == ".txt":
+        if any(part.startswith(".") for part in relative.parts):
+            hidden += 1
             continue
+        if path.suffix.lower() == ".txt":
+            continue  # sidecar captions
         if path.is_dir() and not path.is_symlink():
             continue  # searched by rglob itself
         location = path.parent.resolve() / path.name  # the entry itself, not what a link points to
@@ -119,6 +122,8 @@ def find_inputs(settings: PreprocessSettings) -> list[Job]:
         if places & skip or any(o in place.parents for o in outputs for place in places):
             continue
         entries.append((path, problem))
+    if hidden:
+        log.info("%d hidden entries under %s (names starting with '.') are not inputs", hidden, raw)
     ids = clip_ids([path.relative_to(raw) for path, _ in entries])
     return [Job(clip_id, path, problem) for clip_id, (path, problem) in zip(ids, entries)]
 
