@@ -49,6 +49,18 @@ def test_every_decode_applies_the_display_rotation(tmp_path, degrees, shape, cor
     assert all(frame.flags["C_CONTIGUOUS"] for frame in streamed)  # cv2 and torch.from_numpy need it
 
 
+@pytest.mark.parametrize("degrees", [0, 90, 180, -90])
+def test_a_mirroring_display_matrix_is_applied_after_the_turn(tmp_path, degrees):
+    # frame.rotation reads a mirror alone as -180; a half turn would put faces upside down.
+    frames = marked_frames()
+    frames[:, -8:, :8] = 128  # a grey block bottom-left too, so that turns and mirrors all differ
+    write_mp4(tmp_path / "mirrored.mp4", frames, display_rotation=degrees, display_mirror=True)
+    expected = np.stack([np.fliplr(np.rot90(frame, degrees // 90)) for frame in frames])
+    video = read_mp4(tmp_path / "mirrored.mp4")
+    assert video.shape == expected.shape
+    assert np.abs(video.astype(int) - expected.astype(int)).mean() < 3  # equal up to the codec's loss
+
+
 def test_a_video_without_a_display_matrix_is_read_as_written(tmp_path):
     frames = marked_frames()
     write_mp4(tmp_path / "plain.mp4", frames)

@@ -7,6 +7,7 @@ says how to turn them (PyAV: `frame.rotation`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -33,12 +34,15 @@ class VideoInfo:
     num_frames: int
 
 
-def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 8, display_rotation: int = 0) -> str:
+def write_mp4(
+    path: str | Path, frames: np.ndarray, fps: int = 8, display_rotation: int = 0, display_mirror: bool = False
+) -> str:
     """Write [T, H, W, 3] RGB uint8 frames as near-lossless yuv420p mp4; returns the codec used.
 
     libx264 (crf 10, one thread so the bytes are reproducible) when available, else mpeg4
     at a high bit rate. display_rotation: a counter-clockwise angle stored in the display matrix
-    (what phones write), which players and `iter_frames` apply; 0 writes none.
+    (what phones write), which players and `iter_frames` apply; display_mirror mirrors left-right
+    after it; neither set writes no matrix.
     """
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
@@ -50,8 +54,8 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 8, display_rotati
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        if display_rotation:
-            stream.set_display_rotation(display_rotation)
+        if display_rotation or display_mirror:
+            stream.set_display_rotation(display_rotation, hflip=display_mirror)
         if codec == "libx264":
             stream.options = {"crf": "10", "preset": "medium", "threads": "1"}
         else:
@@ -71,15 +75,32 @@ def read_mp4(path: str | Path) -> np.ndarray:
 
 
 def upright_rgb(frame: av.VideoFrame) -> np.ndarray:
-    """The frame as [H, W, 3] RGB uint8, turned by its display rotation (as players show it).
-
-    `frame.rotation` is the counter-clockwise angle of the stream's display matrix (-90 for a phone
-    held upright); np.rot90 turns counter-clockwise too. Angles are rounded to quarter turns, and a
-    mirroring display matrix (rare) is not applied.
-    """
+    """The frame as [H, W, 3] RGB uint8, turned and mirrored by its display matrix (as players show it)."""
     image = frame.to_ndarray(format="rgb24")
-    quarter_turns = round(frame.rotation / 90) % 4
-    return np.ascontiguousarray(np.rot90(image, quarter_turns)) if quarter_turns else image
+    quarter_turns, mirrored = display_orientation(frame)
+    if quarter_turns:
+        image = np.rot90(image, quarter_turns)  # counter-clockwise, as the display matrix's angle
+    if mirrored:
+        image = image[:, ::-1]
+    return np.ascontiguousarray(image) if quarter_turns or mirrored else image
+
+
+def display_orientation(frame: av.VideoFrame) -> tuple[int, bool]:
+    """(counter-clockwise quarter turns, then a left-right mirror) that the frame's display matrix asks for.
+
+    FFmpeg's matrix is the rotation with its first column negated for a mirror (av_display_matrix_flip;
+    an up-down mirror is a left-right one plus half a turn). `frame.rotation` alone reads a mirrored
+    matrix as a half turn, so the matrix itself is read here. Angles are rounded to quarter turns.
+    """
+    side_data = frame.side_data.get(av.sidedata.sidedata.Type.DISPLAYMATRIX)
+    if side_data is None:
+        return 0, False
+    a, b, _, c, d = np.frombuffer(bytes(side_data), dtype=np.int32)[:5].astype(np.float64)
+    mirrored = a * d - b * c < 0
+    if mirrored:
+        a, c = -a, -c
+    degrees = -math.degrees(math.atan2(b, a))  # av_display_rotation_get, as frame.rotation
+    return round(degrees / 90) % 4, bool(mirrored)
 
 
 def probe_video(path: str | Path) -> VideoInfo:
@@ -110,8 +131,8 @@ def probe_video(path: str | Path) -> VideoInfo:
 def iter_frames(path: str | Path) -> Iterator[np.ndarray]:
     """Decode the first video stream frame by frame as [H, W, 3] RGB uint8, upright (constant memory).
 
-    Each frame is turned by the stream's display rotation (`upright_rgb`), so detections, crops and
-    training clips see the video as players show it.
+    Each frame is turned (and mirrored) by the stream's display matrix (`upright_rgb`), so
+    detections, crops and training clips see the video as players show it.
 
     A decoding error part-way raises VideoReadError("corrupt_video") naming the frame reached;
     a video that yields no frame at all raises it too.
