@@ -3,7 +3,9 @@
 Every verb that writes a named output (``convert --out``, ``export OUT``, ``consolidate OUT``,
 ``sample --out``, ``evaluate out=``) checks it here *before* any slow work, so a typo never
 replaces a checkpoint or merges a new export into an old one. Verbs that resume into their own
-folder (``preprocess``, ``ablate``, ``fit``) do not refuse it: re-running them there is the point.
+folder (``preprocess``, ``ablate``, ``fit``) do not refuse it: re-running them there is the point;
+they refuse only what they would write over without resuming it (``preprocess``: a data set it did
+not write; ``fit``: a run dir's checkpoints when no ``ckpt_path`` is given).
 """
 
 from __future__ import annotations

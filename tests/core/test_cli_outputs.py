@@ -99,3 +99,17 @@ def test_evaluate_refuses_an_out_with_an_earlier_evaluation(tmp_path, capsys, mo
     error = refused(capsys, argv)
     assert f"out={out} holds an earlier evaluation (aggregate.md)" in error and "overwrite=true" in error
     assert (out / "aggregate.md").read_text() == "| an earlier result |"
+
+
+def test_fit_into_a_run_dir_with_checkpoints_resumes_or_refuses(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"the earlier run's weights")
+    (run_dir / "config.yaml").write_text("the earlier run's config\n")
+    # Without ckpt_path a new run would start from scratch and write its checkpoints over these.
+    error = refused(capsys, ["fit", "experiment=plan_c", f"hydra.run.dir={run_dir}"])
+    assert f"hydra.run.dir={run_dir} holds checkpoints of an earlier run (last.ckpt)" in error
+    assert "ckpt_path=last" in error and "overwrite=true" in error
+    assert (run_dir / "checkpoints" / "last.ckpt").read_bytes() == b"the earlier run's weights"
+    assert (run_dir / "config.yaml").read_text() == "the earlier run's config\n"
