@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,12 +23,31 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     a crash leaves at most a `.tmp-*` file that nothing reads.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")  # the pattern LEFTOVER_NAME recognises
     try:
         write(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+LEFTOVER_NAME = re.compile(r"\.tmp-\d+-(?P<name>.+)")
+
+
+def remove_leftovers(folder: Path, names: set[str]) -> list[Path]:
+    """Delete the temporary files a killed writer left in `folder` for the final names `names`; returns them.
+
+    Only names the caller itself writes are given, so a file another live process is writing is never touched.
+    """
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        match = LEFTOVER_NAME.fullmatch(entry.name)
+        if match and match["name"] in names and entry.is_file():
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

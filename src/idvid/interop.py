@@ -145,9 +145,11 @@ def build_for_training(cfg) -> L.LightningModule:
 
 
 def save_module(module: L.LightningModule, path: str | Path) -> Path:
-    """Write a kit checkpoint for a module that was not trained by a Trainer (e.g. a converted one)."""
+    """Write a kit checkpoint for a module that was not trained by a Trainer (e.g. a converted one).
+
+    Written atomically: a file already at `path` stays whole until the new one replaces it.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
@@ -157,7 +159,7 @@ def save_module(module: L.LightningModule, path: str | Path) -> Path:
         enable_model_summary=False,
     )
     trainer.strategy.connect(module)
-    trainer.save_checkpoint(path)
+    write_atomic(path, lambda tmp: trainer.save_checkpoint(tmp))
     return path
 
 

@@ -1,7 +1,13 @@
-"""Minimal video read/write with PyAV (RGB uint8 frames)."""
+"""Minimal video read/write with PyAV (RGB uint8 frames).
+
+Every decode in the kit goes through `iter_frames` (or `read_mp4`, built on it), which turns each
+frame the way players show it: phone videos are often stored sideways with a display matrix that
+says how to turn them (PyAV: `frame.rotation`).
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -28,11 +34,15 @@ class VideoInfo:
     num_frames: int
 
 
-def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 8) -> str:
+def write_mp4(
+    path: str | Path, frames: np.ndarray, fps: int = 8, display_rotation: int = 0, display_mirror: bool = False
+) -> str:
     """Write [T, H, W, 3] RGB uint8 frames as near-lossless yuv420p mp4; returns the codec used.
 
     libx264 (crf 10, one thread so the bytes are reproducible) when available, else mpeg4
-    at a high bit rate.
+    at a high bit rate. display_rotation: a counter-clockwise angle stored in the display matrix
+    (what phones write), which players and `iter_frames` apply; display_mirror mirrors left-right
+    after it; neither set writes no matrix.
     """
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
@@ -44,6 +54,8 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 8) -> str:
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        if display_rotation or display_mirror:
+            stream.set_display_rotation(display_rotation, hflip=display_mirror)
         if codec == "libx264":
             stream.options = {"crf": "10", "preset": "medium", "threads": "1"}
         else:
@@ -58,16 +70,44 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 8) -> str:
 
 
 def read_mp4(path: str | Path) -> np.ndarray:
-    """Decode every frame of a video to [T, H, W, 3] RGB uint8."""
-    with av.open(str(path)) as container:
-        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
-    if not frames:
-        raise ValueError(f"no video frames could be decoded from {path}")
-    return np.stack(frames)
+    """Decode every frame of a video to [T, H, W, 3] RGB uint8, upright (see `iter_frames`)."""
+    return np.stack(list(iter_frames(path)))
+
+
+def upright_rgb(frame: av.VideoFrame) -> np.ndarray:
+    """The frame as [H, W, 3] RGB uint8, turned and mirrored by its display matrix (as players show it)."""
+    image = frame.to_ndarray(format="rgb24")
+    quarter_turns, mirrored = display_orientation(frame)
+    if quarter_turns:
+        image = np.rot90(image, quarter_turns)  # counter-clockwise, as the display matrix's angle
+    if mirrored:
+        image = image[:, ::-1]
+    return np.ascontiguousarray(image) if quarter_turns or mirrored else image
+
+
+def display_orientation(frame: av.VideoFrame) -> tuple[int, bool]:
+    """(counter-clockwise quarter turns, then a left-right mirror) that the frame's display matrix asks for.
+
+    FFmpeg's matrix is the rotation with its first column negated for a mirror (av_display_matrix_flip;
+    an up-down mirror is a left-right one plus half a turn). `frame.rotation` alone reads a mirrored
+    matrix as a half turn, so the matrix itself is read here. Angles are rounded to quarter turns.
+    """
+    side_data = frame.side_data.get(av.sidedata.sidedata.Type.DISPLAYMATRIX)
+    if side_data is None:
+        return 0, False
+    a, b, _, c, d = np.frombuffer(bytes(side_data), dtype=np.int32)[:5].astype(np.float64)
+    mirrored = a * d - b * c < 0
+    if mirrored:
+        a, c = -a, -c
+    degrees = -math.degrees(math.atan2(b, a))  # av_display_rotation_get, as frame.rotation
+    return round(degrees / 90) % 4, bool(mirrored)
 
 
 def probe_video(path: str | Path) -> VideoInfo:
     """Open `path` and describe its first video stream without decoding it.
+
+    width and height are the stored size: a video with a display rotation of a quarter turn decodes
+    to frames of height x width (`iter_frames` applies it).
 
     Raises VideoReadError("not_a_video") when the container cannot be opened or has no video
     stream (a truncated mp4 loses its index and lands here too), and lets PermissionError and
@@ -89,7 +129,10 @@ def probe_video(path: str | Path) -> VideoInfo:
 
 
 def iter_frames(path: str | Path) -> Iterator[np.ndarray]:
-    """Decode the first video stream frame by frame as [H, W, 3] RGB uint8 (constant memory).
+    """Decode the first video stream frame by frame as [H, W, 3] RGB uint8, upright (constant memory).
+
+    Each frame is turned (and mirrored) by the stream's display matrix (`upright_rgb`), so
+    detections, crops and training clips see the video as players show it.
 
     A decoding error part-way raises VideoReadError("corrupt_video") naming the frame reached;
     a video that yields no frame at all raises it too.
@@ -99,7 +142,7 @@ def iter_frames(path: str | Path) -> Iterator[np.ndarray]:
     try:
         with av.open(str(path)) as container:
             for frame in container.decode(video=0):
-                yield frame.to_ndarray(format="rgb24")
+                yield upright_rgb(frame)
                 count += 1
     except av.FFmpegError as err:
         raise VideoReadError(path, "corrupt_video", f"decoding failed after {count} frames ({err})") from err

@@ -2,32 +2,41 @@
 
 Per video: caption lookup, decode (PyAV), face detection on sampled frames, tracking, quality
 filters on the main track, then the kept segment is written as mp4 with its .npz annotations
-(see idvid.data.manifest). Every video ends as a record in `<out>/records/<id>.json`, kept or
-skipped with its reason and metrics; a bad video never stops the run.
+(see idvid.data.manifest). Every input ends as a record in `<out>/records/<id>.json`, kept or
+skipped with its reason and metrics; a bad video never stops the run. Clip ids are unique per input
+(`clip_ids`) and `<out>/clip_ids.json` maps each input path to its id.
 
 Resumable: a record is trusted only when its key (input file size and mtime, face backend and
 every setting it depends on) matches the current one, and all files are written atomically, so
-an interrupted run redoes only unfinished videos. Face detections are cached separately
-(`<out>/cache/faces/<id>.npz`, keyed by the input, the backend and the detection settings), so
-changing a filter threshold or the clip length re-runs the cheap steps, not the detector.
+an interrupted run redoes only unfinished videos (and deletes the temporary files it left). Face
+detections are cached separately (`<out>/cache/faces/<id>.npz`, keyed by the input, the backend
+and the detection settings), so changing a filter threshold or the clip length re-runs the cheap
+steps, not the detector.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import logging
+import os
+import stat
 import time
 import traceback
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from idvid.atomic_files import read_json, write_atomic, write_json_atomic, write_npz_atomic
+from idvid.atomic_files import read_json, remove_leftovers, write_atomic, write_json_atomic, write_npz_atomic
 from idvid.data.manifest import write_manifest
 from idvid.data.video_io import VideoReadError, iter_frames, probe_video, write_mp4
+from idvid.errors import ConfigError
 from idvid.faces import FaceAnalyzer, build_face_analyzer
 from idvid.faces.parsing import FaceParser
+from idvid.output_paths import OutputExistsError
 from idvid.preprocess.annotate import ClipSettings, MaskSettings, annotate_clip, build_parser, track_frames
 from idvid.preprocess.captions import Captions
 from idvid.preprocess.filters import FilterSettings, failed_filters, main_track, track_metrics
@@ -52,7 +61,8 @@ class PreprocessSettings:
     (the parser's weights file, by name, size and mtime, and its classes are part of the record
     key). detect_every: run the
     detector on every k-th frame (faces in between are interpolated). rank/world_size: this
-    process takes inputs rank, rank + world_size, ... of the sorted list.
+    process takes inputs rank, rank + world_size, ... of the sorted list. overwrite: write into an
+    `out` that holds a data set preprocess did not write (else refused; its own output is resumed).
     """
 
     raw: Path
@@ -67,20 +77,28 @@ class PreprocessSettings:
     mask: MaskSettings = MaskSettings()
     rank: int = 0
     world_size: int = 1
+    overwrite: bool = False
 
 
 @dataclass
 class Job:
-    """One input video: its id in the output and its path."""
+    """One input: its id in the output, its path, and why it cannot be read when that is known from listing it.
+
+    problem: (reason, detail) for a directory entry that is no readable file (a broken link, a link loop, a
+    linked folder, a FIFO); such an input is recorded as skipped with that reason.
+    """
 
     clip_id: str
     source: Path
+    problem: tuple[str, str] | None = None
 
 
 def find_inputs(settings: PreprocessSettings) -> list[Job]:
-    """Every file under `raw` (sorted) except captions and hidden files; ids from relative paths.
+    """Every entry under `raw` (sorted) except folders, captions and hidden files, each with a unique clip id.
 
-    Non-video files are listed too: they end as a recorded skip, so nothing is silently ignored.
+    Non-video files, broken links, link loops and other entries that are no regular file are listed
+    too: they end as a recorded skip, so nothing is silently ignored. Folders reached through a link
+    are not searched (a link can lead back into the tree); they are recorded as skipped.
     """
     raw = settings.raw
     if not raw.is_dir():
@@ -88,20 +106,99 @@ def find_inputs(settings: PreprocessSettings) -> list[Job]:
     # What a run writes (when data.out lies inside data.raw) is no input.
     outputs = [settings.out.resolve() / name for name in OUTPUT_FOLDERS]
     skip = {settings.captions.resolve()} if settings.captions else set()
-    files = []
+    entries, hidden = [], 0
     for path in sorted(raw.rglob("*")):
         relative = path.relative_to(raw)
-        if not path.is_file() or path.suffix.lower() == ".txt" or path.resolve() in skip:
+        if any(part.startswith(".") for part in relative.parts):
+            hidden += 1
             continue
-        if any(part.startswith(".") for part in relative.parts) or any(o in path.resolve().parents for o in outputs):
+        if path.suffix.lower() == ".txt":
+            continue  # sidecar captions
+        if path.is_dir() and not path.is_symlink():
+            continue  # searched by rglob itself
+        location = path.parent.resolve() / path.name  # the entry itself, not what a link points to
+        problem = entry_problem(path)
+        places = {location} if problem else {location, path.resolve()}
+        if places & skip or any(o in place.parents for o in outputs for place in places):
             continue
-        files.append(path)
-    stems = [str(p.relative_to(raw).with_suffix("")) for p in files]
-    jobs = []
-    for path, stem in zip(files, stems):
-        name = stem if stems.count(stem) == 1 else f"{stem}-{path.suffix.lstrip('.')}"  # a.mp4 and a.mov
-        jobs.append(Job("".join(c if c.isalnum() or c in "-_." else "_" for c in name.replace("/", "__")), path))
-    return jobs
+        entries.append((path, problem))
+    if hidden:
+        log.info("%d hidden entries under %s (names starting with '.') are not inputs", hidden, raw)
+    ids = clip_ids([path.relative_to(raw) for path, _ in entries])
+    return [Job(clip_id, path, problem) for clip_id, (path, problem) in zip(ids, entries)]
+
+
+def entry_problem(path: Path) -> tuple[str, str] | None:
+    """(reason, detail) when the directory entry `path` is not a regular file (or a link to one), else None."""
+    try:
+        mode = path.stat().st_mode  # follows links
+    except OSError as err:
+        if not path.is_symlink():
+            return "unreadable", str(err)
+        target = os.readlink(path)
+        if err.errno == errno.ELOOP:
+            return "symlink_loop", f"link to {target}, which leads back to a link already followed"
+        return "broken_symlink", f"link to {target}, which does not exist"
+    if stat.S_ISDIR(mode):
+        return "symlinked_folder", (
+            f"link to the folder {os.readlink(path)}; folders behind links are not searched: "
+            "preprocess it with its own data.raw, or link the video files"
+        )
+    if not stat.S_ISREG(mode):
+        return "not_a_file", "a FIFO, socket or device, not a file a decoder can read"
+    return None
+
+
+def clip_ids(relatives: list[Path]) -> list[str]:
+    """A clip id per input path (relative to raw), unique even on a case-insensitive file system.
+
+    The id is the path without its extension, folders joined by "__", other characters than letters,
+    digits, "-", "_" and "." replaced by "_". Inputs that end up with the same id get their extension
+    appended (a.mp4, a.mov -> a-mp4, a-mov); when that still clashes (a b.mp4, a_b.mp4), a short hash
+    of the relative path instead. The ids depend only on the paths, so every run and every rank agrees.
+    `<out>/clip_ids.json` records the mapping.
+    """
+
+    def clean(text: str) -> str:
+        return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+    bases = [clean(relative.with_suffix("").as_posix().replace("/", "__")) for relative in relatives]
+    ids = list(bases)
+    for index in _clashing(ids):
+        ids[index] = f"{bases[index]}-{clean(relatives[index].suffix.lstrip('.'))}"
+    for index in _clashing(ids):
+        ids[index] = f"{bases[index]}-{hashlib.sha256(relatives[index].as_posix().encode()).hexdigest()[:8]}"
+    clashing = _clashing(ids)
+    if clashing:
+        first, second = clashing[:2]
+        raise ConfigError(
+            f"inputs {relatives[first].as_posix()!r} and {relatives[second].as_posix()!r} both map to clip id "
+            f"{ids[first]!r}",
+            "rename one of them (clip ids come from the file names; see clip_ids in idvid.preprocess.pipeline)",
+        )
+    return ids
+
+
+def _clashing(ids: list[str]) -> list[int]:
+    """Indices of the ids that another id equals, ignoring case (records/<id>.json must be distinct files)."""
+    counts = Counter(clip_id.casefold() for clip_id in ids)
+    return [index for index, clip_id in enumerate(ids) if counts[clip_id.casefold()] > 1]
+
+
+def refuse_foreign_dataset(out: Path, overwrite: bool) -> None:
+    """Refuse an `out` holding a data set that preprocess did not write (the demo, an import, one made by hand).
+
+    Its clips and manifest would be overwritten by same-named ones. A folder preprocess wrote (it has
+    its records, face cache or clip_ids.json, even after a kill) is resumed, never refused.
+    """
+    if overwrite or any((out / name).exists() for name in ("records", "cache", "clip_ids.json")):
+        return
+    dataset = [name for name in ("manifest.jsonl", "videos", "annotations") if (out / name).exists()]
+    if dataset:
+        raise OutputExistsError(
+            f"data.out={out} holds a data set that preprocess did not write ({', '.join(dataset)})",
+            "choose another data.out, or pass overwrite=true to write over its clips and manifest",
+        )
 
 
 def build_analyzer(face: dict) -> FaceAnalyzer:
@@ -122,6 +219,7 @@ class Preprocessor:
         if settings.clip.num_frames < 1 or settings.clip.frame_stride < 1:
             raise ValueError(f"clip.num_frames and clip.frame_stride must be >= 1, got {settings.clip}")
         self.settings = settings
+        refuse_foreign_dataset(settings.out, settings.overwrite)
         self.captions = Captions(settings.raw, settings.captions)
         self.jobs = find_inputs(settings)
         # Built up front: a missing model folder is a configuration error and fails before any video.
@@ -139,6 +237,9 @@ class Preprocessor:
             "preprocess: %d inputs in %s, this process (rank %d of %d) takes %d",
             len(self.jobs), self.settings.raw, self.settings.rank, self.settings.world_size, len(mine),
         )  # fmt: skip
+        self.remove_leftovers(mine)
+        # Every rank writes the same mapping (ids depend only on the paths).
+        write_json_atomic(self.out / "clip_ids.json", {self.relative(job): job.clip_id for job in self.jobs})
         records = []
         for index, job in enumerate(mine, start=1):
             record = self.process(job)
@@ -157,15 +258,39 @@ class Preprocessor:
     def record_path(self, job: Job) -> Path:
         return self.out / "records" / f"{job.clip_id}.json"
 
+    def relative(self, job: Job) -> str:
+        return job.source.relative_to(self.settings.raw).as_posix()
+
+    def remove_leftovers(self, mine: list[Job]) -> None:
+        """Delete the temporary files a killed run left for this rank's outputs.
+
+        Only this rank's clips and summary (ranks take disjoint inputs), and the manifest's when no
+        other rank may be writing it right now, so no live writer loses its file.
+        """
+        folders = {"videos": ".mp4", "annotations": ".npz", "records": ".json", "cache/faces": ".npz"}
+        removed = []
+        for folder, suffix in folders.items():
+            removed += remove_leftovers(self.out / folder, {f"{job.clip_id}{suffix}" for job in mine})
+        own = {f"summary-rank{self.settings.rank}.json"}
+        if self.settings.world_size == 1:
+            own.add("manifest.jsonl")
+        removed += remove_leftovers(self.out, own)
+        if removed:
+            log.info("removed %d temporary files left by an interrupted run, e.g. %s", len(removed), removed[0])
+
     def process(self, job: Job) -> dict[str, Any]:
         """Process one input (or reuse its finished record); never raises for a bad input."""
         start = time.perf_counter()
-        record: dict[str, Any] = {"id": job.clip_id, "source": str(job.source.relative_to(self.settings.raw))}
+        record: dict[str, Any] = {"id": job.clip_id, "source": self.relative(job)}
         try:
+            if job.problem is not None:  # no file to read: redone (cheaply) by every run, never reused
+                self.skip(record, *job.problem)
+                return self.finish(job, record, start)
             caption = self.captions.lookup(job.source)
             key = self.record_key(job, caption is not None)
             previous = read_json(self.record_path(job))
-            if previous and previous.get("key") == key and self.is_final(previous):
+            same_input = previous and previous.get("source") == record["source"]  # ids are reassigned on clashes
+            if same_input and previous.get("key") == key and self.is_final(previous):
                 return {**previous, "reused": True, "seconds": time.perf_counter() - start}
             record["key"] = key
             probe_video(job.source)  # a file that is no video is skipped as such, caption or not
@@ -182,6 +307,10 @@ class Preprocessor:
                 "%s: unexpected error, recorded and retried on the next run:\n%s", job.clip_id, traceback.format_exc()
             )
             record.update(status="error", reason=type(err).__name__, detail=str(err))
+        return self.finish(job, record, start)
+
+    def finish(self, job: Job, record: dict[str, Any], start: float) -> dict[str, Any]:
+        """Remove what an earlier run kept for a clip that is not kept now, then write its record."""
         record["seconds"] = round(time.perf_counter() - start, 3)
         if record["status"] != "kept":
             for stale in (self.out / "videos" / f"{job.clip_id}.mp4", self.out / "annotations" / f"{job.clip_id}.npz"):
@@ -274,11 +403,13 @@ class Preprocessor:
 
         Captions and identities are read now, so editing a caption needs no reprocessing.
         """
-        entries, pending = [], 0
+        entries, pending = [], []
         for job in self.jobs:
+            if job.problem is not None:
+                continue  # never kept; known from the listing, whichever rank records it
             record = read_json(self.record_path(job))
-            if record is None:
-                pending += 1
+            if record is None or record.get("source") != self.relative(job):
+                pending.append(job.clip_id)
                 continue
             if record["status"] != "kept" and not self.is_final(record):
                 continue  # an error or an unreadable file: recorded, retried by the next run, not kept
@@ -288,14 +419,18 @@ class Preprocessor:
             except OSError:  # vanished or unreadable since its record was written
                 current = False
             if not current or not self.is_final(record):
-                pending += 1
+                pending.append(job.clip_id)
             elif record["status"] == "kept":
                 identity = caption["identity"] or job.clip_id
                 entries.append({"id": job.clip_id, "video": record["video"], "caption": caption["caption"],
                                 "annotations": record["annotations"], "identity": identity})  # fmt: skip
         manifest = self.out / "manifest.jsonl"
         if pending:
-            log.info("%d inputs have no finished record yet (other ranks or errors): manifest not written", pending)
+            log.info(
+                "manifest not written: %d inputs have no finished record yet (%s): other ranks still at work, "
+                "or errors that the next run retries (see records/<id>.json)",
+                len(pending), ", ".join(pending[:5]) + (", ..." if len(pending) > 5 else ""),
+            )  # fmt: skip
             return None
         if not entries:
             log.warning("no video passed the filters: no manifest written; see %s/records/*.json", self.out)

@@ -125,6 +125,8 @@ def run_fit(name: str, cfg: dict, folder: Path) -> dict[str, Any]:
     overrides += list((cfg.get("experiment_overrides") or {}).get(name, []))
     if (run_dir / "checkpoints" / "last.ckpt").exists():
         overrides.append("ckpt_path=last")  # an interrupted fit continues where it stopped
+    else:
+        overrides.append("overwrite=true")  # no complete checkpoint to resume: this plan's fit starts over
     command = [sys.executable, "-m", "idvid", "fit", *overrides]
     log.info("fit %s: %s", name, " ".join(command[1:]))
     start = time.perf_counter()

@@ -12,15 +12,22 @@ from omegaconf import OmegaConf
 from idvid import config_packages
 from idvid.errors import ConfigError
 from idvid.interop import ConvertedModel, consolidate, load_module, save_module
+from idvid.output_paths import check_output_file, check_output_folder, replace_folder
 from idvid.registry import REGISTRIES, PluginKind
 
 log = logging.getLogger(__name__)
 
 
-def convert(format_name: str, source: str, out: str, overrides: list[str]) -> tuple[Path, str]:
-    """Read a foreign checkpoint with a format plugin, save it as a kit checkpoint; returns (path, experiment)."""
+def convert(
+    format_name: str, source: str, out: str, overrides: list[str], overwrite: bool = False
+) -> tuple[Path, str]:
+    """Read a foreign checkpoint with a format plugin, save it as a kit checkpoint; returns (path, experiment).
+
+    An existing `out` is replaced only with `overwrite` (checked before the source is read).
+    """
     import hydra
 
+    out_path = check_output_file(out, overwrite)
     reader = REGISTRIES[PluginKind.FORMAT].get(format_name)()
     if not hasattr(reader, "read"):
         raise ConfigError(
@@ -42,22 +49,26 @@ def convert(format_name: str, source: str, out: str, overrides: list[str]) -> tu
             f"Converted weights do not fit the kit model: missing {missing[:5]}, unexpected {unexpected[:5]}. "
             f"This is a bug in the {format_name!r} format plugin."
         )
-    path = save_module(module, out)
+    path = save_module(module, out_path)
     for note in converted.notes:
         log.warning(note)
     return path, converted.experiment
 
 
-def export(checkpoint: str, format_name: str, out: str, ema: bool = False) -> Path:
+def export(checkpoint: str, format_name: str, out: str, ema: bool = False, overwrite: bool = False) -> Path:
+    """Write a kit checkpoint in another layout to the folder `out`.
+
+    A non-empty `out` is refused unless `overwrite`; then its contents are replaced as a whole (the
+    new export is written beside it and swapped in), never merged with an older export.
+    """
     writer = REGISTRIES[PluginKind.FORMAT].get(format_name)()
     if not hasattr(writer, "write"):
         raise ConfigError(
             f"Format {format_name!r} cannot be written.", f"Formats that write: {_formats('write')}."
         )
+    out_path = check_output_folder(out, overwrite, protected=(Path(checkpoint),))
     module = load_module(checkpoint, ema=ema)
-    out_path = Path(out)
-    writer.write(module, out_path)
-    return out_path
+    return replace_folder(out_path, lambda folder: writer.write(module, folder))
 
 
 def _formats(method: str) -> str:
@@ -70,15 +81,17 @@ def main(verb: str, args: list[str]) -> None:
         parser.add_argument("--from", dest="format", required=True, help="source format (`python -m idvid plugins` lists them)")
         parser.add_argument("source", help="the foreign checkpoint (folder or file)")
         parser.add_argument("--out", required=True, help="kit checkpoint to write (.ckpt)")
+        parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
         parser.add_argument("overrides", nargs="*", help="Hydra overrides for the experiment config")
         options = parser.parse_args(args)
-        path, experiment = convert(options.format, options.source, options.out, options.overrides)
+        path, experiment = convert(options.format, options.source, options.out, options.overrides, options.overwrite)
         print(f"wrote {path}\nfine-tune it: python -m idvid fit experiment={experiment} init_from={path}")
     elif verb == "consolidate":
         parser.add_argument("folder", help="a DeepSpeed checkpoint folder, e.g. outputs/<run>/checkpoints/last.ckpt")
         parser.add_argument("out", help="kit checkpoint file to write (.ckpt)")
+        parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
         options = parser.parse_args(args)
-        print(f"wrote {consolidate(options.folder, options.out)}")
+        print(f"wrote {consolidate(options.folder, check_output_file(options.out, options.overwrite))}")
     else:
         parser.add_argument("checkpoint", help="a kit checkpoint (.ckpt) from fit or convert, or a DeepSpeed folder")
         parser.add_argument(
@@ -86,5 +99,9 @@ def main(verb: str, args: list[str]) -> None:
         )
         parser.add_argument("out", help="folder to write")
         parser.add_argument("--ema", action="store_true", help="export the EMA of the weights")
+        parser.add_argument(
+            "--overwrite", action="store_true", help="replace the contents of a non-empty OUT (else refused)"
+        )
         options = parser.parse_args(args)
-        print(f"wrote {export(options.checkpoint, options.format, options.out, ema=options.ema)}")
+        path = export(options.checkpoint, options.format, options.out, ema=options.ema, overwrite=options.overwrite)
+        print(f"wrote {path}")

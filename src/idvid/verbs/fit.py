@@ -16,6 +16,7 @@ from rich.syntax import Syntax
 from rich.tree import Tree
 
 from idvid.interop import build_for_training
+from idvid.output_paths import OutputExistsError
 from idvid.training.checkpointing import PREVIOUS_SUFFIX, resolve_checkpoint
 
 log = logging.getLogger("idvid")
@@ -56,8 +57,20 @@ def _resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
     return str(found)
 
 
+def refuse_earlier_run(run_dir: Path, ckpt_path: str | None, overwrite: bool) -> None:
+    """A new run (no ckpt_path) in a run dir with checkpoints would write over them: refused unless overwrite."""
+    earlier = sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt"))
+    if earlier and ckpt_path in (None, "", "null") and not overwrite:
+        raise OutputExistsError(
+            f"hydra.run.dir={run_dir} holds checkpoints of an earlier run ({', '.join(earlier[:3])})",
+            "resume it with ckpt_path=last, train a new run elsewhere (another hydra.run.dir), "
+            "or pass overwrite=true to train a new run over it",
+        )
+
+
 def fit(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    refuse_earlier_run(run_dir, cfg.get("ckpt_path"), bool(cfg.get("overwrite", False)))
     Console().print(config_tree(cfg))
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     log.info("run dir: %s (config saved as config.yaml; TensorBoard: tensorboard --logdir %s)", run_dir, run_dir)

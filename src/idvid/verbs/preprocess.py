@@ -39,6 +39,7 @@ def settings_from_config(cfg: DictConfig) -> PreprocessSettings:
         mask=mask_settings(plain.get("mask") or {}),
         rank=int(rank if rank is not None else os.environ.get("RANK", 0)),
         world_size=int(world_size if world_size is not None else os.environ.get("WORLD_SIZE", 1)),
+        overwrite=bool(plain.get("overwrite", False)),
     )
 
 

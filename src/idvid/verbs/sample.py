@@ -20,6 +20,7 @@ import torch
 
 from idvid.faces import box_ellipse_mask, build_face_analyzer, face_backend_names, landmark_hull_mask, reference_images
 from idvid.interop import load_module
+from idvid.output_paths import check_output_file
 from idvid.training.visuals import write_video
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,10 @@ def sample(
     face_models: str | None = None,
     ema: bool = False,
     face: str = "dlib",
+    overwrite: bool = False,
 ) -> Path:
+    """Generate one video to `out` (an existing `out` only with `overwrite`, checked before any work)."""
+    out_path = check_output_file(out, overwrite)
     module = load_module(checkpoint, ema=ema).eval()
     default_frames, default_height, default_width = module.backbone.default_video_size
     num_frames = num_frames or default_frames
@@ -85,7 +89,7 @@ def sample(
     width = width or default_width
     batch = reference_batch(Path(image), prompt, height, width, face_models, face)
     video = module.generate(batch, num_frames, height, width, steps, guidance, seed=seed, progress=True)
-    return write_video(Path(out), video[0])
+    return write_video(out_path, video[0])
 
 
 def main(args: list[str]) -> None:
@@ -105,6 +109,7 @@ def main(args: list[str]) -> None:
         "--face-models", default=None, help="folder of the face backend's model files (insightface: antelopev2)"
     )
     parser.add_argument("--ema", action="store_true", help="sample with the EMA of the weights")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     options = parser.parse_args(args)
     path = sample(
         options.checkpoint,
@@ -120,5 +125,6 @@ def main(args: list[str]) -> None:
         options.face_models,
         options.ema,
         options.face,
+        options.overwrite,
     )
     print(f"wrote {path}")
