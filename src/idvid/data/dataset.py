@@ -286,5 +286,6 @@ def _fit(image: np.ndarray, height: int, width: int, interpolation: int) -> np.n
 
 def _to_unit_range(images: np.ndarray) -> torch.Tensor:
     """uint8 [..., H, W, 3] -> float32 [..., 3, H, W] in [-1, 1]."""
-    tensor = torch.from_numpy(np.ascontiguousarray(images)).float().div(127.5).sub(1.0)
-    return tensor.movedim(-1, -3).contiguous()
+    # Channels first while still uint8 (a quarter of the bytes to move), then scale in place.
+    channels_first = torch.from_numpy(np.ascontiguousarray(images)).movedim(-1, -3).contiguous()
+    return channels_first.float().div_(127.5).sub_(1.0)
