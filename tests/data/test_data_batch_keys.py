@@ -123,8 +123,8 @@ def test_reference_pixels_are_those_aligned_from_the_decoded_frame(dataset, demo
     for prefix in ("ref", "cross_ref"):
         t = int(item[f"{prefix}_frame"])
         face, kps_image = reference_images(frames[t], ann["kps"][t], ann["masks"][t], 32, 32)
-        assert torch.equal(item[f"{prefix}_image"], torch.from_numpy(face).permute(2, 0, 1).float() / 127.5 - 1)
-        assert torch.equal(item[f"{prefix}_kps_image"], torch.from_numpy(kps_image).permute(2, 0, 1).float() / 127.5 - 1)
+        for key, image in ((f"{prefix}_image", face), (f"{prefix}_kps_image", kps_image)):
+            assert torch.equal(item[key], torch.from_numpy(image).permute(2, 0, 1).float() / 127.5 - 1), key
 
 
 def test_no_item_aligns_a_face(demo_manifest, monkeypatch):

@@ -172,7 +172,9 @@ def annotate_clip(
     }
 
 
-def reference_arrays(frames: np.ndarray, kps: np.ndarray, masks: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
+def reference_arrays(
+    frames: np.ndarray, kps: np.ndarray, masks: np.ndarray, valid: np.ndarray
+) -> dict[str, np.ndarray]:
     """The aligned reference face of every face frame, so training does not align at every step.
 
     ``frames`` must be the frames as the dataset decodes them from the clip's video (for a
