@@ -73,7 +73,8 @@ class PreparedClip:
     """One clip at the dataset's sizes, made when it is loaded so that an item only indexes it.
 
     video [T, H, W, 3] and masks [T, H, W] uint8; boxes [T, 4], kps [T, 5, 2], landmarks [T, 68, 2]
-    float32 in the video's pixels; the annotations file's arrays (``annotations``, landmarks as [T, 68, 2]);
+    float32 in the video's pixels; the annotations file's other arrays (``annotations``; landmarks as
+    [T, 68, 2], no full-size masks);
     ``references``: frame t's reference (image, keypoint drawing, points) at the reference size, made
     the first time an item uses that frame (most frames never serve as a reference in a large data set).
     """
@@ -236,9 +237,11 @@ class IdentityVideoDataset(Dataset):
             scale = np.array([self.width / crop_w, self.height / crop_h], dtype=np.float32)
             return ((points - np.array([x0, y0], dtype=np.float32)) * scale).astype(np.float32)
 
+        # Full-resolution masks are not kept: the cache holds them at H x W only.
+        masks = np.stack([_fit(mask, self.height, self.width, cv2.INTER_NEAREST) for mask in ann.pop("masks")])
         return PreparedClip(
             video=np.stack([_fit(frame, self.height, self.width, cv2.INTER_AREA) for frame in frames]),
-            masks=np.stack([_fit(mask, self.height, self.width, cv2.INTER_NEAREST) for mask in ann["masks"]]),
+            masks=masks,
             boxes=to_video_pixels(ann["boxes"].reshape(-1, 2, 2)).reshape(-1, 4),
             kps=to_video_pixels(ann["kps"]),
             landmarks=to_video_pixels(ann["landmarks"]),
