@@ -19,7 +19,7 @@ Each line is an object with these keys (paths are relative to the manifest's dir
     mask_source    string      how masks were made: "landmark_hull" (68 landmarks) or "box_ellipse"
     reference_faces     [T, 512, 512, 3] uint8  each face frame's reference face, made once here
                         instead of at every training step: aligned by its 5 keypoints, background
-                        whitened by its mask (idvid.faces.align_reference, from the frames as decoded
+                        whitened by its mask (idvid.faces.reference.align_reference, from the frames decoded
                         from `video`); zeros where no face. The bulk of the file with the masks
                         (0.79 MB a frame before compression).
     reference_matrices  [T, 2, 3] float64  each face frame's alignment, frame -> reference_faces
@@ -127,8 +127,8 @@ def load_annotations(path: str | Path, *, with_images: bool = True) -> dict[str,
         if missing:
             raise ValueError(
                 f"annotations {path} lack arrays {missing} (expected {list(ANNOTATION_KEYS)}): made by an older "
-                "idvid or another tool; run `python -m idvid preprocess` again with the same data.raw and "
-                "data.out (it redoes only the outputs, reusing the face detections)"
+                "idvid or another tool; run the `python -m idvid preprocess` command that made them again (same "
+                "data.out): it redoes only the outputs of an older format"
             )
         keys = [key for key in npz.files if with_images or key not in IMAGE_KEYS]
         return {key: npz[key] for key in keys}
