@@ -3,9 +3,11 @@
 The wait of step k is the time from the end of step k-1 to the start of step k (Lightning
 fetches the next batch in between); the step is forward, backward and optimizer. Prints both
 per step (median) and the share of the total spent waiting (target: < 5%). The first steps
-(warm-up, worker start) are left out.
+(warm-up, worker start) are left out. The wait includes Lightning's own work between steps;
+`--free-loader` measures that floor alone: each clip's first item is made once and then handed
+out again at no cost.
 
-    python benchmarks/dataloader_wait.py [--steps 30] [--workers 0] [overrides ...]
+    python benchmarks/dataloader_wait.py [--steps 30] [--workers 0] [--free-loader] [overrides ...]
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import warnings
 
 import hydra
 import lightning as L
+import torch
 from omegaconf import open_dict
 
 from idvid import config_packages
@@ -43,11 +46,28 @@ class WaitTimer(L.Callback):
         self.steps.append(self._ended - self._started)
 
 
+class FreeItems(torch.utils.data.Dataset):
+    """The dataset with one item per clip, made on first use and then returned as it is."""
+
+    def __init__(self, dataset):
+        self.dataset, self.items = dataset, {}
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        index = key[1] if isinstance(key, tuple) else key
+        if index not in self.items:
+            self.items[index] = self.dataset[key]
+        return self.items[index]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--free-loader", action="store_true", help="reuse one item per clip: the wait's floor")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.batch_size=4")
     options = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -58,6 +78,9 @@ def main() -> None:
     L.seed_everything(cfg.seed)
     datamodule = hydra.utils.instantiate(cfg.data)
     model = build_for_training(cfg)
+    if options.free_loader:
+        datamodule.setup()
+        datamodule.dataset = FreeItems(datamodule.dataset)
     timer = WaitTimer()
     with tempfile.TemporaryDirectory() as tmp:
         trainer = L.Trainer(
@@ -68,7 +91,8 @@ def main() -> None:
         trainer.fit(model, datamodule=datamodule)
     waits, steps = timer.waits[options.warmup :], timer.steps[options.warmup + 1 :]
     share = sum(waits) / (sum(waits) + sum(steps))
-    print(f"{len(steps)} steps, batch {cfg.data.batch_size}, {options.workers} workers, frames {cfg.data.num_frames}")
+    loader = "free loader (the floor)" if options.free_loader else f"{options.workers} workers"
+    print(f"{len(steps)} steps, batch {cfg.data.batch_size}, {loader}, frames {cfg.data.num_frames}")
     print(f"median step {statistics.median(steps) * 1e3:.1f} ms, median wait {statistics.median(waits) * 1e3:.1f} ms")
     print(f"dataloader wait: {share:.1%} of step time (target < 5%)")
 

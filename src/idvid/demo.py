@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Bump when the output of the builder changes: the cache directory name includes it.
-DEMO_VERSION = "v2"
+DEMO_VERSION = "v3"  # v3: annotations hold landmarks and the aligned reference faces
 DEMO_SEED = 1234
 NUM_FRAMES = 16
 FRAME_SIZE = 256

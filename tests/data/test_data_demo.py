@@ -40,6 +40,10 @@ def test_annotations_match_documented_format(demo_manifest):
         assert ann["kps"].shape == (16, 5, 2) and ann["kps"].dtype == np.float32
         assert ann["masks"].shape == (16, 256, 256) and ann["masks"].dtype == np.uint8
         assert ann["embeddings"].shape == (16, 128) and ann["embeddings"].dtype == np.float32
+        assert ann["landmarks"].shape == (16, 68, 2) and np.isfinite(ann["landmarks"][valid]).all()
+        assert ann["reference_faces"].shape == (16, 512, 512, 3) and ann["reference_faces"].dtype == np.uint8
+        assert (ann["reference_faces"][~valid] == 0).all() and (ann["reference_faces"][valid, 0, 0] == 255).all()
+        assert ann["reference_matrices"].shape == (16, 2, 3) and np.isfinite(ann["reference_matrices"][valid]).all()
         assert int(ann["embedding_dim"]) == 128 and str(ann["mask_source"]) == "landmark_hull"
         assert np.isfinite(ann["kps"][valid]).all() and np.isnan(ann["kps"][~valid]).all()
         assert np.isnan(ann["boxes"][~valid]).all()

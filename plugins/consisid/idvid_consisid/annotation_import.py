@@ -37,7 +37,8 @@ from idvid.atomic_files import read_json, write_atomic, write_json_atomic, write
 from idvid.data.manifest import write_manifest
 from idvid.data.video_io import VideoReadError, iter_frames
 from idvid.faces import FaceAnalyzer
-from idvid.preprocess.annotate import face_mask
+from idvid.faces.reference import NUM_LANDMARKS
+from idvid.preprocess.annotate import face_mask, reference_arrays
 from idvid.preprocess.records import file_fingerprint, settings_key
 from idvid.preprocess.summary import print_summary
 from idvid.preprocess.tracking import box_iou
@@ -45,7 +46,7 @@ from idvid.registry import register_dataset_importer
 
 log = logging.getLogger(__name__)
 
-IMPORT_VERSION = 1
+IMPORT_VERSION = 2  # 2: landmarks and the aligned reference faces in the .npz
 MASK_SOURCE = "consisid_sam2"
 
 
@@ -180,6 +181,7 @@ def _import_track(
     arrays = {
         "boxes": np.full((num, 4), np.nan, np.float32),
         "kps": np.full((num, 5, 2), np.nan, np.float32),
+        "landmarks": np.full((num, NUM_LANDMARKS, 2), np.nan, np.float32),
         "valid": np.zeros(num, bool),
         "masks": np.zeros((num, height, width), np.uint8),
         "embeddings": np.zeros((num, dim), np.float32),
@@ -195,6 +197,8 @@ def _import_track(
             continue  # the backend finds no face where ConsisID annotated one: no keypoints, so not valid
         detected = faces[int(np.argmax(overlaps))]
         arrays["boxes"][t], arrays["kps"][t] = box, detected.kps
+        if detected.landmarks is not None and len(detected.landmarks) == NUM_LANDMARKS:
+            arrays["landmarks"][t] = detected.landmarks
         arrays["embeddings"][t] = analyzer.embed(frames[t], detected)
         arrays["valid"][t] = True
         png = track_dir / "tracking_mask_results" / str(track) / f"annotated_frame_{t:05d}.png"
@@ -217,6 +221,7 @@ def _import_track(
     control_frame = int(control.get("face", -1))
     reference = control_frame if 0 <= control_frame < num and arrays["valid"][control_frame] else int(face_frames[0])
     reference = reference if arrays["valid"][reference] else int(np.flatnonzero(arrays["valid"])[0])
+    arrays.update(reference_arrays(frames, arrays["kps"], arrays["masks"], arrays["valid"]))
     arrays.update(
         embedding_dim=np.array(dim, dtype=np.int64),
         mask_source=np.array("+".join(sorted(sources))),

@@ -1,8 +1,61 @@
-"""Map-style dataset of identity video clips with face references (see idvid.data.manifest)."""
+"""Map-style dataset of identity video clips with face references (see idvid.data.manifest).
+
+Keys are either an int clip index (randomness from draw = index, so validation is fixed) or a
+tuple (draw, index) from ResumableRandomSampler. All randomness of an item comes from
+np.random.default_rng((seed, draw)), so items do not depend on worker count or order.
+
+An item draws a window of F frames (num_frames at frame_stride) with a face, a reference frame
+inside it, and a cross-face reference frame outside its span (from inside when there is none;
+then has_cross_ref is False). Frames and masks are centre-cropped to the H:W aspect ratio, then
+resized to H x W. References are Rh x Rw: reference_size x reference_size, or H x W when
+reference_size is None; their pixels are what idvid.faces.reference_images makes from the frame
+(preprocess stored the aligned face, so no step aligns). Points (boxes, keypoints, landmarks) are
+pixel coordinates of the image they come with; NaN where the frame has no face, and landmarks
+are NaN too where the face backend gives no 68 landmarks (insightface: a whole [68, 2] of NaN).
+
+Batch keys: ``idvid.data.datamodule.collate`` stacks the items' tensors along a new first dim B
+and makes lists of length B of the strings. D is the identity embedding width (dlib 128,
+insightface 512). Column "sampling": whether ``python -m idvid sample`` gives the key too. Only
+the reference's keys and the caption exist at sampling time, so a conditioner that reads any
+other key can train but cannot sample. The recipe adds ``used_cross_ref`` and
+``ref_image_noisy`` in the training step, after choosing per sample between ref_* and cross_ref_*.
+
+    key                  shape            dtype    sampling  what
+    video                [B, F, 3, H, W]  float32  no        the window's frames in [-1, 1]
+    face_mask            [B, F, 1, H, W]  float32  no        face masks, {0, 1}
+    caption              list[str]        str      yes       the text prompt
+    id                   list[str]        str      no        the clip's id in the manifest
+    video_key            list[str]        str      no        video file (path, size, mtime) + frame indices
+    frame_indices        [B, F]           int64    no        the window's frame numbers in the clip
+    frame_has_face       [B, F]           bool     no        the frame has a face (finite keypoints)
+    frame_boxes          [B, F, 4]        float32  no        face box x0, y0, x1, y1 in the video's pixels
+    frame_kps            [B, F, 5, 2]     float32  no        5 keypoints (ArcFace order) in the video's pixels
+    frame_landmarks      [B, F, 68, 2]    float32  no        68 landmarks in the video's pixels
+    ref_image            [B, 3, Rh, Rw]   float32  yes       aligned reference face on white, in [-1, 1]
+    ref_kps_image        [B, 3, Rh, Rw]   float32  yes       its 5-keypoint drawing on black, in [-1, 1]
+    ref_embedding        [B, D]           float32  yes       its L2-normalised identity embedding
+    ref_kps              [B, 5, 2]        float32  yes       its 5 keypoints in ref_image's pixels (as drawn)
+    ref_landmarks        [B, 68, 2]       float32  yes       its 68 landmarks in ref_image's pixels
+    ref_box              [B, 4]           float32  yes       its face box's corners' bounds in ref_image's pixels
+    ref_frame            [B]              int64    no        the reference's frame number in the clip
+    cross_ref_image      [B, 3, Rh, Rw]   float32  no        as ref_image, from the cross-face frame
+    cross_ref_kps_image  [B, 3, Rh, Rw]   float32  no        as ref_kps_image, from the cross-face frame
+    cross_ref_embedding  [B, D]           float32  no        as ref_embedding, from the cross-face frame
+    cross_ref_kps        [B, 5, 2]        float32  no        as ref_kps, from the cross-face frame
+    cross_ref_landmarks  [B, 68, 2]       float32  no        as ref_landmarks, from the cross-face frame
+    cross_ref_box        [B, 4]           float32  no        as ref_box, from the cross-face frame
+    cross_ref_frame      [B]              int64    no        the cross-face frame's number in the clip
+    has_cross_ref        [B]              bool     no        the clip has a face frame outside the window
+
+Prepared clips (frames and masks already at H x W, annotations already loaded) are kept in a
+small per-instance LRU cache: fine for short clips; large datasets should train from latent
+caches instead.
+"""
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -12,29 +65,31 @@ from torch.utils.data import Dataset
 
 from idvid.data.manifest import load_annotations, read_manifest
 from idvid.data.video_io import read_mp4
-from idvid.faces.reference import reference_images
+from idvid.faces.reference import NUM_LANDMARKS, reference_annotations, sized_reference
+
+
+@dataclass
+class PreparedClip:
+    """One clip at the dataset's sizes, made when it is loaded so that an item only indexes it.
+
+    video [T, H, W, 3] and masks [T, H, W] uint8; boxes [T, 4], kps [T, 5, 2], landmarks [T, 68, 2]
+    float32 in the video's pixels; the annotations file's other arrays (``annotations``; landmarks as
+    [T, 68, 2], no full-size masks);
+    ``references``: frame t's reference (image, keypoint drawing, points) at the reference size, made
+    the first time an item uses that frame (most frames never serve as a reference in a large data set).
+    """
+
+    video: np.ndarray
+    masks: np.ndarray
+    boxes: np.ndarray
+    kps: np.ndarray
+    landmarks: np.ndarray
+    annotations: dict[str, np.ndarray]
+    references: dict[int, tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]] = field(default_factory=dict)
 
 
 class IdentityVideoDataset(Dataset):
-    """Clips, face masks and identity references for identity-preserving video training.
-
-    Keys are either an int clip index (randomness from draw = index, so validation is fixed)
-    or a tuple (draw, index) from ResumableRandomSampler. All randomness of an item comes from
-    np.random.default_rng((seed, draw)), so items do not depend on worker count or order.
-
-    Each item holds (float32 tensors in [-1, 1] unless said otherwise):
-      video [F,3,H,W]; face_mask [F,1,H,W] in {0,1}; caption, id (str);
-      ref_image, ref_kps_image [3,R,R]; ref_embedding [D]: from a random face frame inside the clip;
-      cross_ref_image, cross_ref_kps_image, cross_ref_embedding: the same from a face frame outside
-      the clip's frame span, or from inside when there is none (then has_cross_ref is False);
-      has_cross_ref (bool); frame_indices [F], ref_frame, cross_ref_frame (int64, source frame numbers);
-      video_key (str): the video file (path, size, mtime) and frame indices, for encoder caches.
-    Frames and masks are centre-cropped to the H:W aspect ratio, then resized to HxW.
-    R x R is reference_size x reference_size, or H x W when reference_size is None.
-
-    Decoded clips are kept in a small per-instance LRU cache: fine for short clips; large
-    datasets should train from latent caches instead.
-    """
+    """Clips, face masks, per-frame face annotations and identity references (keys: see the module)."""
 
     def __init__(
         self,
@@ -48,6 +103,8 @@ class IdentityVideoDataset(Dataset):
         max_cached_clips: int = 32,
     ):
         sizes = {"num_frames": num_frames, "frame_stride": frame_stride, "height": height, "width": width}
+        if reference_size is not None:
+            sizes["reference_size"] = reference_size
         for name, value in sizes.items():
             if int(value) < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
@@ -56,11 +113,11 @@ class IdentityVideoDataset(Dataset):
         self.entries = read_manifest(manifest_path)
         self.num_frames, self.frame_stride = int(num_frames), int(frame_stride)
         self.height, self.width = int(height), int(width)
-        self.ref_hw = (reference_size, reference_size) if reference_size else (self.height, self.width)
+        self.ref_hw = (int(reference_size),) * 2 if reference_size else (self.height, self.width)
         self.seed = int(seed)
         self.span = (self.num_frames - 1) * self.frame_stride + 1
         self.max_cached_clips = max(1, int(max_cached_clips))
-        self._cache: OrderedDict[int, tuple[np.ndarray, dict[str, np.ndarray]]] = OrderedDict()
+        self._cache: OrderedDict[int, PreparedClip] = OrderedDict()
         # Per clip: which frames have a usable face, and the window starts that contain one.
         self._valid: list[np.ndarray] = []
         self._starts: list[np.ndarray] = []
@@ -68,7 +125,7 @@ class IdentityVideoDataset(Dataset):
         for entry in self.entries:
             stat = Path(entry["video"]).stat()
             self._video_keys.append(f"{entry['video']}|{stat.st_size}|{stat.st_mtime_ns}")
-            ann = load_annotations(entry["annotations"], with_masks=False)
+            ann = load_annotations(entry["annotations"], with_images=False)
             valid = ann["valid"].astype(bool) & np.isfinite(ann["kps"]).all(axis=(1, 2))
             if len(valid) < self.span:
                 raise ValueError(
@@ -94,7 +151,7 @@ class IdentityVideoDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         draw, index = _parse_key(key, len(self))
         entry = self.entries[index]
-        frames, ann = self._load(index)
+        clip = self._load(index)
         valid = self._valid[index]
         rng = np.random.default_rng((self.seed, draw))
 
@@ -108,36 +165,56 @@ class IdentityVideoDataset(Dataset):
         has_cross = len(outside) > 0
         cross_t = int(rng.choice(outside)) if has_cross else int(rng.choice(inside))
 
-        video = np.stack([_fit(frames[t], self.height, self.width, cv2.INTER_AREA) for t in frame_ids])
-        masks = np.stack([_fit(ann["masks"][t], self.height, self.width, cv2.INTER_NEAREST) for t in frame_ids])
-        ref_image, ref_kps = self._reference(frames[ref_t], ann["kps"][ref_t], ann["masks"][ref_t])
-        cross_image, cross_kps = self._reference(frames[cross_t], ann["kps"][cross_t], ann["masks"][cross_t])
         return {
-            "video": _to_unit_range(video),
-            "face_mask": torch.from_numpy(masks.astype(np.float32)).unsqueeze(1),
+            "video": _to_unit_range(clip.video[frame_ids]),
+            "face_mask": torch.from_numpy(clip.masks[frame_ids].astype(np.float32)).unsqueeze(1),
             "caption": entry["caption"],
             "id": entry["id"],
-            "ref_image": _to_unit_range(ref_image),
-            "ref_kps_image": _to_unit_range(ref_kps),
-            "ref_embedding": torch.from_numpy(ann["embeddings"][ref_t].astype(np.float32)),
-            "cross_ref_image": _to_unit_range(cross_image),
-            "cross_ref_kps_image": _to_unit_range(cross_kps),
-            "cross_ref_embedding": torch.from_numpy(ann["embeddings"][cross_t].astype(np.float32)),
-            "has_cross_ref": torch.tensor(has_cross),
-            "frame_indices": torch.from_numpy(frame_ids),
             # Names exactly these frames of this file (for caches of encoder outputs).
             "video_key": f"{self._video_keys[index]}|{','.join(map(str, frame_ids))}",
+            "frame_indices": torch.from_numpy(frame_ids),
+            "frame_has_face": torch.from_numpy(valid[frame_ids]),
+            "frame_boxes": torch.from_numpy(clip.boxes[frame_ids]),
+            "frame_kps": torch.from_numpy(clip.kps[frame_ids]),
+            "frame_landmarks": torch.from_numpy(clip.landmarks[frame_ids]),
+            **self._reference("ref", clip, ref_t),
             "ref_frame": torch.tensor(ref_t),
+            **self._reference("cross_ref", clip, cross_t),
             "cross_ref_frame": torch.tensor(cross_t),
+            "has_cross_ref": torch.tensor(has_cross),
         }
 
-    def _reference(self, frame: np.ndarray, kps: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return reference_images(frame, kps, mask, *self.ref_hw)
+    def _reference(self, prefix: str, clip: PreparedClip, t: int) -> dict[str, torch.Tensor]:
+        """The reference keys of frame t: the stored aligned face resized, its keypoints drawn, its points."""
+        ann = clip.annotations
+        if t not in clip.references:
+            height, width = self.ref_hw
+            kps, matrix = ann["kps"][t], ann["reference_matrices"][t]
+            image, kps_image = sized_reference(ann["reference_faces"][t], kps, matrix, height, width)
+            points = reference_annotations(kps, ann["landmarks"][t], ann["boxes"][t], matrix, height, width)
+            clip.references[t] = image, kps_image, points
+        image, kps_image, points = clip.references[t]
+        return {
+            f"{prefix}_image": _to_unit_range(image),
+            f"{prefix}_kps_image": _to_unit_range(kps_image),
+            f"{prefix}_embedding": torch.from_numpy(ann["embeddings"][t].astype(np.float32)),
+            f"{prefix}_kps": torch.tensor(points["kps"]),  # a copy: items never share memory
+            f"{prefix}_landmarks": torch.tensor(points["landmarks"]),
+            f"{prefix}_box": torch.tensor(points["box"]),
+        }
 
-    def _load(self, index: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def _load(self, index: int) -> PreparedClip:
         if index in self._cache:
             self._cache.move_to_end(index)
             return self._cache[index]
+        clip = self._prepare(index)
+        self._cache[index] = clip
+        if len(self._cache) > self.max_cached_clips:
+            self._cache.popitem(last=False)
+        return clip
+
+    def _prepare(self, index: int) -> PreparedClip:
+        """Decode the clip and bring every frame, mask and point to the dataset's size, once."""
         entry = self.entries[index]
         frames = read_mp4(entry["video"])
         ann = load_annotations(entry["annotations"])
@@ -146,10 +223,37 @@ class IdentityVideoDataset(Dataset):
                 f"clip {entry['id']!r}: video has {len(frames)} frames of {frames.shape[1:3]} but annotations "
                 f"describe {len(ann['valid'])} frames with masks of {ann['masks'].shape[1:3]}; re-run preprocessing"
             )
-        self._cache[index] = (frames, ann)
-        if len(self._cache) > self.max_cached_clips:
-            self._cache.popitem(last=False)
-        return frames, ann
+        landmark_count = ann["landmarks"].shape[1]
+        if landmark_count not in (0, NUM_LANDMARKS):
+            raise ValueError(
+                f"clip {entry['id']!r}: annotations hold {landmark_count} landmarks a face; the dataset reads "
+                f"{NUM_LANDMARKS} (dlib) or none (insightface); re-run preprocessing with one of those backends"
+            )
+        ann["landmarks"] = _landmarks68(ann["landmarks"])
+        crop = _centre_crop(*frames.shape[1:3], self.height, self.width)
+
+        def to_video_pixels(points: np.ndarray) -> np.ndarray:  # [T, N, 2] frame pixels -> resized window pixels
+            x0, y0, crop_w, crop_h = crop
+            scale = np.array([self.width / crop_w, self.height / crop_h], dtype=np.float32)
+            return ((points - np.array([x0, y0], dtype=np.float32)) * scale).astype(np.float32)
+
+        # Full-resolution masks are not kept: the cache holds them at H x W only.
+        masks = np.stack([_fit(mask, self.height, self.width, cv2.INTER_NEAREST) for mask in ann.pop("masks")])
+        return PreparedClip(
+            video=np.stack([_fit(frame, self.height, self.width, cv2.INTER_AREA) for frame in frames]),
+            masks=masks,
+            boxes=to_video_pixels(ann["boxes"].reshape(-1, 2, 2)).reshape(-1, 4),
+            kps=to_video_pixels(ann["kps"]),
+            landmarks=to_video_pixels(ann["landmarks"]),
+            annotations=ann,
+        )
+
+
+def _landmarks68(landmarks: np.ndarray) -> np.ndarray:
+    """[T, 68, 2] landmarks; all NaN when the backend gave none ([T, 0, 2]), so batches always stack."""
+    if landmarks.shape[1] == NUM_LANDMARKS:
+        return landmarks.astype(np.float32)
+    return np.full((len(landmarks), NUM_LANDMARKS, 2), np.nan, np.float32)
 
 
 def _parse_key(key: object, length: int) -> tuple[int, int]:
@@ -166,21 +270,25 @@ def _parse_key(key: object, length: int) -> tuple[int, int]:
     return draw, index
 
 
-def _fit(image: np.ndarray, height: int, width: int, interpolation: int) -> np.ndarray:
-    """Centre-crop `image` to the height:width aspect ratio, then resize to (height, width)."""
-    src_h, src_w = image.shape[:2]
+def _centre_crop(src_h: int, src_w: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """(x0, y0, crop width, crop height): the centred window of the height:width aspect ratio."""
     if src_w * height > width * src_h:  # too wide
         new_w = max(1, round(src_h * width / height))
-        x0 = (src_w - new_w) // 2
-        image = image[:, x0 : x0 + new_w]
-    elif src_w * height < width * src_h:  # too tall
+        return (src_w - new_w) // 2, 0, new_w, src_h
+    if src_w * height < width * src_h:  # too tall
         new_h = max(1, round(src_w * height / width))
-        y0 = (src_h - new_h) // 2
-        image = image[y0 : y0 + new_h]
-    return cv2.resize(image, (width, height), interpolation=interpolation)
+        return 0, (src_h - new_h) // 2, src_w, new_h
+    return 0, 0, src_w, src_h
+
+
+def _fit(image: np.ndarray, height: int, width: int, interpolation: int) -> np.ndarray:
+    """Centre-crop `image` to the height:width aspect ratio, then resize to (height, width)."""
+    x0, y0, crop_w, crop_h = _centre_crop(*image.shape[:2], height, width)
+    return cv2.resize(image[y0 : y0 + crop_h, x0 : x0 + crop_w], (width, height), interpolation=interpolation)
 
 
 def _to_unit_range(images: np.ndarray) -> torch.Tensor:
     """uint8 [..., H, W, 3] -> float32 [..., 3, H, W] in [-1, 1]."""
-    tensor = torch.from_numpy(np.ascontiguousarray(images)).float().div(127.5).sub(1.0)
-    return tensor.movedim(-1, -3).contiguous()
+    # Channels first while still uint8 (a quarter of the bytes to move), then scale in place.
+    channels_first = torch.from_numpy(np.ascontiguousarray(images)).movedim(-1, -3).contiguous()
+    return channels_first.float().div_(127.5).sub_(1.0)

@@ -10,11 +10,20 @@ Each line is an object with these keys (paths are relative to the manifest's dir
 - annotations: a .npz whose arrays are indexed by frame t of the mp4 (T frames):
     boxes       [T, 4] float32  face box x0, y0, x1, y1 in pixels (NaN rows where no face)
     kps         [T, 5, 2] float32  ArcFace-order keypoints (NaN where no face)
+    landmarks   [T, L, 2] float32  68 iBUG landmarks (L = 68), or L = 0 when the face backend gives
+                                   none (insightface); NaN rows where no face (or no landmarks)
     valid       [T] bool        frame has a detected face
     masks       [T, H, W] uint8 face mask {0,1} at video resolution
     embeddings  [T, D] float32  L2-normalised identity embedding (zeros where not valid)
     embedding_dim  scalar int  D (dlib 128, insightface 512)
     mask_source    string      how masks were made: "landmark_hull" (68 landmarks) or "box_ellipse"
+    reference_faces     [T, 512, 512, 3] uint8  each face frame's reference face, made once here
+                        instead of at every training step: aligned by its 5 keypoints, background
+                        whitened by its mask (idvid.faces.reference.align_reference, from the frames decoded
+                        from `video`); zeros where no face. The bulk of the file with the masks
+                        (0.79 MB a frame before compression).
+    reference_matrices  [T, 2, 3] float64  each face frame's alignment, frame -> reference_faces
+                        pixels (NaN where no face); the dataset maps keypoints, landmarks and box with it
   `python -m idvid preprocess` also writes (optional: training reads only the keys above):
     detected           [T] bool      the detector ran on this frame and found the face (else interpolated)
     rotation_deg       [T] float32   head rotation from the keypoints (NaN where no face)
@@ -40,7 +49,19 @@ from pathlib import Path
 import numpy as np
 
 REQUIRED_KEYS = ("id", "video", "caption", "annotations", "identity")
-ANNOTATION_KEYS = ("boxes", "kps", "valid", "masks", "embeddings", "embedding_dim", "mask_source")
+ANNOTATION_KEYS = (
+    "boxes",
+    "kps",
+    "landmarks",
+    "valid",
+    "masks",
+    "embeddings",
+    "embedding_dim",
+    "mask_source",
+    "reference_faces",
+    "reference_matrices",
+)
+IMAGE_KEYS = ("masks", "reference_faces")  # per-frame images: the bulk of an annotations file
 
 
 def read_manifest(path: str | Path) -> list[dict]:
@@ -99,13 +120,17 @@ def write_manifest(path: str | Path, entries: list[dict]) -> None:
     Path(path).write_text("\n".join(lines) + "\n")
 
 
-def load_annotations(path: str | Path, *, with_masks: bool = True) -> dict[str, np.ndarray]:
-    """Read a clip's .npz; masks are skipped unless needed since they are the bulk of the file."""
+def load_annotations(path: str | Path, *, with_images: bool = True) -> dict[str, np.ndarray]:
+    """Read a clip's .npz; the per-frame images (IMAGE_KEYS) are skipped unless needed: they are its bulk."""
     with np.load(path, allow_pickle=False) as npz:
         missing = [key for key in ANNOTATION_KEYS if key not in npz.files]
         if missing:
-            raise ValueError(f"annotations {path} lack arrays {missing}; expected {list(ANNOTATION_KEYS)}")
-        keys = [key for key in npz.files if with_masks or key != "masks"]
+            raise ValueError(
+                f"annotations {path} lack arrays {missing} (expected {list(ANNOTATION_KEYS)}): made by an older "
+                "idvid or another tool; run the `python -m idvid preprocess` command that made them again (same "
+                "data.out): it redoes only the outputs of an older format"
+            )
+        keys = [key for key in npz.files if with_images or key not in IMAGE_KEYS]
         return {key: npz[key] for key in keys}
 
 

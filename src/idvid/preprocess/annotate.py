@@ -10,6 +10,7 @@ import numpy as np
 
 from idvid.faces import Face, align_face, box_ellipse_mask, landmark_hull_mask
 from idvid.faces.parsing import FACE_AND_HAIR_CLASSES, FaceParser
+from idvid.faces.reference import ALIGN_SIZE, align_reference
 from idvid.preprocess.filters import rotation_deg
 from idvid.preprocess.tracking import FaceAnalysis
 
@@ -155,6 +156,7 @@ def annotate_clip(
     return {
         "boxes": faces["boxes"],
         "kps": faces["kps"],
+        "landmarks": faces["landmarks"],
         "valid": valid,
         "masks": masks,
         "embeddings": faces["embeddings"],
@@ -168,3 +170,22 @@ def annotate_clip(
         "cross_face_frames": np.flatnonzero(valid & ~in_clip).astype(np.int64),
         "reference_crop": crop,
     }
+
+
+def reference_arrays(
+    frames: np.ndarray, kps: np.ndarray, masks: np.ndarray, valid: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The aligned reference face of every face frame, so training does not align at every step.
+
+    ``frames`` must be the frames as the dataset decodes them from the clip's video (for a
+    re-encoded clip: read back from the written mp4), so the reference pixels are exactly those
+    ``idvid.faces.reference_images`` makes from the same frame. Returns
+    ``reference_faces`` [T, 512, 512, 3] uint8 (0 where no face) and ``reference_matrices``
+    [T, 2, 3] float64 (frame -> crop pixels; NaN where no face).
+    """
+    num = len(frames)
+    faces = np.zeros((num, ALIGN_SIZE, ALIGN_SIZE, 3), np.uint8)
+    matrices = np.full((num, 2, 3), np.nan, np.float64)
+    for t in np.flatnonzero(valid):
+        faces[t], matrices[t] = align_reference(frames[t], kps[t], masks[t])
+    return {"reference_faces": faces, "reference_matrices": matrices}

@@ -32,12 +32,19 @@ import numpy as np
 
 from idvid.atomic_files import read_json, remove_leftovers, write_atomic, write_json_atomic, write_npz_atomic
 from idvid.data.manifest import write_manifest
-from idvid.data.video_io import VideoReadError, iter_frames, probe_video, write_mp4
+from idvid.data.video_io import VideoReadError, iter_frames, probe_video, read_mp4, write_mp4
 from idvid.errors import ConfigError
 from idvid.faces import FaceAnalyzer, build_face_analyzer
 from idvid.faces.parsing import FaceParser
 from idvid.output_paths import OutputExistsError
-from idvid.preprocess.annotate import ClipSettings, MaskSettings, annotate_clip, build_parser, track_frames
+from idvid.preprocess.annotate import (
+    ClipSettings,
+    MaskSettings,
+    annotate_clip,
+    build_parser,
+    reference_arrays,
+    track_frames,
+)
 from idvid.preprocess.captions import Captions
 from idvid.preprocess.filters import FilterSettings, failed_filters, main_track, track_metrics
 from idvid.preprocess.records import file_fingerprint, settings_key
@@ -48,7 +55,7 @@ log = logging.getLogger(__name__)
 
 # Bump when the same inputs and settings would give different detections / outputs.
 ANALYSIS_VERSION = 1
-OUTPUT_VERSION = 1
+OUTPUT_VERSION = 2  # 2: landmarks, reference_faces and reference_matrices in the .npz
 OUTPUT_FOLDERS = ("videos", "annotations", "records", "cache", "logs")
 
 
@@ -387,6 +394,8 @@ class Preprocessor:
         video = self.out / "videos" / f"{job.clip_id}.mp4"
         fps = max(1, int(round(analysis.fps))) if analysis.fps > 0 else 25
         write_atomic(video, lambda tmp: write_mp4(tmp, frames, fps=fps))
+        # Aligned from the frames as training will decode them, so the reference pixels are unchanged.
+        arrays.update(reference_arrays(read_mp4(video), arrays["kps"], arrays["masks"], arrays["valid"]))
         write_npz_atomic(self.out / "annotations" / f"{job.clip_id}.npz", arrays)
         record.update(
             status="kept",

@@ -58,9 +58,10 @@ class Recipe:
         use_cross = random.coin(self.cross_face_probability, batch_size)
         if "has_cross_ref" in batch:
             use_cross &= batch["has_cross_ref"].bool().cpu()
-        for key in ("ref_image", "ref_kps_image", "ref_embedding"):
-            cross_key = f"cross_{key}"
-            if cross_key in batch:
+        # Every reference key (image, drawing, embedding, points, frame) switches together with its cross_ twin.
+        for cross_key in [key for key in batch if key.startswith("cross_ref_")]:
+            key = cross_key.removeprefix("cross_")
+            if key in batch:
                 choose = use_cross.to(batch[key].device).view(-1, *([1] * (batch[key].dim() - 1)))
                 batch[key] = torch.where(choose, batch[cross_key], batch[key])
         batch["used_cross_ref"] = use_cross

@@ -107,7 +107,7 @@ def _manifest_references(manifest: str | None, count: int) -> list[tuple[str, np
     entries = read_manifest(manifest or build_demo())
     sources = []
     for entry in entries[:count]:
-        valid = load_annotations(entry["annotations"], with_masks=False)["valid"]
+        valid = load_annotations(entry["annotations"], with_images=False)["valid"]
         if not valid.any():
             continue
         frame = read_mp4(entry["video"])[int(np.argmax(valid))]

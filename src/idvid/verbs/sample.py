@@ -18,7 +18,8 @@ import cv2
 import numpy as np
 import torch
 
-from idvid.faces import box_ellipse_mask, build_face_analyzer, face_backend_names, landmark_hull_mask, reference_images
+from idvid.faces import box_ellipse_mask, build_face_analyzer, face_backend_names, landmark_hull_mask
+from idvid.faces.reference import align_reference, reference_annotations, sized_reference
 from idvid.interop import load_module
 from idvid.output_paths import check_output_file
 from idvid.training.visuals import write_video
@@ -55,11 +56,15 @@ def reference_batch(
         mask = landmark_hull_mask(rgb.shape[:2], found.landmarks)
     else:
         mask = box_ellipse_mask(rgb.shape[:2], found.box)
-    aligned, kps_image = reference_images(rgb, found.kps, mask, height, width)
+    aligned_face, matrix = align_reference(rgb, found.kps, mask)
+    aligned, kps_image = sized_reference(aligned_face, found.kps, matrix, height, width)
+    # The reference's points as the dataset gives them (idvid.data.dataset lists the keys sampling has).
+    points = reference_annotations(found.kps, found.landmarks, np.asarray(found.box), matrix, height, width)
     return {
         "ref_image": _unit_range(aligned)[None],
         "ref_kps_image": _unit_range(kps_image)[None],
         "ref_embedding": torch.from_numpy(analyzer.embed(rgb, found)).float()[None],
+        **{f"ref_{name}": torch.from_numpy(value)[None] for name, value in points.items()},
         "caption": [prompt],
     }
 
