@@ -11,6 +11,7 @@ import torch
 from idvid import registry as registry_module
 from idvid.backbones.info import BackboneInfo
 from idvid.injection import InjectionPlan, InputConcatInjector, Site, TokenInjector
+from idvid.randomness import BatchRandom
 from idvid.registry import (
     ENTRY_POINT_GROUP,
     REGISTRIES,
@@ -187,4 +188,4 @@ def test_third_party_injector_registers_and_builds_into_a_plan(third_party_name)
     assert plan.concat_injectors == [] and plan.extra_input_channels == 0
     assert plan.consumed_conditions() == {"signal": ["x"]}
     # Where it acts: only post_attn of block 1.
-    assert plan.prepare({}).sites_used() == {(Site.POST_ATTN, 1)}
+    assert plan.prepare({}, BatchRandom(torch.Generator())).sites_used() == {(Site.POST_ATTN, 1)}

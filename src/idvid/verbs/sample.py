@@ -13,13 +13,17 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import Any, Mapping
 
 import cv2
 import numpy as np
 import torch
+import yaml
 
 from idvid.faces import box_ellipse_mask, build_face_analyzer, face_backend_names, landmark_hull_mask, reference_images
+from idvid.errors import ConfigError
 from idvid.interop import load_module
+from idvid.sampling.noise_priors import build_noise_prior
 from idvid.training.visuals import write_video
 
 log = logging.getLogger(__name__)
@@ -77,14 +81,19 @@ def sample(
     face_models: str | None = None,
     ema: bool = False,
     face: str = "dlib",
+    noise_prior: Mapping[str, Any] | str | None = None,
 ) -> Path:
+    """``noise_prior``: ``{name: <registered noise prior>, ...options}`` for the initial noise (default gaussian)."""
+    build_noise_prior(noise_prior)  # refused before the checkpoint loads
     module = load_module(checkpoint, ema=ema).eval()
     default_frames, default_height, default_width = module.backbone.default_video_size
     num_frames = num_frames or default_frames
     height = height or default_height
     width = width or default_width
     batch = reference_batch(Path(image), prompt, height, width, face_models, face)
-    video = module.generate(batch, num_frames, height, width, steps, guidance, seed=seed, progress=True)
+    video = module.generate(
+        batch, num_frames, height, width, steps, guidance, seed=seed, progress=True, noise_prior=noise_prior
+    )
     return write_video(Path(out), video[0])
 
 
@@ -105,6 +114,14 @@ def main(args: list[str]) -> None:
         "--face-models", default=None, help="folder of the face backend's model files (insightface: antelopev2)"
     )
     parser.add_argument("--ema", action="store_true", help="sample with the EMA of the weights")
+    parser.add_argument("--noise-prior", default="gaussian", help="registered noise prior of the initial noise")
+    parser.add_argument(
+        "--noise-prior-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the noise prior (repeatable; VALUE is read as YAML, e.g. gamma=0.1)",
+    )
     options = parser.parse_args(args)
     path = sample(
         options.checkpoint,
@@ -120,5 +137,19 @@ def main(args: list[str]) -> None:
         options.face_models,
         options.ema,
         options.face,
+        noise_prior_node(options.noise_prior, options.noise_prior_option),
     )
     print(f"wrote {path}")
+
+
+def noise_prior_node(name: str, options: list[str]) -> dict[str, Any]:
+    """``{name, **options}`` from ``--noise-prior`` and its ``KEY=VALUE`` options."""
+    node: dict[str, Any] = {"name": name}
+    for option in options:
+        key, sep, value = option.partition("=")
+        if not sep or not key:
+            raise ConfigError(
+                f"--noise-prior-option {option!r} is not KEY=VALUE.", "Write e.g. --noise-prior-option gamma=0.1."
+            )
+        node[key] = yaml.safe_load(value)
+    return node
