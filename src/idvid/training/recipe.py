@@ -86,9 +86,9 @@ class Recipe:
             if not isinstance(node, Mapping) or "name" not in node:
                 raise ConfigError(
                     f"recipe.{label}={node!r} is not a recipe step node.",
-                    f"The recipe is label -> {{name: <registered recipe step>, ...options}} (see "
-                    f"`python -m idvid plugins`), e.g. recipe.{label}.probability=0 to change a step's "
-                    f"option, or recipe.{label}=null to switch a step off.",
+                    "The recipe is label -> {name: <registered recipe step>, ...options} (`python -m idvid "
+                    "plugins` lists the steps; `fit ... --cfg job` prints the recipe's labels): change a step's "
+                    "option with recipe.<label>.<option>=..., switch a step off with recipe.<label>=null.",
                 )
             node = dict(node)
             steps[label] = build(PluginKind.RECIPE_STEP, node.pop("name"), **node)
