@@ -213,3 +213,28 @@ def test_coarse_to_fine_switches_at_its_step_in_a_fit(tmp_path):
     )
     _, enabled = scalars(tmp_path, "train/in_block_enabled")
     assert enabled == [(0, 0.0), (1, 0.0), (2, 1.0), (3, 1.0)]
+
+
+@pytest.mark.slow
+def test_resume_is_exact_with_drop_token_and_a_coarse_stage(tmp_path):
+    """Every ConsisID step on, DropToken included, the fine stage starting after the resume point."""
+    import math
+
+    from tests.core.test_training import run_fit, scalars
+
+    common = [
+        "experiment=plan_c",
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=100",
+        "callbacks.checkpoint.every_n_train_steps=2",
+        "+recipe.drop_token={name: consisid.drop_token, probability: 0.5}",
+        "recipe.coarse_to_fine.in_block_start_step=3",
+    ]
+    run_fit(tmp_path / "full", *common)
+    run_fit(tmp_path / "resumed", *common, f"ckpt_path={tmp_path / 'full' / 'checkpoints' / 'step000002.ckpt'}")
+    _, full = scalars(tmp_path / "full", "train/loss")
+    _, resumed = scalars(tmp_path / "resumed", "train/loss")
+    assert [s for s, _ in resumed] == [2, 3] and all(math.isfinite(v) for _, v in full)
+    assert resumed == full[2:]
+    _, enabled = scalars(tmp_path / "resumed", "train/in_block_enabled")
+    assert enabled == [(2, 0.0), (3, 1.0)]
