@@ -46,7 +46,9 @@ def test_a_step_draws_whatever_its_probability():
     assert torch.equal(a.rand(2), b.rand(2))
 
 
-@pytest.mark.parametrize("bad", [{"name": "text_drop", "probability": 1.5}, {"name": "image_latent_dropout", "probability": -1}])
+@pytest.mark.parametrize(
+    "bad", [{"name": "text_drop", "probability": 1.5}, {"name": "image_latent_dropout", "probability": -1}]
+)
 def test_bad_step_values_are_clear_errors(bad):
     with pytest.raises(ConfigError, match=f"probability={bad['probability']}"):
         Recipe.from_config({"step": bad})
