@@ -20,6 +20,7 @@ from diffusers import ConsisIDTransformer3DModel
 from diffusers.models.embeddings import get_3d_rotary_pos_embed
 
 from idvid.interop import load_module
+from idvid.randomness import BatchRandom
 from idvid.verbs.convert import convert
 
 
@@ -115,7 +116,8 @@ def main() -> None:
     def kit_step():
         backbone.zero_grad(set_to_none=True)
         plan.zero_grad(set_to_none=True)
-        injection = plan.prepare({"id_cond": inputs["id_cond"], "id_vit_hidden": inputs["id_vit_hidden"]})
+        conditions = {"id_cond": inputs["id_cond"], "id_vit_hidden": inputs["id_vit_hidden"]}
+        injection = plan.prepare(conditions, BatchRandom(torch.Generator().manual_seed(0)))
         prediction = backbone(
             inputs["hidden_states"],
             inputs["timestep"],

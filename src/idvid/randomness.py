@@ -31,6 +31,11 @@ class BatchRandom:
         draw = torch.randn(self.world_size * local_batch, *shape, generator=self.generator)
         return self._slice(draw, local_batch)
 
+    def rand_shared(self, *shape: int) -> torch.Tensor:
+        """Uniform [0, 1) of ``shape``, one draw for the whole global batch: the same on every rank
+        (e.g. which identity tokens a batch drops)."""
+        return torch.rand(*shape, generator=self.generator)
+
     def randint(self, high: int, local_batch: int) -> torch.Tensor:
         draw = torch.randint(0, high, (self.world_size * local_batch,), generator=self.generator)
         return self._slice(draw, local_batch)

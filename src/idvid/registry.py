@@ -48,6 +48,9 @@ class PluginKind(str, Enum):
     FORMAT = "format"  # checkpoint formats for `convert` / `export`
     FACE_BACKEND = "face_backend"  # face detection + keypoints + identity embedding (`face=<name>`)
     DATASET_IMPORTER = "dataset_importer"  # annotated data sets -> manifest (`preprocess data.importer=<name>`)
+    RECIPE_STEP = "recipe_step"  # training recipe steps (`recipe: {label: {name: <name>, ...}}`)
+    NOISE_PRIOR = "noise_prior"  # sampling-time initial noise (`noise_prior=<name>`)
+    METRIC = "metric"  # evaluation metrics (`evaluate metrics=[<name>, ...]`)
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,21 @@ def register_dataset_importer(name: str) -> Callable[[T], T]:
     return _decorator(PluginKind.DATASET_IMPORTER, name)
 
 
+def register_recipe_step(name: str) -> Callable[[T], T]:
+    """A ``idvid.training.recipe.RecipeStep`` subclass, built from its recipe node's options."""
+    return _decorator(PluginKind.RECIPE_STEP, name)
+
+
+def register_noise_prior(name: str) -> Callable[[T], T]:
+    """A class built from config options whose instance is called ``prior(shape, generator=...)``."""
+    return _decorator(PluginKind.NOISE_PRIOR, name)
+
+
+def register_metric(name: str) -> Callable[[T], T]:
+    """An ``idvid.evaluation.metrics.Metric`` subclass."""
+    return _decorator(PluginKind.METRIC, name)
+
+
 _plugins_loaded = False
 
 
@@ -186,8 +204,11 @@ def load_plugins() -> None:
         raise
 
 
-def build(kind: PluginKind | str, name: str, /, **kwargs: Any) -> Any:
+def build(kind: PluginKind | str, name: str, /, *args: Any, **kwargs: Any) -> Any:
     """Instantiate the plugin registered as ``name`` with keyword arguments from config.
+
+    ``args`` are what the kit passes first, whatever the plugin names those parameters (an injector's
+    or a conditioner's ``BackboneInfo``).
 
     Config keys that do not fit the plugin's parameters are a config error naming them; an error the
     plugin raises while it builds itself (a ``TypeError`` included) is the plugin's and propagates as is.
@@ -195,7 +216,7 @@ def build(kind: PluginKind | str, name: str, /, **kwargs: Any) -> Any:
     kind = PluginKind(kind)
     cls = REGISTRIES[kind].get(name)
     try:
-        inspect.signature(cls).bind(**kwargs)
+        inspect.signature(cls).bind(*args, **kwargs)
     except TypeError as error:
         params = ", ".join(p for p in inspect.signature(cls).parameters if p != "self")
         raise ConfigKeyError(
@@ -204,4 +225,4 @@ def build(kind: PluginKind | str, name: str, /, **kwargs: Any) -> Any:
         ) from None
     except ValueError:  # no signature to check (some builtins): let the call say what is wrong
         pass
-    return cls(**kwargs)
+    return cls(*args, **kwargs)

@@ -7,6 +7,7 @@ import torch
 from idvid.backbones.base import Backbone
 from idvid.backbones.cogvideox import CogVideoXBackbone
 from idvid.injection import InjectionPlan, InputConcatInjector, TokenInjector
+from idvid.randomness import BatchRandom
 
 
 class ConstantInjector(TokenInjector):
@@ -44,7 +45,7 @@ class LinearInjector(TokenInjector):
         super().__init__(backbone, site=site, blocks=blocks)
         self.proj = torch.nn.Linear(backbone.hidden_size, backbone.hidden_size)
 
-    def prepare(self, conditions):
+    def prepare(self, conditions, random):
         return conditions["signal"]
 
     def forward(self, block_index, hidden_states, prepared):
@@ -83,5 +84,5 @@ def backbone_inputs(backbone: Backbone, batch: int = 2):
 def run_backbone(backbone: Backbone, plan=None, conditions=None, inputs=None) -> torch.Tensor:
     """The backbone's forward on ``inputs`` (default: ``backbone_inputs``) with ``plan`` prepared on ``conditions``."""
     latents, timestep, text = inputs or backbone_inputs(backbone)
-    injection = (plan or InjectionPlan({})).prepare(conditions or {})
+    injection = (plan or InjectionPlan({})).prepare(conditions or {}, BatchRandom(torch.Generator().manual_seed(0)))
     return backbone(latents, timestep, text, injection)

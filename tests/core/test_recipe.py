@@ -1,115 +1,138 @@
-"""Each recipe knob changes what it should and nothing else."""
+"""The recipe: registered steps in config order, each hook at its point of a training step.
+
+(ConsisID's steps are tested with the plugin: plugins/consisid/tests/test_consisid_recipe.py.)
+"""
 
 from __future__ import annotations
 
+import uuid
+
+import hydra
+import lightning as L
 import pytest
 import torch
 
+from idvid.errors import ConfigError, ConfigKeyError
 from idvid.randomness import BatchRandom
-from idvid.training.recipe import Recipe
+from idvid.registry import REGISTRIES, PluginKind, register_recipe_step
+from idvid.training.recipe import ImageLatentDropout, Recipe, RecipeStep, TextDrop
 
-OFF = dict(
-    cross_face_probability=0.0,
-    reference_noise_log_sigma=None,
-    mask_loss_probability=0.0,
-    image_latent_dropout=0.0,
-    text_drop_probability=0.0,
-)
-
-
-def fake_batch(batch_size: int = 4) -> dict:
-    g = torch.Generator().manual_seed(0)
-    batch = {}
-    for key, shape in {"ref_image": (3, 8, 8), "ref_kps_image": (3, 8, 8), "ref_embedding": (5,)}.items():
-        batch[key] = torch.rand(batch_size, *shape, generator=g)
-        batch[f"cross_{key}"] = torch.rand(batch_size, *shape, generator=g) + 2.0  # distinguishable
-    batch["has_cross_ref"] = torch.ones(batch_size, dtype=torch.bool)
-    return batch
+from ..conftest import compose_config
 
 
 def gen(seed: int = 0) -> BatchRandom:
     return BatchRandom(torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("probability, expect_cross", [(0.0, False), (1.0, True)])
-def test_cross_face_probability_picks_the_reference_source(probability, expect_cross):
-    batch = fake_batch()
-    out = Recipe(**{**OFF, "cross_face_probability": probability}).choose_reference(batch, gen())
-    for key in ("ref_image", "ref_kps_image", "ref_embedding"):
-        source = batch[f"cross_{key}"] if expect_cross else batch[key]
-        assert torch.equal(out[key], source)
-    assert "ref_image_noisy" not in out
-
-
-def test_cross_face_is_not_used_where_the_clip_has_none():
-    batch = fake_batch()
-    batch["has_cross_ref"] = torch.tensor([True, False, True, False])
-    out = Recipe(**{**OFF, "cross_face_probability": 1.0}).choose_reference(batch, gen())
-    assert out["used_cross_ref"].tolist() == [True, False, True, False]
-    assert torch.equal(out["ref_image"][1], batch["ref_image"][1])
-    assert torch.equal(out["ref_image"][0], batch["cross_ref_image"][0])
-
-
-def test_cross_face_at_half_mixes_per_sample():
-    out = Recipe(**{**OFF, "cross_face_probability": 0.5}).choose_reference(fake_batch(64), gen())
-    share = out["used_cross_ref"].float().mean().item()
-    assert 0.3 < share < 0.7
-
-
-def test_reference_noise_has_log_normal_sigma_and_touches_only_the_vae_copy():
-    batch = fake_batch(256)
-    out = Recipe(**{**OFF, "reference_noise_log_sigma": [-3.0, 0.5]}).choose_reference(batch, gen())
-    assert torch.equal(out["ref_image"], batch["ref_image"])  # identity features see the clean image
-    noise = out["ref_image_noisy"] - out["ref_image"]
-    log_sigma = noise.flatten(1).std(dim=1).log()
-    assert abs(log_sigma.mean().item() - (-3.0)) < 0.1
-    assert abs(log_sigma.std().item() - 0.5) < 0.1
-
-
 def test_text_drop():
     captions = ["a", "b", "c", "d"]
-    assert Recipe(**{**OFF, "text_drop_probability": 1.0}).drop_text(captions, gen()) == [""] * 4
-    assert Recipe(**OFF).drop_text(captions, gen()) == captions
+    assert TextDrop(1.0).on_captions(captions, gen()) == [""] * 4
+    assert TextDrop(0.0).on_captions(captions, gen()) == captions
 
 
 def test_image_latent_dropout_zeroes_whole_samples():
     latents = torch.rand(4, 3, 16, 2, 2) + 1
-    assert Recipe(**{**OFF, "image_latent_dropout": 1.0}).drop_image_latents(latents, gen()).abs().sum() == 0
-    assert torch.equal(Recipe(**OFF).drop_image_latents(latents, gen()), latents)
-    half = Recipe(**{**OFF, "image_latent_dropout": 0.5}).drop_image_latents(torch.ones(64, 1, 1, 1, 1), gen())
+    assert ImageLatentDropout(1.0).on_input_latents(latents, gen()).abs().sum() == 0
+    assert torch.equal(ImageLatentDropout(0.0).on_input_latents(latents, gen()), latents)
+    half = ImageLatentDropout(0.5).on_input_latents(torch.ones(64, 1, 1, 1, 1), gen())
     assert set(half.flatten().tolist()) == {0.0, 1.0}
 
 
-def test_mask_loss_uses_the_resized_face_mask_or_ones():
-    face = torch.zeros(2, 9, 1, 16, 16)
-    face[:, :, :, 4:12, 4:12] = 1
-    shape = torch.Size((2, 3, 16, 4, 4))
-    on = Recipe(**{**OFF, "mask_loss_probability": 1.0}).loss_mask(face, shape, gen())
-    assert on.shape == (2, 3, 1, 4, 4)
-    assert on[:, :, :, 1:3, 1:3].min() == 1 and on[:, :, :, 0, 0].max() == 0
-    assert torch.equal(Recipe(**OFF).loss_mask(face, shape, gen()), torch.ones(2, 3, 1, 4, 4))
-    empty = Recipe(**{**OFF, "mask_loss_probability": 1.0}).loss_mask(torch.zeros_like(face), shape, gen())
-    assert torch.equal(empty, torch.ones(2, 3, 1, 4, 4))  # no face: keep the full-frame loss
+def test_a_step_draws_whatever_its_probability():
+    """A coin of probability 0 is still tossed: switching a step's knob never shifts later draws."""
+    a, b = gen(3), gen(3)
+    TextDrop(0.0).on_captions(["x"] * 4, a)
+    TextDrop(1.0).on_captions(["x"] * 4, b)
+    assert torch.equal(a.rand(2), b.rand(2))
 
 
-def test_switching_one_knob_does_not_shift_the_others():
-    """Every coin is drawn whatever its probability, so knobs are independent."""
-    batch = fake_batch(16)
-    base = {**OFF, "cross_face_probability": 0.5, "reference_noise_log_sigma": [-3.0, 0.5]}
-    a, b = Recipe(**base), Recipe(**{**base, "text_drop_probability": 1.0})
-    for recipe_a, recipe_b in [(a, b)]:
-        ga, gb = gen(5), gen(5)
-        out_a, out_b = recipe_a.choose_reference(batch, ga), recipe_b.choose_reference(batch, gb)
-        assert torch.equal(out_a["ref_image_noisy"], out_b["ref_image_noisy"])
-        assert recipe_a.drop_text(["x"] * 16, ga) != recipe_b.drop_text(["x"] * 16, gb)
-        face = torch.ones(16, 9, 1, 8, 8)
-        assert torch.equal(
-            recipe_a.loss_mask(face, torch.Size((16, 3, 16, 2, 2)), ga),
-            recipe_b.loss_mask(face, torch.Size((16, 3, 16, 2, 2)), gb),
-        )
+@pytest.mark.parametrize(
+    "bad", [{"name": "text_drop", "probability": 1.5}, {"name": "image_latent_dropout", "probability": -1}]
+)
+def test_bad_step_values_are_clear_errors(bad):
+    with pytest.raises(ConfigError, match=f"probability={bad['probability']}"):
+        Recipe.from_config({"step": bad})
 
 
-@pytest.mark.parametrize("bad", [{"mask_loss_probability": 1.5}, {"reference_noise_log_sigma": [1.0]}])
-def test_bad_recipe_values_are_clear_errors(bad):
-    with pytest.raises(ValueError, match=next(iter(bad))):
-        Recipe(**{**OFF, **bad})
+def test_an_empty_recipe_changes_nothing():
+    recipe = Recipe.from_config({})
+    batch = {"ref_image": torch.ones(2, 3, 4, 4), "caption": ["a", "b"]}
+    assert recipe.on_batch(batch, gen()) == batch and recipe.on_captions(["a"], gen()) == ["a"]
+    assert torch.equal(recipe.loss_mask(batch, torch.Size((2, 3, 16, 2, 2)), gen()), torch.ones(2, 3, 1, 2, 2))
+    assert recipe.at_step(None, 5) == {}
+
+
+def test_the_core_default_recipe_is_empty():
+    assert dict(compose_config([]).model.recipe) == {}
+    assert dict(compose_config(["experiment=baseline"]).model.recipe) == {}
+
+
+def test_steps_run_in_config_order_and_null_switches_one_off():
+    recipe = Recipe.from_config(
+        {"drop": {"name": "text_drop", "probability": 1.0}, "off": None, "dropout": {"name": "image_latent_dropout"}}
+    )
+    assert list(recipe.steps) == ["drop", "dropout"]
+    assert [type(s) for s in recipe] == [TextDrop, ImageLatentDropout]
+
+
+def test_the_old_flat_recipe_keys_are_refused_naming_the_new_form():
+    with pytest.raises(ConfigError, match=r"recipe.text_drop_probability=0.1 is not a recipe step node") as error:
+        Recipe.from_config({"text_drop_probability": 0.1})
+    assert "recipe.<label>.<option>=..." in str(error.value)
+
+
+def test_an_unknown_option_names_the_steps_parameters():
+    with pytest.raises(ConfigKeyError, match="Its parameters are: probability"):
+        Recipe.from_config({"drop": {"name": "text_drop", "probabilty": 0.1}})
+
+
+@pytest.fixture
+def recording_step():
+    """A third-party step that records each hook it sees (in order) and acts at each."""
+    name = f"test_lab.recording_{uuid.uuid4().hex[:8]}"
+    calls: list[str] = []
+
+    @register_recipe_step(name)
+    class Recording(RecipeStep):
+        def __init__(self, gain: float = 2.0):
+            self.gain = gain
+
+        def on_batch(self, batch, random):
+            calls.append("on_batch")
+            batch["recorded"] = random.rand(batch["video"].shape[0])
+            return batch
+
+        def on_captions(self, captions, random):
+            calls.append("on_captions")
+            return [c + " (seen)" for c in captions]
+
+        def on_loss_mask(self, mask, batch, random):
+            calls.append("on_loss_mask")
+            assert "recorded" in batch  # the batch the step changed reaches the loss
+            return mask * self.gain
+
+        def at_step(self, plan, global_step):
+            calls.append("at_step")
+            return {"recording_step": float(global_step)}
+
+    yield name, calls
+    REGISTRIES[PluginKind.RECIPE_STEP]._entries.pop(name, None)
+
+
+def test_a_registered_step_is_composed_from_config_and_called_at_its_points(recording_step, tmp_path):
+    name, calls = recording_step
+    cfg = compose_config(["experiment=baseline", f"+recipe.mine={{name: {name}, gain: 3.0}}"])
+    L.seed_everything(0)
+    model = hydra.utils.instantiate(cfg.model)
+    assert model.recipe.steps["mine"].gain == 3.0
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.setup()
+    batch = next(iter(datamodule.train_dataloader()))
+    seen_captions = []
+    model.backbone.encode_text = lambda captions, _orig=model.backbone.encode_text: (
+        seen_captions.extend(captions) or _orig(captions)
+    )
+    model.compute_loss(batch, gen())
+    assert calls == ["on_batch", "on_captions", "on_loss_mask"]
+    assert seen_captions and all(c.endswith(" (seen)") for c in seen_captions)
+    assert model._apply_recipe_schedule() == {"recording_step": 0.0}

@@ -11,6 +11,7 @@ import torch
 from idvid import registry as registry_module
 from idvid.backbones.info import BackboneInfo
 from idvid.injection import InjectionPlan, InputConcatInjector, Site, TokenInjector
+from idvid.randomness import BatchRandom
 from idvid.registry import (
     ENTRY_POINT_GROUP,
     REGISTRIES,
@@ -187,4 +188,27 @@ def test_third_party_injector_registers_and_builds_into_a_plan(third_party_name)
     assert plan.concat_injectors == [] and plan.extra_input_channels == 0
     assert plan.consumed_conditions() == {"signal": ["x"]}
     # Where it acts: only post_attn of block 1.
-    assert plan.prepare({}).sites_used() == {(Site.POST_ATTN, 1)}
+    assert plan.prepare({}, BatchRandom(torch.Generator())).sites_used() == {(Site.POST_ATTN, 1)}
+
+
+def test_an_injectors_first_argument_is_the_backbone_info_whatever_its_name(third_party_name):
+    """The contract fixes the first argument, not its name (issue 11: it had to be *named* `backbone`)."""
+
+    @register_injector(third_party_name)
+    class NamedItInfo(TokenInjector):
+        def __init__(self, info, site=None, blocks="all"):
+            super().__init__(info, site=site, blocks=blocks)
+            self.width = info.hidden_size
+
+    plan = InjectionPlan.from_config({"x": {"name": third_party_name, "site": "pre_attn"}}, INFO)
+    assert plan.injectors["x"].width == INFO.hidden_size and plan.injectors["x"].backbone_info == INFO
+
+
+def test_a_one_argument_prepare_is_refused_naming_the_contract(third_party_name):
+    @register_injector(third_party_name)
+    class OldPrepare(TokenInjector):
+        def prepare(self, conditions):
+            return None
+
+    with pytest.raises(TypeError, match=r"prepare\(self, conditions, random\).*Add the `random` parameter"):
+        InjectionPlan.from_config({"x": {"name": third_party_name}}, INFO)

@@ -13,6 +13,7 @@ import pytest
 import skimage.data
 import torch
 
+from idvid.conditioning import SAMPLING_BATCH_KEYS
 from idvid.data.video_io import read_mp4
 from idvid.interop import build_for_training, load_module, save_module
 from idvid.verbs.sample import reference_batch, sample
@@ -39,6 +40,7 @@ def astronaut(tmp_path_factory):
 
 def test_reference_batch_has_the_training_inputs(astronaut):
     batch = reference_batch(astronaut, "a woman smiling", 64, 64)
+    assert sorted(batch) == sorted(SAMPLING_BATCH_KEYS)  # what conditioners may read at sampling time
     assert batch["ref_image"].shape == batch["ref_kps_image"].shape == (1, 3, 64, 64)
     assert batch["ref_embedding"].shape == (1, 128)
     assert batch["ref_image"].min() >= -1 and batch["ref_image"].max() <= 1
@@ -107,7 +109,7 @@ def test_init_from_takes_architecture_and_weights_from_the_checkpoint(plan_c_che
     cfg = compose_config(["experiment=plan_a", "recipe=none", f"init_from={plan_c_checkpoint}"])
     module = build_for_training(cfg)
     assert set(module.plan.injectors) == {"face_latent", "identity"}
-    assert module.recipe.cross_face_probability == 0.0 and saved.recipe.cross_face_probability == 0.5
+    assert len(module.recipe) == 0 and saved.recipe.steps["cross_face"].probability == 0.5
     expected = saved.state_dict()
     for key, value in module.state_dict().items():
         assert torch.equal(value, expected[key]), key

@@ -178,19 +178,6 @@ def test_checkpoint_leaves_out_frozen_weights_that_come_from_disk(tmp_path, back
 
 
 @pytest.mark.slow
-def test_coarse_to_fine_callback_switches_at_its_step(tmp_path):
-    run_fit(
-        tmp_path,
-        "experiment=plan_c",
-        "trainer.max_steps=4",
-        "trainer.val_check_interval=100",
-        "callbacks.coarse_to_fine.in_block_start_step=2",
-    )
-    _, enabled = scalars(tmp_path, "train/in_block_enabled")
-    assert enabled == [(0, 0.0), (1, 0.0), (2, 1.0), (3, 1.0)]
-
-
-@pytest.mark.slow
 def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch(tmp_path):
     """Two gloo processes with batch 1 each draw and compute what one process with batch 2 does."""
     import subprocess

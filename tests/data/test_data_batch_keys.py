@@ -19,7 +19,7 @@ from idvid.data.manifest import load_annotations, read_manifest
 from idvid.data.video_io import read_mp4
 from idvid.faces.reference import reference_images
 from idvid.randomness import BatchRandom
-from idvid.training.recipe import Recipe
+from idvid.registry import PluginKind, build
 from idvid.verbs.sample import reference_batch
 
 CONTRIBUTING = Path(__file__).resolve().parents[2] / "CONTRIBUTING.md"
@@ -168,9 +168,10 @@ def test_annotations_from_an_older_preprocess_are_refused_naming_the_fix(demo_ma
         IdentityVideoDataset(tmp_path / "manifest.jsonl")
 
 
-def test_the_recipe_switches_every_reference_key_to_the_cross_face(batch):
-    recipe = Recipe(cross_face_probability=1.0, reference_noise_log_sigma=None)
-    chosen = recipe.choose_reference(batch, BatchRandom(torch.Generator().manual_seed(0)))
+@pytest.mark.needs_plugin("idvid_consisid")
+def test_the_cross_face_step_switches_every_reference_key(batch):
+    step = build(PluginKind.RECIPE_STEP, "consisid.cross_face_reference", probability=1.0)
+    chosen = step.on_batch(dict(batch), BatchRandom(torch.Generator().manual_seed(0)))
     assert chosen["used_cross_ref"].all()
     for key in [k for k in batch if k.startswith("cross_ref_")]:
         assert torch.equal(chosen[key.removeprefix("cross_")], batch[key]), key

@@ -135,3 +135,41 @@ def test_facesim_arc_and_the_insightface_detector_on_tiny_antelopev2_stand_ins(t
     assert rows["same"]["frames_with_face"] == 4 and rows["same"]["facesim_arc_frames_skipped"] == 0
     assert math.isnan(rows["blank"]["facesim_arc"]) and rows["blank"]["facesim_arc_frames_skipped"] == 4
     assert not result.unavailable
+
+
+def test_metrics_are_registered_plugins_and_a_registered_one_runs(tmp_path, eval_dirs):
+    import uuid
+
+    from idvid.evaluation.metrics import Metric, metric_names
+    from idvid.registry import REGISTRIES, PluginKind, register_metric
+
+    assert {"facesim_dlib", "facesim_arc", "facesim_cur", "clip", "dino", "fid", "frequency"} <= set(metric_names())
+    name = f"test_lab.frames_{uuid.uuid4().hex[:8]}"
+
+    @register_metric(name)
+    class FaceFrames(Metric):
+        """How many sampled frames have a face; the set's total at the end."""
+
+        def __init__(self):
+            self.total = 0
+
+        @classmethod
+        def from_config(cls, cfg, out, device):
+            return cls()
+
+        def video(self, ctx):
+            found = sum(face is not None for face in ctx.faces)
+            self.total += found
+            return {"face_frames": found}
+
+        def finish(self, out):
+            return {"face_frames_total": self.total}
+
+    try:
+        result = evaluate(config(eval_dirs, tmp_path / "out", metrics=[name], num_frames=4))
+    finally:
+        REGISTRIES[PluginKind.METRIC]._entries.pop(name, None)
+    per_video = {row["video"]: row for row in rows(tmp_path / "out" / "per_video.csv")}
+    assert {row["face_frames"] for row in per_video.values()} <= {"0", "1", "2", "3", "4"}
+    assert result.set_level["face_frames_total"] == sum(int(row["face_frames"]) for row in per_video.values())
+    assert "facesim_dlib" in rows(tmp_path / "out" / "per_video.csv")[0]  # the offline identity score is always run

@@ -37,6 +37,7 @@ from diffusers.models.modeling_utils import ModelMixin
 
 from idvid.injection import NO_INJECTION
 from idvid.interop import is_deepspeed_checkpoint, load_module
+from idvid.randomness import BatchRandom
 from idvid.verbs.convert import convert
 from idvid_consisid.diffusers_format import config_dict, consisid_transformer
 
@@ -94,7 +95,8 @@ class ConsisIDCompatTransformer(ModelMixin, ConfigMixin):
         key = (id(id_cond), id_cond._version, *(id(h) for h in id_vit_hidden), dtype)
         if torch.is_grad_enabled() or key != self._cached_key:
             conditions = {"id_cond": id_cond.to(dtype), "id_vit_hidden": [h.to(dtype) for h in id_vit_hidden]}
-            self._cached_injection = self.plan.prepare(conditions)
+            # diffusers' pipeline passes no generator here; ConsisID's injectors draw nothing while preparing.
+            self._cached_injection = self.plan.prepare(conditions, BatchRandom(torch.default_generator))
             self._cached_key = None if torch.is_grad_enabled() else key
         return self._cached_injection
 

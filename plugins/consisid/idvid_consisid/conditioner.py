@@ -32,6 +32,7 @@ class IdentityFeatures(Conditioner):
 
     produces = ("id_cond", "id_vit_hidden")
     deterministic_inputs = ("ref_image", "ref_embedding")  # no randomness: cacheable per reference
+    reads = ("ref_image", "ref_embedding")
 
     def __init__(
         self,

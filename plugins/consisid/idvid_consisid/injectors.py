@@ -9,6 +9,7 @@ from torch import nn
 
 from idvid.backbones import BackboneInfo
 from idvid.injection import Conditions, InputConcatInjector, TokenInjector
+from idvid.randomness import BatchRandom
 from idvid.registry import register_injector
 from idvid_consisid.perceiver import LocalFacialExtractor, perceiver_cross_attention
 
@@ -46,9 +47,7 @@ class LocalFaceCrossAttention(TokenInjector):
     """High-frequency path: LFE identity tokens, then ``scale * CA(tokens, video)`` at each selected block.
 
     The LFE runs once per forward in ``prepare`` (it does not depend on the timestep), so a
-    sampler computes it once per video. ``drop_token_probability`` is ConsisID's DropToken:
-    during training each identity token is dropped from the keys with that probability
-    (the same tokens for the whole batch, at least one kept).
+    sampler computes it once per video. ConsisID's DropToken is the recipe step ``consisid.drop_token``.
     """
 
     consumes = ("id_cond", "id_vit_hidden")
@@ -60,17 +59,13 @@ class LocalFaceCrossAttention(TokenInjector):
         site: str = "attn_ffn",
         blocks: Any = "all",
         scale: float = 1.0,
-        drop_token_probability: float = 0.0,
         cross_attn_dim_head: int = 128,
         cross_attn_heads: int = 16,
     ):
         """``extractor``: the LocalFacialExtractor's sizes (id_dim, vit_dim, depth, dim_head, heads,
         num_id_token, num_queries, output_dim, ff_mult, num_scale)."""
         super().__init__(backbone, site=site, blocks=blocks)
-        if not 0.0 <= drop_token_probability < 1.0:
-            raise ValueError(f"drop_token_probability={drop_token_probability} must be in [0, 1).")
         self.scale = scale
-        self.drop_token_probability = drop_token_probability
         self.local_facial_extractor = LocalFacialExtractor(**extractor)
         self.perceiver_cross_attention = nn.ModuleList(
             perceiver_cross_attention(
@@ -83,16 +78,11 @@ class LocalFaceCrossAttention(TokenInjector):
         )
         self._module_of_block = {block: slot for slot, block in enumerate(self.block_indices)}
 
-    def prepare(self, conditions: Conditions) -> torch.Tensor:
+    def prepare(self, conditions: Conditions, random: BatchRandom) -> torch.Tensor:
+        """The identity tokens ``[B, num_queries, output_dim]`` (deterministic: ``random`` is not drawn)."""
         id_cond = conditions["id_cond"]
         vit_hidden = [h.to(id_cond) for h in conditions["id_vit_hidden"]]
-        tokens = self.local_facial_extractor(id_cond, vit_hidden)
-        if self.training and self.drop_token_probability > 0:
-            keep = torch.rand(tokens.shape[1]) >= self.drop_token_probability
-            if not keep.any():
-                keep[torch.randint(tokens.shape[1], (1,))] = True
-            tokens = tokens[:, keep.to(tokens.device)]
-        return tokens
+        return self.local_facial_extractor(id_cond, vit_hidden)
 
     def forward(self, block_index: int, hidden_states: torch.Tensor, prepared: torch.Tensor) -> torch.Tensor:
         attention = self.perceiver_cross_attention[self._module_of_block[block_index]]

@@ -17,6 +17,7 @@ from idvid_consisid.tiny import write_tiny_pipeline
 from transformers import AutoTokenizer, T5EncoderModel
 
 from idvid.interop import load_module
+from idvid.randomness import BatchRandom
 from idvid.verbs.convert import convert, export
 
 BASE = dict(
@@ -136,7 +137,8 @@ def test_converted_model_matches_diffusers(tmp_path, name):
     args = inputs(reference, options["batch"])
     with torch.no_grad():
         expected = reference(**args, return_dict=False)[0]
-        injection = module.plan.prepare({"id_cond": args["id_cond"], "id_vit_hidden": args["id_vit_hidden"]})
+        conditions = {"id_cond": args["id_cond"], "id_vit_hidden": args["id_vit_hidden"]}
+        injection = module.plan.prepare(conditions, BatchRandom(torch.Generator().manual_seed(0)))
         ours = module.backbone(
             args["hidden_states"],
             args["timestep"],

@@ -13,7 +13,12 @@ import torch
 from torch import nn
 
 from idvid.backbones.info import BackboneInfo
+from idvid.errors import UserError
 from idvid.randomness import BatchRandom
+
+#: the batch entries that exist at sampling time (``idvid.verbs.sample.reference_batch``): the
+#: reference's, and the prompt. A conditioner that reads anything else runs in training only.
+SAMPLING_BATCH_KEYS = ("ref_image", "ref_kps_image", "ref_embedding", "caption")
 
 
 class Conditioner(nn.Module):
@@ -24,6 +29,9 @@ class Conditioner(nn.Module):
     #: batch entries that fully determine the output (no randomness used): when set, training may
     #: cache the output per sample, keyed by these entries' content (idvid.training.feature_cache)
     deterministic_inputs: tuple[str, ...] = ()
+    #: batch entries it needs. Only a conditioner whose ``reads`` all exist at sampling time
+    #: (``SAMPLING_BATCH_KEYS``) can run in ``sample``; ``sample`` refuses the others by name.
+    reads: tuple[str, ...] = ()
 
     def __init__(self, backbone: BackboneInfo):
         super().__init__()
@@ -32,6 +40,25 @@ class Conditioner(nn.Module):
     def forward(self, batch: Mapping[str, Any], backbone: nn.Module, random: BatchRandom) -> dict[str, Any]:
         """Conditions for the batch. Draw any randomness through ``random`` (see idvid.randomness)."""
         raise NotImplementedError(f"{type(self).__name__} must implement forward(batch, backbone, random)")
+
+
+def check_sampling_inputs(conditioners: Mapping[str, Conditioner], batch: Mapping[str, Any]) -> None:
+    """Refuse conditioners that need batch entries a sampling batch does not have, naming them."""
+    refused = {
+        label: [key for key in conditioner.reads if key not in batch]
+        for label, conditioner in conditioners.items()
+    }
+    refused = {label: keys for label, keys in refused.items() if keys}
+    if refused:
+        lines = "\n".join(
+            f"  - {label} ({type(conditioners[label]).__name__}) reads {keys}" for label, keys in refused.items()
+        )
+        raise UserError(
+            f"These conditioners cannot run at sampling time: they need batch entries that only training data has:\n"
+            f"{lines}\nAt sampling time the batch holds only {sorted(batch)}.",
+            "Sample with a model whose conditioners read only the reference's entries (e.g. face_embedding, "
+            "reference_latents), or make the conditioner derive what it needs from those.",
+        )
 
 
 def run_conditioners(

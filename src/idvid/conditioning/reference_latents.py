@@ -19,6 +19,7 @@ class ReferenceLatents(Conditioner):
     """
 
     produces = ("face_latent", "kps_latent")
+    reads = ("ref_image", "ref_kps_image")  # (+ ref_image_noisy when a recipe step adds it)
 
     def forward(self, batch: Mapping[str, Any], backbone, random: BatchRandom) -> dict[str, Any]:
         image = batch.get("ref_image_noisy", batch["ref_image"])

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from idvid.data.video_io import read_mp4
 from idvid.evaluation.identity import evenly_sampled_indices, largest_faces, reference_face
 from idvid.evaluation.inputs import pair_inputs
-from idvid.evaluation.metrics import METRIC_GROUPS, VideoContext, build_detector, build_group
+from idvid.evaluation.metrics import VideoContext, build_detector, build_group, check_metric_names
 from idvid.evaluation.report import log_tensorboard, write_reports
 
 log = logging.getLogger(__name__)
@@ -65,9 +65,7 @@ def evaluate(cfg: Mapping[str, Any] | DictConfig) -> EvaluationResult:
     detector = build_detector(cfg)
 
     names = list(cfg["metrics"])
-    unknown = [n for n in names if n not in METRIC_GROUPS]
-    if unknown:
-        raise ValueError(f"unknown metric(s) {unknown} in metrics=; choose from {list(METRIC_GROUPS)}")
+    check_metric_names(names)
     if "facesim_dlib" not in names:  # the offline identity score is always computed
         names.insert(0, "facesim_dlib")
     groups, unavailable = [], {}

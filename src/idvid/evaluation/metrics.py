@@ -1,9 +1,12 @@
-"""The metric groups ``evaluate`` runs, each built from a local model path or reported unavailable.
+"""The metrics ``evaluate`` runs: registered plugins (kind ``metric``), each built from a local model path
+or reported unavailable.
 
-A group turns one video (``VideoContext``) into per-video columns (``video``) and may add set-level
-numbers at the end (``finish``). Building a group that needs weights raises FileNotFoundError
-naming the exact path it expected; ``evaluate`` records that message as the reason the group is
-unavailable and runs the others.
+A metric (``Metric``) is built from the whole evaluate config by ``Metric.from_config(cfg, out,
+device)``, turns one video (``VideoContext``) into per-video columns (``video``) and may add set-level
+numbers at the end (``finish``). Building one that needs weights raises FileNotFoundError naming the
+exact path it expected; ``evaluate`` records that message as the reason the metric is unavailable and
+runs the others. A plugin adds a metric with ``@register_metric("my_lab.metric")`` on a ``Metric``
+subclass; ``evaluate metrics=[..., my_lab.metric]`` runs it.
 """
 
 from __future__ import annotations
@@ -26,11 +29,12 @@ from idvid.evaluation.identity import (
     largest_faces,
     reference_face,
 )
+from idvid.errors import ConfigError
 from idvid.faces import DlibFaceAnalyzer, Face, FaceAnalyzer, build_face_analyzer
+from idvid.registry import REGISTRIES, PluginKind, register_metric
 
 # FID's crop: the ArcFace-aligned face at 224 (the official script's norm_crop), then resized to 299.
 FID_CROP_SIZE = 224
-METRIC_GROUPS = ("facesim_dlib", "facesim_arc", "facesim_cur", "clip", "dino", "fid", "frequency")
 
 
 @dataclass
@@ -46,7 +50,22 @@ class VideoContext:
     prompt: str
 
 
-class FaceSim:
+class Metric:
+    """Base class of metrics: per-video columns from ``video``, set-level numbers from ``finish``."""
+
+    @classmethod
+    def from_config(cls, cfg: dict, out: Path, device: str) -> "Metric":
+        """Build from the evaluate config (``models``, ``face`` ...); FileNotFoundError names a missing model."""
+        raise NotImplementedError(f"{cls.__name__} must implement from_config(cfg, out, device)")
+
+    def video(self, ctx: VideoContext) -> dict[str, Any]:
+        raise NotImplementedError(f"{type(self).__name__} must implement video(ctx)")
+
+    def finish(self, out: Path) -> dict[str, Any]:
+        return {}
+
+
+class FaceSim(Metric):
     """Identity similarity with a given embedder on the evaluation detector's faces (dlib, CurricularFace)."""
 
     def __init__(self, name: str, embedder):
@@ -56,17 +75,40 @@ class FaceSim:
         result = identity_similarity(self.embedder, ctx.reference_image, ctx.reference_face, ctx.sampled, ctx.faces)
         return {self.name: result.score, f"{self.name}_frames_skipped": result.frames_skipped}
 
-    def finish(self, out: Path) -> dict[str, Any]:
-        return {}
+
+@register_metric("facesim_dlib")
+class FaceSimDlib(FaceSim):
+    """dlib's 128-d identity cosine; dlib embeds whichever detector found the face (it re-fits its landmarks)."""
+
+    @classmethod
+    def from_config(cls, cfg: dict, out: Path, device: str) -> "FaceSimDlib":
+        face = cfg.get("face") or {}
+        return cls("facesim_dlib", AnalyzerEmbedder(DlibFaceAnalyzer(models_dir=face.get("dlib_models_dir"))))
 
 
-class FaceSimArc:
+@register_metric("facesim_cur")
+class FaceSimCur(FaceSim):
+    """FaceSim-Cur: CurricularFace cosine on 112-px aligned crops."""
+
+    @classmethod
+    def from_config(cls, cfg: dict, out: Path, device: str) -> "FaceSimCur":
+        model = load_curricularface(cfg["models"]["curricularface"], device)
+        return cls("facesim_cur", AlignedCropEmbedder(model, 112, device))
+
+
+@register_metric("facesim_arc")
+class FaceSimArc(Metric):
     """FaceSim-Arc: insightface detects and embeds (ArcFace), as the official script does."""
 
     name = "facesim_arc"
 
     def __init__(self, analyzer: FaceAnalyzer):
         self.analyzer, self.embedder = analyzer, AnalyzerEmbedder(analyzer)
+
+    @classmethod
+    def from_config(cls, cfg: dict, out: Path, device: str) -> "FaceSimArc":
+        face = cfg.get("face") or {}
+        return cls(insightface_analyzer(cfg["models"]["insightface"], face.get("insightface_det_size", 320)))
 
     def video(self, ctx: VideoContext) -> dict[str, Any]:
         found = reference_face(self.analyzer, ctx.reference_image)
@@ -75,9 +117,6 @@ class FaceSimArc:
         faces = largest_faces(self.analyzer, ctx.sampled)
         result = identity_similarity(self.embedder, *found, ctx.sampled, faces)
         return {"facesim_arc": result.score, "facesim_arc_frames_skipped": result.frames_skipped}
-
-    def finish(self, out: Path) -> dict[str, Any]:
-        return {}
 
 
 def insightface_analyzer(models_dir: str | Path, det_size: int = 320) -> FaceAnalyzer:
@@ -88,13 +127,18 @@ def insightface_analyzer(models_dir: str | Path, det_size: int = 320) -> FaceAna
     return build_face_analyzer("insightface", models_dir=str(models_dir), det_size=int(det_size))
 
 
-class ClipGroup:
+@register_metric("clip")
+class ClipGroup(Metric):
     """CLIPScore, CLIP-T, CLIP-I and CLIP temporal smoothness."""
 
     name = "clip"
 
     def __init__(self, embedder: clip_metrics.ClipEmbedder, bgr_compat: bool):
         self.embedder, self.bgr_compat = embedder, bgr_compat
+
+    @classmethod
+    def from_config(cls, cfg: dict, out: Path, device: str) -> "ClipGroup":
+        return cls(clip_metrics.ClipEmbedder(cfg["models"]["clip"], device), bool(cfg.get("clip_bgr_compat", False)))
 
     def video(self, ctx: VideoContext) -> dict[str, Any]:
         frames = self.embedder.images(ctx.sampled)
@@ -112,17 +156,19 @@ class ClipGroup:
             "smoothness_clip": clip_metrics.temporal_smoothness(self.embedder.images(list(ctx.frames))),
         }
 
-    def finish(self, out: Path) -> dict[str, Any]:
-        return {}
 
-
-class DinoGroup:
+@register_metric("dino")
+class DinoGroup(Metric):
     """DINO identity similarity (reference vs frames) and DINO temporal smoothness."""
 
     name = "dino"
 
     def __init__(self, embedder: clip_metrics.DinoEmbedder):
         self.embedder = embedder
+
+    @classmethod
+    def from_config(cls, cfg: dict, out: Path, device: str) -> "DinoGroup":
+        return cls(clip_metrics.DinoEmbedder(cfg["models"]["dino"], device))
 
     def video(self, ctx: VideoContext) -> dict[str, Any]:
         reference = self.embedder.images([ctx.reference_image])[0]
@@ -131,11 +177,9 @@ class DinoGroup:
             "smoothness_dino": clip_metrics.temporal_smoothness(self.embedder.images(list(ctx.frames))),
         }
 
-    def finish(self, out: Path) -> dict[str, Any]:
-        return {}
 
-
-class FidGroup:
+@register_metric("fid")
+class FidGroup(Metric):
     """Per-video official per-frame FID; at the end, the proper FID of all generated crops vs all references."""
 
     name = "fid"
@@ -144,6 +188,10 @@ class FidGroup:
         self.features = features
         self.reference_features: list[np.ndarray] = []
         self.generated_features: list[np.ndarray] = []
+
+    @classmethod
+    def from_config(cls, cfg: dict, out: Path, device: str) -> "FidGroup":
+        return cls(fid.InceptionFeatures(cfg["models"]["inception"], device))
 
     def video(self, ctx: VideoContext) -> dict[str, Any]:
         reference = self.features(arcface_crop(ctx.reference_image, ctx.reference_face, FID_CROP_SIZE)[None])[0]
@@ -162,7 +210,8 @@ class FidGroup:
         return {"fid_face": fid.set_fid(np.stack(self.reference_features), generated)}
 
 
-class FrequencyGroup:
+@register_metric("frequency")
+class FrequencyGroup(Metric):
     """Face-region spectra per video and per set, pictures in ``<out>/frequency/``, band amplitudes as columns."""
 
     name = "frequency"
@@ -171,6 +220,14 @@ class FrequencyGroup:
         self.config, self.out, self.full_frame_fallback = config, out / "frequency", full_frame_fallback
         self.spectra: list[np.ndarray] = []
         self.full_frame_videos = 0
+
+    @classmethod
+    def from_config(cls, cfg: dict, out: Path, device: str) -> "FrequencyGroup":
+        settings = dict(cfg["frequency"])
+        fallback = settings.pop("region_fallback", "full_frame")
+        if fallback not in ("full_frame", "none", None):
+            raise ValueError(f"frequency.region_fallback={fallback!r}; choose full_frame or none")
+        return cls(frequency.FrequencyConfig(**settings), out, fallback == "full_frame")
 
     def _full_frame_crops(self, frames: list[np.ndarray]) -> list[np.ndarray]:
         size = self.config.crop_size
@@ -222,27 +279,21 @@ def build_detector(cfg: dict) -> FaceAnalyzer:
     return DlibFaceAnalyzer(models_dir=face.get("dlib_models_dir"))
 
 
-def build_group(name: str, cfg: dict, out: Path, device: str):
-    """The metric group ``name`` from the evaluate config; raises when its model is missing."""
-    models, face = cfg["models"], cfg.get("face") or {}
-    if name == "facesim_dlib":  # dlib embeds whichever detector found the face (it re-fits its landmarks)
-        return FaceSim("facesim_dlib", AnalyzerEmbedder(DlibFaceAnalyzer(models_dir=face.get("dlib_models_dir"))))
-    if name == "facesim_arc":
-        return FaceSimArc(insightface_analyzer(models["insightface"], face.get("insightface_det_size", 320)))
-    if name == "facesim_cur":
-        return FaceSim(
-            "facesim_cur", AlignedCropEmbedder(load_curricularface(models["curricularface"], device), 112, device)
+def metric_names() -> list[str]:
+    """Every registered metric (the kit's and the plugins'), sorted."""
+    return [entry.name for entry in REGISTRIES[PluginKind.METRIC].entries()]
+
+
+def check_metric_names(names: list[str]) -> None:
+    unknown = [name for name in names if name not in REGISTRIES[PluginKind.METRIC]]
+    if unknown:
+        raise ConfigError(
+            f"unknown metric(s) {unknown} in metrics=; choose from {metric_names()}.",
+            "A plugin's metrics appear once the plugin is installed (`python -m idvid plugins` lists them).",
         )
-    if name == "clip":
-        return ClipGroup(clip_metrics.ClipEmbedder(models["clip"], device), bool(cfg.get("clip_bgr_compat", False)))
-    if name == "dino":
-        return DinoGroup(clip_metrics.DinoEmbedder(models["dino"], device))
-    if name == "fid":
-        return FidGroup(fid.InceptionFeatures(models["inception"], device))
-    if name == "frequency":
-        settings = dict(cfg["frequency"])
-        fallback = settings.pop("region_fallback", "full_frame")
-        if fallback not in ("full_frame", "none", None):
-            raise ValueError(f"frequency.region_fallback={fallback!r}; choose full_frame or none")
-        return FrequencyGroup(frequency.FrequencyConfig(**settings), out, fallback == "full_frame")
-    raise ValueError(f"unknown metric {name!r}; choose from {', '.join(METRIC_GROUPS)}")
+
+
+def build_group(name: str, cfg: dict, out: Path, device: str) -> Metric:
+    """The registered metric ``name`` from the evaluate config; raises when its model is missing."""
+    check_metric_names([name])
+    return REGISTRIES[PluginKind.METRIC].get(name).from_config(cfg, out, device)

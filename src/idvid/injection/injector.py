@@ -20,6 +20,7 @@ from torch import nn
 
 from idvid.backbones.info import BackboneInfo
 from idvid.injection.sites import BlockSelection, Site, parse_site
+from idvid.randomness import BatchRandom
 
 Conditions = Mapping[str, Any]
 
@@ -61,8 +62,12 @@ class TokenInjector(Injector):
         self.backbone_info = backbone
         self.block_indices: list[int] = BlockSelection(blocks).indices(backbone.num_layers)
 
-    def prepare(self, conditions: Conditions) -> Any:
-        """Timestep-independent work, done once per forward (and once per video when sampling)."""
+    def prepare(self, conditions: Conditions, random: BatchRandom) -> Any:
+        """Timestep-independent work, done once per forward (and once per video when sampling).
+
+        Draw any randomness through ``random`` (never torch's global RNG): resume and data-parallel
+        runs stay exact.
+        """
         return None
 
     def forward(self, block_index: int, hidden_states: torch.Tensor, prepared: Any) -> torch.Tensor:

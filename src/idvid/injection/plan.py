@@ -8,7 +8,8 @@ start-up with a message instead of a shape error mid-run.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import inspect
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -16,7 +17,11 @@ from torch import nn
 from idvid.backbones.info import BackboneInfo
 from idvid.injection.injector import Conditions, Injector, InputConcatInjector, TokenInjector
 from idvid.injection.sites import BLOCK_SITES, Site
+from idvid.randomness import BatchRandom
 from idvid.registry import PluginKind, build
+
+#: ``(injector, prepared state) -> state``: how a training recipe may change what an injector prepared
+StateAdjustment = Callable[[TokenInjector, Any], Any]
 
 
 class InjectionPlan(nn.Module):
@@ -28,6 +33,8 @@ class InjectionPlan(nn.Module):
                     f"Injector {label!r} is a {type(injector).__name__}; injectors must derive from "
                     f"idvid.injection.InputConcatInjector or idvid.injection.TokenInjector."
                 )
+            if isinstance(injector, TokenInjector):
+                _check_prepare_signature(label, injector)
         self.injectors = nn.ModuleDict(dict(injectors))
         # Coarse-to-fine training switches the in-block (high-frequency) path off for a while.
         self.in_block_enabled = True
@@ -45,7 +52,8 @@ class InjectionPlan(nn.Module):
                     f"(see `python -m idvid plugins`)."
                 )
             name = node.pop("name")
-            injectors[label] = build(PluginKind.INJECTOR, name, backbone=backbone, **node)
+            # Positional: the contract fixes the first argument, not its name.
+            injectors[label] = build(PluginKind.INJECTOR, name, backbone, **node)
         return cls(injectors)
 
     # ----------------------------------------------------------------- queries
@@ -100,10 +108,31 @@ class InjectionPlan(nn.Module):
             parts.append(extra)
         return torch.cat(parts, dim=2) if parts else None
 
-    def prepare(self, conditions: Conditions) -> "PreparedInjection":
-        """Run each in-block injector's timestep-independent part once."""
+    def prepare(
+        self, conditions: Conditions, random: BatchRandom, adjust_state: StateAdjustment | None = None
+    ) -> "PreparedInjection":
+        """Run each in-block injector's timestep-independent part once.
+
+        ``random`` is the step's (or the sampling run's) random source; ``adjust_state`` lets the
+        training recipe change a prepared state (e.g. drop identity tokens) before the blocks see it.
+        """
         active = self.token_injectors if self.in_block_enabled else []
-        return PreparedInjection([(injector, injector.prepare(conditions)) for injector in active])
+        prepared = []
+        for injector in active:
+            state = injector.prepare(conditions, random)
+            prepared.append((injector, adjust_state(injector, state) if adjust_state else state))
+        return PreparedInjection(prepared)
+
+
+def _check_prepare_signature(label: str, injector: TokenInjector) -> None:
+    try:
+        inspect.signature(injector.prepare).bind({}, None)
+    except TypeError:
+        raise TypeError(
+            f"Injector {label!r} ({type(injector).__name__}) defines prepare{inspect.signature(injector.prepare)}; "
+            f"the contract is prepare(self, conditions, random): `random` is an idvid.randomness.BatchRandom "
+            f"to draw any randomness through. Add the `random` parameter."
+        ) from None
 
 
 class PreparedInjection:

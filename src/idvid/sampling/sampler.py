@@ -14,6 +14,8 @@ from tqdm.auto import tqdm
 
 from idvid.conditioning.base import repeat_batch
 from idvid.injection.plan import InjectionPlan
+from idvid.randomness import BatchRandom
+from idvid.sampling.noise_priors import GaussianNoise, initial_noise
 
 
 @torch.no_grad()
@@ -28,19 +30,25 @@ def sample_latents(
     guidance_scale: float = 6.0,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    noise_prior: Any = None,
 ) -> torch.Tensor:
-    """Return denoised latents ``[B, f, C, h, w]`` with the backbone's own denoising schedule."""
+    """Return denoised latents ``[B, f, C, h, w]`` with the backbone's own denoising schedule.
+
+    ``noise_prior`` (``idvid.sampling.noise_priors``; default: Gaussian) draws the initial noise.
+    """
     device = text_embeddings.device
     schedule = backbone.sampling_schedule(num_inference_steps, device)  # fresh: holds this run's solver state
 
-    latents = torch.randn(latent_shape, generator=generator, dtype=torch.float32).to(device, text_embeddings.dtype)
+    noise = initial_noise(noise_prior or GaussianNoise(), latent_shape, generator)
+    latents = noise.to(device, text_embeddings.dtype)
     latents = schedule.prepare_initial_noise(latents)
 
     use_cfg = guidance_scale > 1.0
     branches = 2 if use_cfg else 1
     branch_conditions = {k: repeat_batch(v, branches) for k, v in conditions.items()}
     text = torch.cat([negative_text_embeddings, text_embeddings]) if use_cfg else text_embeddings
-    injection = plan.prepare(branch_conditions)  # once per video
+    random = BatchRandom(generator if generator is not None else torch.default_generator)
+    injection = plan.prepare(branch_conditions, random)  # once per video
     extra_latents = plan.concat_latents(branch_conditions, latents.repeat(branches, 1, 1, 1, 1))
 
     for i, t in enumerate(tqdm(schedule.timesteps, desc="sampling", disable=not progress)):

@@ -24,10 +24,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from idvid.backbones.lora import add_lora, lora_parameters
-from idvid.conditioning.base import run_conditioners
+from idvid.conditioning.base import check_sampling_inputs, run_conditioners
 from idvid.injection.plan import InjectionPlan
 from idvid.randomness import BatchRandom
 from idvid.registry import PluginKind, build
+from idvid.sampling.noise_priors import DEFAULT_NOISE_PRIOR, build_noise_prior
 from idvid.sampling.sampler import sample_latents
 from idvid.training.checkpointing import save_checkpoint_atomically
 from idvid.training.feature_cache import FeatureCache
@@ -44,14 +45,14 @@ def _plain(config: Any) -> Any:
     return OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else config
 
 
-def _build_named(kind: PluginKind, node: Mapping[str, Any], **extra: Any) -> Any:
+def _build_named(kind: PluginKind, node: Mapping[str, Any], *first: Any) -> Any:
     node = dict(node)
     if "name" not in node:
         raise ValueError(
             f"A {kind.value} config node needs `name` (a registered {kind.value}); got keys {sorted(node)}."
         )
     name = node.pop("name")
-    return build(kind, name, **extra, **node)
+    return build(kind, name, *first, **node)
 
 
 class IdentityVideoModule(L.LightningModule):
@@ -83,7 +84,7 @@ class IdentityVideoModule(L.LightningModule):
         info = self.backbone.info
         self.conditioners = nn.ModuleDict(
             {
-                label: _build_named(PluginKind.CONDITIONER, node, backbone=info)
+                label: _build_named(PluginKind.CONDITIONER, node, info)
                 for label, node in conditioners.items()
                 if node
             }
@@ -93,7 +94,7 @@ class IdentityVideoModule(L.LightningModule):
             {condition: label for label, c in self.conditioners.items() for condition in c.produces}
         )
         self.backbone.set_input_channels(self.plan.extra_input_channels)
-        self.recipe = Recipe(**recipe)
+        self.recipe = Recipe.from_config(recipe)
         self.loss_fn = _build_named(PluginKind.LOSS, loss)
         self.optimizer_config = optimizer
         self.lr_scheduler_config = lr_scheduler
@@ -103,8 +104,10 @@ class IdentityVideoModule(L.LightningModule):
             "sample": True,
             "loss_quantiles": [],
             "frequency": None,
+            "noise_prior": DEFAULT_NOISE_PRIOR,
             **validation,
         }
+        build_noise_prior(self.validation["noise_prior"])  # a bad prior is a start-up error, not one mid-run
         self.guard = NonFiniteGuard(**non_finite)
         # Text embeddings and VAE posteriors on disk, reused by later runs (idvid.training.feature_cache).
         self.feature_cache = FeatureCache(feature_cache) if feature_cache else None
@@ -196,8 +199,8 @@ class IdentityVideoModule(L.LightningModule):
             if cache
             else self.backbone.encode_video(batch["video"], random)
         )
-        batch = self.recipe.choose_reference(dict(batch), random)
-        captions = self.recipe.drop_text(batch["caption"], random)
+        batch = self.recipe.on_batch(batch, random)
+        captions = self.recipe.on_captions(batch["caption"], random)
         text = cache.encode_text(self.backbone, captions) if cache else self.backbone.encode_text(captions)
         conditions = self.conditions_for(batch, random, cache)
         return {"clean": clean, "batch": batch, "text": text, "conditions": conditions}
@@ -212,18 +215,20 @@ class IdentityVideoModule(L.LightningModule):
         model_input = noised.noisy
         extra = self.plan.concat_latents(conditions, noised.noisy)
         if extra is not None:
-            model_input = torch.cat([noised.noisy, self.recipe.drop_image_latents(extra, random)], dim=2)
-        injection = self.plan.prepare(conditions)
+            model_input = torch.cat([noised.noisy, self.recipe.on_input_latents(extra, random)], dim=2)
+        injection = self.plan.prepare(
+            conditions, random, lambda injector, state: self.recipe.on_injector_state(injector, state, random)
+        )
         prediction = backbone(model_input, noised.timesteps, inputs["text"], injection)
 
-        mask = self.recipe.loss_mask(inputs["batch"].get("face_mask"), clean.shape, random).to(clean.device)
+        mask = self.recipe.loss_mask(inputs["batch"], clean.shape, random).to(clean.device)
         loss = self.loss_fn(backbone.to_target_space(prediction, noised), noised.target, noised.weight, mask)
         return {"loss": loss, "prediction": prediction}
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor | None:
         generator = self.step_generator(batch_idx)
-        # Plugins may draw from torch's global RNG (dropout, DropToken): seed it per step too, so
-        # a resumed run draws exactly what the uninterrupted run drew.
+        # Plugins draw through `random`, but a backbone's or plugin's nn.Dropout draws from torch's
+        # global RNG: seed it per step too, so a resumed run draws exactly what the uninterrupted run drew.
         torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
         loss = self.compute_loss(batch, self.batch_random(generator))["loss"]
         finite = self._finite_on_all_ranks(loss)
@@ -256,7 +261,14 @@ class IdentityVideoModule(L.LightningModule):
     def _deepspeed_engine(self) -> Any:
         return getattr(self.trainer.strategy, "deepspeed_engine", None) if self._trainer is not None else None
 
+    def _apply_recipe_schedule(self) -> dict[str, float]:
+        """The recipe's per-step schedule (e.g. coarse-to-fine), from global_step: a resumed run is in the
+        right stage without extra state."""
+        return self.recipe.at_step(self.plan, self.global_step)
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        for name, value in self._apply_recipe_schedule().items():
+            self.log(f"train/{name}", float(value))
         self._non_finite_loss = False
         engine = self._deepspeed_engine
         self._engine_skipped_steps = engine.skipped_steps if engine is not None else 0
@@ -317,6 +329,9 @@ class IdentityVideoModule(L.LightningModule):
                 result.reset()
 
     # ------------------------------------------------------------- validation
+    def on_validation_start(self) -> None:
+        self._apply_recipe_schedule()
+
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         # A fixed generator per batch: the held-out loss is deterministic and comparable across steps.
         # Every rank holds the whole validation batch, so its draws are not split by rank.
@@ -353,9 +368,14 @@ class IdentityVideoModule(L.LightningModule):
         guidance_scale: float = 6.0,
         seed: int = 0,
         progress: bool = False,
+        noise_prior: Mapping[str, Any] | str | None = None,
     ) -> torch.Tensor:
-        """Videos ``[B, num_frames, 3, height, width]`` in [-1, 1] for the batch's references and captions."""
+        """Videos ``[B, num_frames, 3, height, width]`` in [-1, 1] for the batch's references and captions.
+
+        ``noise_prior``: ``{name: <registered noise prior>, ...options}`` for the initial noise (default gaussian).
+        """
         shape = self.backbone.latent_shape(len(batch["caption"]), num_frames, height, width)  # refuses bad sizes
+        check_sampling_inputs(self.conditioners, batch)
         generator = torch.Generator().manual_seed(seed)
         conditions = self.conditions_for(batch, BatchRandom(generator))
         text = self.backbone.encode_text(list(batch["caption"]))
@@ -371,6 +391,7 @@ class IdentityVideoModule(L.LightningModule):
             guidance_scale=guidance_scale,
             generator=generator,
             progress=progress,
+            noise_prior=build_noise_prior(noise_prior),
         )
         return self.backbone.decode_latents(latents)
 
@@ -384,6 +405,7 @@ class IdentityVideoModule(L.LightningModule):
             self.validation["num_inference_steps"],
             self.validation["guidance_scale"],
             seed=self.seed,
+            noise_prior=self.validation["noise_prior"],
         ).cpu()
         out_dir = Path(self.trainer.default_root_dir) / "samples"
         log_generated_videos(self.loggers, video, batch, self.global_step, out_dir, self.validation["frequency"])

@@ -179,7 +179,16 @@ def sample_eval_set(folder: Path, refs_dir: Path, prompts_file: Path, names: lis
     for name in names:
         seed = int(name.rsplit("_s", 1)[1])
         batch = reference_batch(refs_dir / f"{name}.png", prompts[name], height, width)
-        video = module.generate(batch, frames, height, width, int(spec["steps"]), float(spec["guidance"]), seed=seed)
+        video = module.generate(
+            batch,
+            frames,
+            height,
+            width,
+            int(spec["steps"]),
+            float(spec["guidance"]),
+            seed=seed,
+            noise_prior=spec.get("noise_prior"),
+        )
         write_video(videos / f"{name}.mp4", video[0])
     return videos
 

@@ -13,15 +13,19 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import Any, Mapping
 
 import cv2
 import numpy as np
 import torch
+import yaml
 
+from idvid.errors import ConfigError
 from idvid.faces import box_ellipse_mask, build_face_analyzer, face_backend_names, landmark_hull_mask
 from idvid.faces.reference import align_reference, reference_annotations, sized_reference
 from idvid.interop import load_module
 from idvid.output_paths import check_output_file
+from idvid.sampling.noise_priors import build_noise_prior
 from idvid.training.visuals import write_video
 
 log = logging.getLogger(__name__)
@@ -84,16 +88,23 @@ def sample(
     ema: bool = False,
     face: str = "dlib",
     overwrite: bool = False,
+    noise_prior: Mapping[str, Any] | str | None = None,
 ) -> Path:
-    """Generate one video to `out` (an existing `out` only with `overwrite`, checked before any work)."""
+    """Generate one video to `out` (an existing `out` only with `overwrite`, checked before any work).
+
+    ``noise_prior``: ``{name: <registered noise prior>, ...options}`` for the initial noise (default gaussian).
+    """
     out_path = check_output_file(out, overwrite)
+    build_noise_prior(noise_prior)  # refused before the checkpoint loads
     module = load_module(checkpoint, ema=ema).eval()
     default_frames, default_height, default_width = module.backbone.default_video_size
     num_frames = num_frames or default_frames
     height = height or default_height
     width = width or default_width
     batch = reference_batch(Path(image), prompt, height, width, face_models, face)
-    video = module.generate(batch, num_frames, height, width, steps, guidance, seed=seed, progress=True)
+    video = module.generate(
+        batch, num_frames, height, width, steps, guidance, seed=seed, progress=True, noise_prior=noise_prior
+    )
     return write_video(out_path, video[0])
 
 
@@ -115,6 +126,14 @@ def main(args: list[str]) -> None:
     )
     parser.add_argument("--ema", action="store_true", help="sample with the EMA of the weights")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--noise-prior", default="gaussian", help="registered noise prior of the initial noise")
+    parser.add_argument(
+        "--noise-prior-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the noise prior (repeatable; VALUE is read as YAML, e.g. gamma=0.1)",
+    )
     options = parser.parse_args(args)
     path = sample(
         options.checkpoint,
@@ -131,5 +150,19 @@ def main(args: list[str]) -> None:
         options.ema,
         options.face,
         options.overwrite,
+        noise_prior_node(options.noise_prior, options.noise_prior_option),
     )
     print(f"wrote {path}")
+
+
+def noise_prior_node(name: str, options: list[str]) -> dict[str, Any]:
+    """``{name, **options}`` from ``--noise-prior`` and its ``KEY=VALUE`` options."""
+    node: dict[str, Any] = {"name": name}
+    for option in options:
+        key, sep, value = option.partition("=")
+        if not sep or not key:
+            raise ConfigError(
+                f"--noise-prior-option {option!r} is not KEY=VALUE.", "Write e.g. --noise-prior-option gamma=0.1."
+            )
+        node[key] = yaml.safe_load(value)
+    return node
