@@ -11,7 +11,7 @@ from diffusers import WanPipeline, WanTransformer3DModel
 from omegaconf import OmegaConf
 
 from idvid.backbones.lora import LORA_WEIGHTS_FILE, add_lora, without_lora
-from idvid.backbones.wan import NUM_TRAIN_TIMESTEPS, WanBackbone
+from idvid.backbones.wan import NUM_TRAIN_TIMESTEPS, WanBackbone, _scheduler_from
 from idvid.injection.plan import InjectionPlan
 from idvid.randomness import BatchRandom
 from idvid.sampling.sampler import sample_latents
@@ -78,7 +78,11 @@ def test_forward_equals_diffusers_wan_transformer(wan, checkpointing):
     assert (ours_grad - theirs_grad).abs().max() <= 1e-5 * theirs_grad.abs().max()
 
 
-def test_kit_sampling_equals_wan_pipeline(wan):
+@pytest.mark.parametrize("scheduler", ["UniPCMultistepScheduler", "FlowMatchEulerDiscreteScheduler"])
+def test_kit_sampling_equals_wan_pipeline(wan, scheduler):
+    if scheduler != type(wan.scheduler).__name__:
+        wan = copy.copy(wan)  # the same modules, another scheduler (built as backbone.scheduler.class_name does)
+        wan.scheduler = _scheduler_from(None, {"class_name": scheduler, "flow_shift": 3.0})
     num_frames, height, width, steps, guidance = 5, 32, 32, 4, 5.0
     caption = "a man smiling at the camera"
     shape = wan.latent_shape(1, num_frames, height, width)
