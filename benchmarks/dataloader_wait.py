@@ -6,6 +6,7 @@ per step (median) and the share of the total spent waiting (target: < 5%). The f
 (warm-up, worker start) are left out.
 
     python benchmarks/dataloader_wait.py [--steps 30] [--workers 0] [overrides ...]
+    python benchmarks/dataloader_wait.py --smoke         # seconds: the CI check that it runs
 """
 
 from __future__ import annotations
@@ -48,8 +49,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--smoke", action="store_true", help="4 steps after 1 warm-up: a seconds-long check that it runs")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.batch_size=4")
     options = parser.parse_args()
+    if options.smoke:
+        options.steps, options.warmup = 4, 1
     warnings.filterwarnings("ignore")
 
     cfg = config_packages.compose("config", ["experiment=plan_c", *options.overrides])
