@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--smoke", action="store_true", help="2 layers, 1 round of 1 repeat: a seconds-long check that it runs")
+    parser.add_argument("--smoke", action="store_true", help="2 layers, 1 round of 1 repeat: a CI check in seconds")
     options = parser.parse_args()
     rounds = 1 if options.smoke else 3
     if options.smoke:

@@ -31,7 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--vit-tokens", type=int, default=257, help="ViT tokens per depth (ViT-L/14-336: 577)")
-    parser.add_argument("--smoke", action="store_true", help="2 steps, 17 ViT tokens: a seconds-long check that it runs")
+    parser.add_argument("--smoke", action="store_true", help="2 steps, 17 ViT tokens: a CI check in seconds")
     options = parser.parse_args()
     if options.smoke:
         options.steps, options.vit_tokens = 2, 17

@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--smoke", action="store_true", help="4 steps after 1 warm-up: a seconds-long check that it runs")
+    parser.add_argument("--smoke", action="store_true", help="4 steps after 1 warm-up: a CI check in seconds")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.batch_size=4")
     options = parser.parse_args()
     if options.smoke:

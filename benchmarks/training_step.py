@@ -277,7 +277,8 @@ def run_one(args) -> dict:
     identity_node = dict(module.hparams["injectors"]["identity"])
     tokens = video_tokens(module.backbone, args.frames, args.height, args.width)
     config = dict(module.backbone.transformer.config)
-    flops = 3 * world * forward_flops(family, config, identity_node, args.batch_size, tokens, text_tokens(module.backbone))
+    text = text_tokens(module.backbone)
+    flops = 3 * world * forward_flops(family, config, identity_node, args.batch_size, tokens, text)
     result = {
         "model": args.model,
         "preset": args.preset,

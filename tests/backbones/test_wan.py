@@ -293,8 +293,9 @@ def test_both_experts_sample_switching_at_the_boundary_and_lora_and_export_cover
     base = without_lora(backbone.transformer, merge=False)
     base.save_pretrained(tmp_path / "export" / "transformer")
     with torch.no_grad():
-        for name, lora_folder, t in (("high_noise", tmp_path / "lora", 900.0), ("low_noise", path.parent / "low_noise", 100.0)):
-            reread = WanTransformer3DModel.from_pretrained(tmp_path / "export" / ("transformer" if name == "high_noise" else "transformer_2"))
+        experts = (("transformer", tmp_path / "lora", 900.0), ("transformer_2", tmp_path / "lora" / "low_noise", 100.0))
+        for folder, lora_folder, t in experts:  # high noise, then low noise
+            reread = WanTransformer3DModel.from_pretrained(tmp_path / "export" / folder)
             reread.load_lora_adapter(str(lora_folder), prefix="transformer", weight_name=LORA_WEIGHTS_FILE)
             timestep = torch.tensor([t])
             torch.testing.assert_close(

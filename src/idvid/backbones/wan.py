@@ -561,7 +561,7 @@ class WanBackbone(Backbone):
 
     @property
     def sigma_range(self) -> tuple[float, float]:
-        """The noise levels training covers: the trained expert's share, or the whole schedule (one expert, ``both``)."""
+        """The noise levels training covers: the trained expert's share, else the whole schedule (one expert, both)."""
         return self._sigma_range(self.expert)
 
     def _sigma_range(self, expert: str | None) -> tuple[float, float]:
@@ -588,7 +588,8 @@ class WanBackbone(Backbone):
         expert, sigma_range = self.expert, self.sigma_range
         if expert == "both":
             expert = self._draw_step_expert(random, t_fraction)
-            if t_fraction is None:  # a fixed fraction is of the whole schedule; a drawn level stays in the expert's range
+            # A fixed fraction is of the whole schedule; a drawn level stays in the step's expert's range.
+            if t_fraction is None:
                 sigma_range = self._sigma_range(expert)
         sigmas = draw_sigmas(random, clean.shape[0], self.flow_shift, sigma_range, t_fraction)
         timesteps = (sigmas * NUM_TRAIN_TIMESTEPS).to(clean.device)
