@@ -29,8 +29,8 @@ WanPipeline does. ``expert=`` chooses what trains:
   transformer does); each training step first picks one expert for the whole global batch, with
   the probability that one-model training puts on its range, then draws every sample's noise level
   inside that range. So each expert only ever sees its own timesteps, and each sample's noise level
-  is distributed exactly as in Wan's one-model training. (Under plain DDP only the step's expert has
-  gradients: use ``strategy=ddp_find_unused_parameters_true`` or DeepSpeed.)
+  is distributed exactly as in Wan's one-model training. (Only the step's expert has gradients; the
+  ``trainer=ddp`` preset's ``ddp_find_unused_parameters_true`` allows that.)
 
 Everything is built from config (tiny random models for the demo and tests) or loaded from one
 local diffusers Wan pipeline folder (``pretrained``).
