@@ -5,7 +5,7 @@ reach a backbone only through the members below. A family's internals (its sched
 normalisation, the name of its patch embedding, its LoRA file format) stay in its adapter
 (``idvid.backbones.cogvideox``, ``idvid.backbones.wan``); a third party adds a family by
 subclassing :class:`Backbone` in a plugin package and registering it with
-``idvid.registry.register_backbone`` (see CONTRIBUTING.md, "A new backbone").
+``idvid.registry.register_backbone`` (see CONTRIBUTING.md, "Writing a backbone").
 
 What the core does with a backbone, in full::
 
