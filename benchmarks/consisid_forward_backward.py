@@ -5,6 +5,7 @@ identical inputs. Prints the median time of each over several repeats and their 
 (target: kit / diffusers <= 1.02).
 
     python benchmarks/consisid_forward_backward.py [--layers 8] [--repeats 7] [--device cpu]
+    python benchmarks/consisid_forward_backward.py --smoke     # seconds: the CI check that it runs
 """
 
 from __future__ import annotations
@@ -76,7 +77,11 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--smoke", action="store_true", help="2 layers, 1 round of 1 repeat: a CI check in seconds")
     options = parser.parse_args()
+    rounds = 1 if options.smoke else 3
+    if options.smoke:
+        options.layers, options.repeats = 2, 1
 
     torch.manual_seed(0)
     reference = ConsisIDTransformer3DModel(**mid_size_config(options.layers))
@@ -129,7 +134,7 @@ def main() -> None:
 
     # Interleave the two so that machine noise hits both alike.
     diffusers_times, kit_times = [], []
-    for _ in range(3):
+    for _ in range(rounds):
         diffusers_times.append(timed(diffusers_step, options.repeats, options.device))
         kit_times.append(timed(kit_step, options.repeats, options.device))
     d, k = statistics.median(diffusers_times), statistics.median(kit_times)

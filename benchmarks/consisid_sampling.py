@@ -6,6 +6,7 @@ same VAE, text encoder, scheduler, weights, reference and identity features. Pri
 times and the ratio (target: kit faster).
 
     python benchmarks/consisid_sampling.py [--steps 50] [--vit-tokens 257]
+    python benchmarks/consisid_sampling.py --smoke      # seconds: the CI check that it runs
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--vit-tokens", type=int, default=257, help="ViT tokens per depth (ViT-L/14-336: 577)")
+    parser.add_argument("--smoke", action="store_true", help="2 steps, 17 ViT tokens: a CI check in seconds")
     options = parser.parse_args()
+    if options.smoke:
+        options.steps, options.vit_tokens = 2, 17
 
     with tempfile.TemporaryDirectory() as tmp:
         reference = write_tiny_pipeline(Path(tmp), **LFE)
@@ -70,9 +74,10 @@ def main() -> None:
         ).frames
 
     # The kit takes the same identity features; its conditioners would compute them from the photo.
-    module.conditions_for = lambda batch, generator: {
-        "face_latent": backbone.encode_video(face[:, None], generator=generator),
-        "kps_latent": backbone.encode_video(face[:, None], generator=generator),
+    # (Same signature as TrainingModule.conditions_for; the posterior samples are drawn through `random`.)
+    module.conditions_for = lambda batch, random, cache=None: {
+        "face_latent": backbone.encode_video(face[:, None], random),
+        "kps_latent": backbone.encode_video(face[:, None], random),
         "id_cond": id_cond,
         "id_vit_hidden": id_vit_hidden,
     }

@@ -8,6 +8,7 @@ per step (median) and the share of the total spent waiting (target: < 5%). The f
 out again at no cost.
 
     python benchmarks/dataloader_wait.py [--steps 30] [--workers 0] [--free-loader] [overrides ...]
+    python benchmarks/dataloader_wait.py --smoke         # seconds: the CI check that it runs
 """
 
 from __future__ import annotations
@@ -68,8 +69,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--free-loader", action="store_true", help="reuse one item per clip: the wait's floor")
+    parser.add_argument("--smoke", action="store_true", help="4 steps after 1 warm-up: a CI check in seconds")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.batch_size=4")
     options = parser.parse_args()
+    if options.smoke:
+        options.steps, options.warmup = 4, 1
     warnings.filterwarnings("ignore")
 
     cfg = config_packages.compose("config", ["experiment=plan_c", *options.overrides])

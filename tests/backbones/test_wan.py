@@ -11,12 +11,13 @@ from diffusers import WanPipeline, WanTransformer3DModel
 from omegaconf import OmegaConf
 
 from idvid.backbones.lora import LORA_WEIGHTS_FILE, add_lora, without_lora
-from idvid.backbones.wan import NUM_TRAIN_TIMESTEPS, WanBackbone
+from idvid.backbones.wan import NUM_TRAIN_TIMESTEPS, WanBackbone, _scheduler_from
 from idvid.injection.plan import InjectionPlan
 from idvid.randomness import BatchRandom
 from idvid.sampling.sampler import sample_latents
 
 from ..conftest import compose_config
+from ..core.test_training import build_model, demo_batch  # noqa: F401  (demo_batch: a fixture)
 
 
 def wan_config(*overrides: str) -> dict:
@@ -40,7 +41,7 @@ def perturb(module: torch.nn.Module, seed: int = 0) -> None:
 
 def inputs(backbone: WanBackbone, batch: int = 2, frames: int = 3, size: int = 8):
     generator = torch.Generator().manual_seed(1)
-    latents = torch.randn(batch, frames, backbone.input_layer.in_channels, size, size, generator=generator)
+    latents = torch.randn(batch, frames, backbone.transformer.config.in_channels, size, size, generator=generator)
     text = torch.randn(batch, backbone.max_text_length, backbone.info.text_hidden_size, generator=generator)
     return latents, torch.tensor([120.0, 870.0][:batch]), text
 
@@ -78,7 +79,11 @@ def test_forward_equals_diffusers_wan_transformer(wan, checkpointing):
     assert (ours_grad - theirs_grad).abs().max() <= 1e-5 * theirs_grad.abs().max()
 
 
-def test_kit_sampling_equals_wan_pipeline(wan):
+@pytest.mark.parametrize("scheduler", ["UniPCMultistepScheduler", "FlowMatchEulerDiscreteScheduler"])
+def test_kit_sampling_equals_wan_pipeline(wan, scheduler):
+    if scheduler != type(wan.scheduler).__name__:
+        wan = copy.copy(wan)  # the same modules, another scheduler (built as backbone.scheduler.class_name does)
+        wan.scheduler = _scheduler_from(None, {"class_name": scheduler, "flow_shift": 3.0})
     num_frames, height, width, steps, guidance = 5, 32, 32, 4, 5.0
     caption = "a man smiling at the camera"
     shape = wan.latent_shape(1, num_frames, height, width)
@@ -208,6 +213,96 @@ def test_two_expert_folder_loads_with_the_low_noise_expert_training(tmp_path):
         WanBackbone(pretrained=str(tmp_path))
 
 
+def test_widening_a_two_expert_model_widens_the_frozen_expert_too():
+    """input_concat on a two-expert model: sampling's other-expert steps read the widened input as well."""
+    backbone = make_wan(*TWO_EXPERTS, "backbone.expert=high_noise")
+    latents, _, text = inputs(backbone, batch=1)
+    low = torch.tensor([100.0])  # the frozen low-noise expert's range
+    with torch.no_grad():
+        before = backbone(latents, low, text)
+        backbone.set_input_channels(16)
+        widened = torch.cat([latents, torch.randn_like(latents)], dim=2)
+        torch.testing.assert_close(backbone(widened, low, text), before, rtol=0, atol=0)
+    assert backbone.other_expert.config.in_channels == backbone.transformer.config.in_channels == 32
+
+
+# ------------------------------------------------------------------ Wan 2.2: both experts train
+BOTH = (*TWO_EXPERTS, "backbone.expert=both")
+
+
+def spy_on_pair(backbone: WanBackbone) -> list[tuple[str, list[float]]]:
+    calls: list[tuple[str, list[float]]] = []
+    for name in ("high_noise", "low_noise"):
+        getattr(backbone.transformer, name).condition_embedder.register_forward_hook(
+            lambda module, args, output, name=name: calls.append((name, args[0].tolist()))
+        )
+    return calls
+
+
+def test_both_experts_train_each_only_on_its_timestep_range():
+    backbone = make_wan(*BOTH).train()
+    calls = spy_on_pair(backbone)
+    random = BatchRandom(torch.Generator().manual_seed(0))
+    latents, _, text = inputs(backbone)
+    for _ in range(40):
+        noised = backbone.add_training_noise(latents, random)
+        backbone.zero_grad()
+        backbone(noised.noisy, noised.timesteps, text).square().mean().backward()
+        ran = calls[-1][0]
+        # Only the expert of this step's timesteps gets gradients.
+        for name in ("high_noise", "low_noise"):
+            grads = [p.grad for p in getattr(backbone.transformer, name).parameters() if p.grad is not None]
+            assert bool(grads) == (name == ran)
+    boundary = 0.5 * NUM_TRAIN_TIMESTEPS
+    seen = {name: [t for n, steps in calls for t in steps if n == name] for name in ("high_noise", "low_noise")}
+    assert seen["high_noise"] and seen["low_noise"]  # both experts trained
+    assert min(seen["high_noise"]) >= boundary and max(seen["low_noise"]) < boundary
+    # Every sample's noise level is distributed as in one-model training (shift 3: P(sigma >= 0.5) = 3/4).
+    high_share = len(seen["high_noise"]) / (len(seen["high_noise"]) + len(seen["low_noise"]))
+    assert 0.5 < high_share < 0.95
+    # Both experts' weights are trained parameters of `transformer`; nothing is a frozen expert.
+    assert backbone.other_expert is None and "other_expert" not in backbone.frozen_modules
+    assert all(p.requires_grad for p in backbone.transformer.parameters())
+    assert {n.split(".")[0] for n, _ in backbone.transformer.named_parameters()} == {"high_noise", "low_noise"}
+
+
+def test_both_experts_fixed_fraction_goes_to_the_expert_of_that_noise_level():
+    backbone = make_wan(*BOTH)
+    latents = torch.zeros(2, 3, 16, 8, 8)
+    for fraction, expert_is_high in ((0.25, False), (0.5, True), (0.9, True)):
+        noised = backbone.add_training_noise(latents, BatchRandom(torch.Generator().manual_seed(0)), fraction)
+        torch.testing.assert_close(noised.timesteps, torch.full((2,), fraction * NUM_TRAIN_TIMESTEPS))
+        assert bool((noised.timesteps >= 500).all()) == expert_is_high
+
+
+def test_both_experts_sample_switching_at_the_boundary_and_lora_and_export_cover_both(tmp_path):
+    backbone = make_wan(*BOTH)
+    calls = spy_on_pair(backbone)
+    latents, _, text = inputs(backbone, batch=1)
+    schedule = backbone.sampling_schedule(8, "cpu")
+    with torch.no_grad():
+        sample_latents(backbone, InjectionPlan({}), {}, text, text * 0, latents.shape, num_inference_steps=8)
+    expected = ["high_noise" if t >= 500 else "low_noise" for t in schedule.timesteps.tolist()]
+    assert [name for name, _ in calls] == expected and len(set(expected)) == 2
+
+    add_lora(backbone.transformer, targets=backbone.lora_targets, rank=2)
+    perturb(backbone.transformer)
+    path = backbone.save_lora(tmp_path / "lora")
+    assert path == tmp_path / "lora" / LORA_WEIGHTS_FILE
+    assert (tmp_path / "lora" / "low_noise" / LORA_WEIGHTS_FILE).is_file()
+    base = without_lora(backbone.transformer, merge=False)
+    base.save_pretrained(tmp_path / "export" / "transformer")
+    with torch.no_grad():
+        experts = (("transformer", tmp_path / "lora", 900.0), ("transformer_2", tmp_path / "lora" / "low_noise", 100.0))
+        for folder, lora_folder, t in experts:  # high noise, then low noise
+            reread = WanTransformer3DModel.from_pretrained(tmp_path / "export" / folder)
+            reread.load_lora_adapter(str(lora_folder), prefix="transformer", weight_name=LORA_WEIGHTS_FILE)
+            timestep = torch.tensor([t])
+            torch.testing.assert_close(
+                diffusers_forward(reread, latents, timestep, text), backbone(latents, timestep, text), rtol=0, atol=1e-5
+            )
+
+
 # ------------------------------------------------------------------------------ LoRA, export
 def test_lora_export_loads_in_wan_pipeline_and_reproduces_the_output(tmp_path):
     backbone = make_wan()
@@ -315,3 +410,24 @@ def test_frame_counts_the_vae_cannot_take_are_refused_with_the_nearest_valid_one
     with pytest.raises(ValueError, match=r"10 frames of 40x32.*nearest: 9 or 13.*height must be a multiple of 16 \(nearest: 32 or 48\)"):
         wan.latent_shape(1, 10, 40, 32)
     assert wan.latent_shape(2, 9, 32, 48) == (2, 3, 16, 4, 6)
+
+
+def test_both_experts_under_the_training_module_lora_and_kit_export(tmp_path, demo_batch):  # noqa: F811
+    """plan_c with expert=both and trainable=lora: both experts widened and adapted, export writes the pair."""
+    from idvid.interop import KitFormat
+
+    module, _ = build_model("plan_c", "backbone=wan_tiny", *BOTH, "model.trainable=lora")
+    pair = module.backbone.transformer
+    assert [expert.config.in_channels for expert in pair.experts] == [32, 32]
+    for expert in pair.experts:  # the LoRA adapters and the widened input layer train, the base does not
+        trained = {n for n, p in expert.named_parameters() if p.requires_grad}
+        assert trained and all("lora_" in n or n.startswith("patch_embedding.") for n in trained)
+    module.train()
+    loss = module.compute_loss(demo_batch, BatchRandom(torch.Generator().manual_seed(0)))["loss"]
+    loss.backward()
+    with_grads = {n.split(".")[0] for n, p in pair.named_parameters() if p.grad is not None}
+    assert len(with_grads) == 1  # the step's expert only
+    KitFormat().write(module, tmp_path)
+    for folder in ("transformer", "transformer_2"):
+        assert WanTransformer3DModel.from_pretrained(tmp_path / folder).config.in_channels == 32
+    assert (tmp_path / "transformer_lora" / "low_noise" / LORA_WEIGHTS_FILE).is_file()

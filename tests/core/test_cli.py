@@ -24,6 +24,7 @@ from idvid.injection import SITE_DESCRIPTIONS, Site
 from idvid.registry import REGISTRIES
 from idvid.training.visuals import frame_grid
 
+from ..backbones.test_backbone_contract import TINY_BACKBONES
 from ..conftest import EXPERIMENTS, compose_config
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -70,11 +71,13 @@ def table_rows(text: str) -> list[list[str]]:
 
 
 @pytest.mark.slow
-def test_fit_plan_c_writes_config_checkpoints_tensorboard_and_samples(tmp_path):
+@pytest.mark.parametrize("backbone", [tiny.config for tiny in TINY_BACKBONES])
+def test_fit_plan_c_writes_config_checkpoints_tensorboard_and_samples(tmp_path, backbone):
     run_dir = tmp_path / "run"
     result = run_idvid(
         "fit",
         "experiment=plan_c",
+        f"backbone={backbone}",
         f"hydra.run.dir={run_dir}",
         "trainer.max_steps=2",
         "trainer.val_check_interval=2",

@@ -10,6 +10,7 @@ import torch
 from idvid.verbs.fit import fit
 from idvid.training.guard import DivergenceError, NonFiniteGuard
 
+from ..backbones.test_backbone_contract import TINY_BACKBONES
 from ..conftest import compose_config
 from .test_training import scalars
 
@@ -68,9 +69,10 @@ def _infinite_gradient(x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("backbone", [tiny.config for tiny in TINY_BACKBONES])
 @pytest.mark.parametrize("target", ["loss", "gradient"])
-def test_a_non_finite_step_is_skipped_and_training_goes_on(tmp_path, target):
-    loss = run(tmp_path, "trainer.max_steps=5", poison=Poison({2}, target))
+def test_a_non_finite_step_is_skipped_and_training_goes_on(tmp_path, target, backbone):
+    loss = run(tmp_path, "trainer.max_steps=5", f"backbone={backbone}", poison=Poison({2}, target))
     assert loss is not None and math.isfinite(loss)
     _, skipped = scalars(tmp_path, "train/non_finite_steps")  # a running count
     assert skipped and {value for _, value in skipped} == {1.0}, skipped

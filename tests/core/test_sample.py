@@ -18,16 +18,17 @@ from idvid.data.video_io import read_mp4
 from idvid.interop import build_for_training, load_module, save_module
 from idvid.verbs.sample import reference_batch, sample
 
+from ..backbones.test_backbone_contract import TINY_BACKBONES
 from ..conftest import compose_config
 
 
-@pytest.fixture(scope="module")
-def plan_c_checkpoint(tmp_path_factory):
-    cfg = compose_config(["experiment=plan_c"])
+@pytest.fixture(scope="module", params=[tiny.config for tiny in TINY_BACKBONES])
+def plan_c_checkpoint(request, tmp_path_factory):
+    cfg = compose_config(["experiment=plan_c", f"backbone={request.param}"])
     L.seed_everything(0)
     module = hydra.utils.instantiate(cfg.model)
     with torch.no_grad():  # the widened face-latent channels start at zero; make them matter
-        module.backbone.transformer.patch_embed.proj.weight[:, 16:].normal_(0, 0.1)
+        module.backbone.input_layer.weight[:, 16:].normal_(0, 0.1)
     return save_module(module, tmp_path_factory.mktemp("ckpt") / "plan_c.ckpt")
 
 

@@ -270,11 +270,13 @@ def test_ema_callback_averages_after_optimizer_steps_only():
 
 
 @pytest.mark.slow
-def test_ema_is_saved_resumed_and_loadable(tmp_path):
+@pytest.mark.parametrize("backbone", ["cogvideox_tiny", "wan_tiny"])  # tests/backbones' TINY_BACKBONES
+def test_ema_is_saved_resumed_and_loadable(tmp_path, backbone):
     from idvid.interop import load_module
 
     common = [
         "experiment=plan_c",
+        f"backbone={backbone}",
         "trainer.max_steps=4",
         "trainer.val_check_interval=100",
         "callbacks.checkpoint.every_n_train_steps=2",

@@ -5,7 +5,7 @@ reach a backbone only through the members below. A family's internals (its sched
 normalisation, the name of its patch embedding, its LoRA file format) stay in its adapter
 (``idvid.backbones.cogvideox``, ``idvid.backbones.wan``); a third party adds a family by
 subclassing :class:`Backbone` in a plugin package and registering it with
-``idvid.registry.register_backbone`` (see CONTRIBUTING.md, "A new backbone").
+``idvid.registry.register_backbone`` (see CONTRIBUTING.md, "Writing a backbone").
 
 What the core does with a backbone, in full::
 
@@ -26,6 +26,7 @@ Latents are always ``[B, f, C, h, w]`` (frames before channels) outside an adapt
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,22 +88,27 @@ class DenoisingSchedule:
 
 
 class DiffusersSchedule(DenoisingSchedule):
-    """A diffusers scheduler whose ``step(model_output, timestep, sample, generator=)`` needs nothing else.
+    """A diffusers scheduler whose ``step(model_output, timestep, sample)`` needs nothing else.
 
     (Euler, UniPC, DPM-Solver multistep and the flow-matching ones do; CogVideoX's DPM scheduler
     does not, and its adapter overrides ``step``.) ``scheduler`` is used as a template: the schedule
-    runs on its own copy, so two sampling runs never share a solver's state.
+    runs on its own copy, so two sampling runs never share a solver's state. The generator goes only
+    to schedulers whose ``step`` takes one (UniPC's refuses the keyword; stochastic ones draw from it).
     """
 
     def __init__(self, scheduler: Any, num_inference_steps: int, device: torch.device | str | None = None):
         self.scheduler = type(scheduler).from_config(scheduler.config)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         self.timesteps = self.scheduler.timesteps
+        self._step_takes_generator = "generator" in inspect.signature(self.scheduler.step).parameters
 
     def prepare_initial_noise(self, noise: torch.Tensor) -> torch.Tensor:
-        return noise * self.scheduler.init_noise_sigma
+        # Flow-matching schedulers (flow-match Euler) have neither attribute: noise and input are unscaled.
+        return noise * getattr(self.scheduler, "init_noise_sigma", 1.0)
 
     def scale_model_input(self, latents: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        if not hasattr(self.scheduler, "scale_model_input"):
+            return latents
         return self.scheduler.scale_model_input(latents, timestep)
 
     def step(
@@ -113,7 +119,8 @@ class DiffusersSchedule(DenoisingSchedule):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         timestep = self.timesteps[step_index]
-        return self.scheduler.step(prediction, timestep, latents, generator=generator, return_dict=False)[0]
+        extra = {"generator": generator} if self._step_takes_generator else {}
+        return self.scheduler.step(prediction, timestep, latents, return_dict=False, **extra)[0]
 
 
 class Backbone(nn.Module):

@@ -27,6 +27,7 @@ The family's side of the backbone contract (``idvid.backbones.base``):
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,43 @@ def _require_dir(path: Path, what: str) -> Path:
     return path
 
 
+# ConsisID-preview's transformer is a CogVideoX-5B-I2V transformer plus the identity modules; its
+# CogVideoX weights load into CogVideoXTransformer3DModel (the identity ones go through convert).
+TRANSFORMER_CLASSES = ("CogVideoXTransformer3DModel", "ConsisIDTransformer3DModel")
+
+
+def _check_pipeline_class(root: Path) -> None:
+    """Refuse another family's folder before loading it, naming the backbone to use."""
+    config = root / "transformer" / "config.json"
+    if not config.is_file():
+        return  # the layout check below names what is missing
+    transformer_class = json.loads(config.read_text()).get("_class_name")
+    index = root / "model_index.json"
+    pipeline_class = (json.loads(index.read_text()) if index.is_file() else {}).get("_class_name") or "unknown"
+    if transformer_class == "WanTransformer3DModel":
+        raise ValueError(
+            f"{root} is a {pipeline_class} folder, not a CogVideoX pipeline; use backbone=wan_tiny with "
+            f"backbone.pretrained={root} (the wan backbone), or point backbone.pretrained at a CogVideoX folder."
+        )
+    if transformer_class not in TRANSFORMER_CLASSES:
+        raise ValueError(
+            f"{root} is not a diffusers CogVideoX pipeline folder: its transformer/config.json names "
+            f"{transformer_class!r} (model_index.json: {pipeline_class!r}), expected 'CogVideoXTransformer3DModel' "
+            f"(or a ConsisID-preview folder). Point backbone.pretrained at a CogVideoX folder with {PIPELINE_LAYOUT}."
+        )
+
+
+def _check_latent_channels(transformer: CogVideoXTransformer3DModel, vae: AutoencoderKLCogVideoX, where: str) -> None:
+    config, latent = transformer.config, vae.config.latent_channels
+    # in_channels may exceed the latent (CogVideoX-5B-I2V and ConsisID take 32: noise + image latent).
+    if config.out_channels != latent or config.in_channels < latent:
+        raise ValueError(
+            f"{where}: the transformer takes {config.in_channels} and predicts {config.out_channels} latent channels "
+            f"but the VAE's latent has latent_channels={latent}. Use a transformer and VAE of the same CogVideoX "
+            f"model (16 channels), or make backbone.transformer.out_channels equal backbone.vae.latent_channels."
+        )
+
+
 @register_backbone("cogvideox")
 class CogVideoXBackbone(Backbone):
     """CogVideoX transformer + VAE + T5 text encoder + tokenizer + DPM scheduler."""
@@ -78,6 +116,7 @@ class CogVideoXBackbone(Backbone):
         self.pretrained = pretrained
         if pretrained:
             root = _require_dir(Path(pretrained).expanduser(), "Pretrained CogVideoX folder")
+            _check_pipeline_class(root)
             for part in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"):
                 _require_dir(root / part, f"{part}/ subfolder")
                 if part != "tokenizer" and not any((root / part).glob("*config.json")):
@@ -91,6 +130,7 @@ class CogVideoXBackbone(Backbone):
             self.text_encoder = T5EncoderModel.from_pretrained(root / "text_encoder")
             self.tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
             self.scheduler = CogVideoXDPMScheduler.from_pretrained(root / "scheduler")
+            where = str(root)
         else:
             missing = [
                 k for k, v in {"transformer": transformer, "vae": vae, "text_encoder": text_encoder}.items() if not v
@@ -107,6 +147,8 @@ class CogVideoXBackbone(Backbone):
             self.tokenizer = build_demo_tokenizer(self.transformer.config.max_text_seq_length)
             self.text_encoder = T5EncoderModel(T5Config(**{"vocab_size": len(self.tokenizer), **text_encoder}))
             self.scheduler = CogVideoXDPMScheduler(**(scheduler or {}))
+            where = "backbone config"
+        _check_latent_channels(self.transformer, self.vae, where)
         config = self.transformer.config
         if config.patch_size_t is not None or config.ofs_embed_dim:
             raise NotImplementedError(

@@ -12,8 +12,6 @@ Sampling uses the family's diffusers scheduler (UniPC or flow-match Euler) with 
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 
 from idvid.backbones.base import DiffusersSchedule
@@ -59,21 +57,9 @@ def flow_matching_noise(clean: torch.Tensor, noise: torch.Tensor, sigmas: torch.
 class FlowMatchingSchedule(DiffusersSchedule):
     """Wan's sampling schedulers (UniPC, flow-match Euler) as a kit denoising schedule.
 
-    Unlike the generic schedule it starts the scheduler at step 0 as WanPipeline does, and hands the
-    generator only to schedulers whose ``step`` takes one (UniPC's does not).
+    Unlike the generic schedule it starts the scheduler at step 0, as WanPipeline does.
     """
 
     def __init__(self, scheduler, num_inference_steps: int, device: torch.device | str | None = None):
         super().__init__(scheduler, num_inference_steps, device)
         self.scheduler.set_begin_index(0)
-        self._takes_generator = "generator" in inspect.signature(self.scheduler.step).parameters
-
-    def step(
-        self,
-        prediction: torch.Tensor,
-        step_index: int,
-        latents: torch.Tensor,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        extra = {"generator": generator} if self._takes_generator else {}
-        return self.scheduler.step(prediction, self.timesteps[step_index], latents, return_dict=False, **extra)[0]

@@ -20,9 +20,17 @@ target ``noise - x_0``, shifted-uniform noise levels with the scheduler's ``flow
 Latents are normalised per channel with the VAE's ``latents_mean`` / ``latents_std``.
 
 Wan 2.2 A14B has two experts: ``transformer/`` for high noise (``t >= boundary_ratio * 1000``)
-and ``transformer_2/`` for low noise. ``expert=high_noise|low_noise`` picks the one that trains
-(it becomes ``self.transformer``; the other is frozen and kept for sampling); training draws
-timesteps only from its range, and forward sends every sample to the expert of its timestep.
+and ``transformer_2/`` for low noise; forward sends a batch to the expert of its timesteps, as
+WanPipeline does. ``expert=`` chooses what trains:
+
+- ``high_noise`` / ``low_noise``: that expert becomes ``self.transformer`` and training draws
+  timesteps only from its range; the other is frozen and runs only its sampling steps.
+- ``both``: ``self.transformer`` is a :class:`WanExpertPair` holding both (as ai-toolkit's dual
+  transformer does); each training step first picks one expert for the whole global batch, with
+  the probability that one-model training puts on its range, then draws every sample's noise level
+  inside that range. So each expert only ever sees its own timesteps, and each sample's noise level
+  is distributed exactly as in Wan's one-model training. (Only the step's expert has gradients; the
+  ``trainer=ddp`` preset's ``ddp_find_unused_parameters_true`` allows that.)
 
 Everything is built from config (tiny random models for the demo and tests) or loaded from one
 local diffusers Wan pipeline folder (``pretrained``).
@@ -30,6 +38,7 @@ local diffusers Wan pipeline folder (``pretrained``).
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from pathlib import Path
@@ -50,7 +59,7 @@ from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
 
 from idvid.backbones.base import Backbone, BackboneInfo, NoisedLatents
 from idvid.backbones.demo_tokenizer import build_demo_tokenizer
-from idvid.backbones.flow_matching import FlowMatchingSchedule, draw_sigmas, flow_matching_noise
+from idvid.backbones.flow_matching import FlowMatchingSchedule, draw_sigmas, flow_matching_noise, unshift_sigma
 from idvid.backbones.lora import LORA_WEIGHTS_FILE, lora_layers
 from idvid.injection.plan import NO_INJECTION, PreparedInjection
 from idvid.injection.sites import Site
@@ -61,7 +70,7 @@ log = logging.getLogger(__name__)
 
 PIPELINE_LAYOUT = "transformer/, vae/, text_encoder/, tokenizer/, scheduler/ (and transformer_2/ for Wan 2.2 A14B)"
 SCHEDULERS = {cls.__name__: cls for cls in (UniPCMultistepScheduler, FlowMatchEulerDiscreteScheduler)}
-EXPERTS = ("high_noise", "low_noise")
+EXPERTS = ("high_noise", "low_noise", "both")
 NUM_TRAIN_TIMESTEPS = 1000  # Wan's timestep scale: the transformer sees 1000 * sigma
 WAN_TEXT_LENGTH = 512  # UMT5 tokens per caption in Wan's pipelines
 
@@ -140,6 +149,52 @@ def _scheduler_from(folder: Path | None, overrides: dict[str, Any] | None):
     return cls.from_config({**config, **overrides})
 
 
+class WanExpertPair(nn.Module):
+    """Wan 2.2's two experts trained together (``backbone.expert=both``): the backbone's ``transformer``.
+
+    Full fine-tune, LoRA, EMA and checkpoints see both experts' parameters (``high_noise.*``,
+    ``low_noise.*``). The members below are the diffusers model methods the kit calls on a
+    transformer (``add_adapter``, ``fuse_lora``, ``unload_lora``, ``save_pretrained``), applied to each.
+    """
+
+    def __init__(self, high_noise: WanTransformer3DModel, low_noise: WanTransformer3DModel):
+        super().__init__()
+        self.high_noise, self.low_noise = high_noise, low_noise
+
+    @property
+    def experts(self) -> tuple[WanTransformer3DModel, WanTransformer3DModel]:
+        return (self.high_noise, self.low_noise)
+
+    @property
+    def config(self):
+        return self.high_noise.config  # Wan 2.2 A14B's experts share one architecture
+
+    @property
+    def peft_config(self) -> dict:
+        return self.high_noise.peft_config
+
+    def add_adapter(self, config) -> None:
+        for expert in self.experts:
+            expert.add_adapter(copy.deepcopy(config))
+
+    def fuse_lora(self) -> None:
+        for expert in self.experts:
+            expert.fuse_lora()
+
+    def unload_lora(self) -> None:
+        for expert in self.experts:
+            expert.unload_lora()
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """``folder`` gets the high-noise expert and its sibling ``<folder>_2`` the low-noise one.
+
+        Given a pipeline folder's ``transformer/`` that is Wan 2.2's own layout (``transformer_2/``).
+        """
+        folder = Path(folder)
+        self.high_noise.save_pretrained(folder)
+        self.low_noise.save_pretrained(folder.with_name(f"{folder.name}_2"))
+
+
 @register_backbone("wan")
 class WanBackbone(Backbone):
     """Wan transformer(s) + Wan VAE + UMT5 text encoder + tokenizer + flow-matching scheduler."""
@@ -201,11 +256,14 @@ class WanBackbone(Backbone):
             if model is not None:
                 _check_latent_channels(model, self.vae, where)
         self.boundary_ratio, self.expert = self._choose_expert(expert, boundary_ratio, low_noise is not None)
-        # The trained network is `transformer` (LoRA, widening and checkpoints act on it); the other
-        # expert of a two-expert model is frozen and only runs in sampling, for its timesteps.
-        trained, other = (low_noise, high_noise) if self.expert == "low_noise" else (high_noise, low_noise)
-        self.transformer = trained
-        self.other_expert = other
+        # The trained network is `transformer` (LoRA, widening and checkpoints act on it); with one expert
+        # chosen, the other expert of a two-expert model is frozen and only runs in sampling, for its timesteps.
+        if self.expert == "both":
+            self.transformer, self.other_expert = WanExpertPair(high_noise, low_noise), None
+        elif self.expert == "low_noise":
+            self.transformer, self.other_expert = low_noise, high_noise
+        else:
+            self.transformer, self.other_expert = high_noise, low_noise
         self.max_text_length = int(max_text_length)
         self._default_video_size = tuple(int(v) for v in default_video_size)
         for frozen in self.frozen_modules.values():
@@ -240,7 +298,8 @@ class WanBackbone(Backbone):
                 f"backbone.expert={expert!r}: this Wan 2.2 model has two experts, transformer/ for high noise "
                 f"(t >= {float(boundary_ratio) * NUM_TRAIN_TIMESTEPS:.0f}) and transformer_2/ for low noise; choose "
                 "which one trains with backbone.expert=high_noise or backbone.expert=low_noise (one run each; the "
-                "other expert stays frozen and still samples its steps)."
+                "other expert stays frozen and still samples its steps), or backbone.expert=both (both train, each "
+                "on its own timesteps)."
             )
         return float(boundary_ratio), expert
 
@@ -266,6 +325,19 @@ class WanBackbone(Backbone):
         if self.other_expert is not None:
             frozen["other_expert"] = self.other_expert
         return frozen
+
+    @property
+    def experts(self) -> list[WanTransformer3DModel]:
+        """Every transformer of the model, trained or frozen (one for Wan 2.1, two for Wan 2.2 A14B)."""
+        if isinstance(self.transformer, WanExpertPair):
+            return list(self.transformer.experts)
+        return [model for model in (self.transformer, self.other_expert) if model is not None]
+
+    def _expert_model(self, high_noise: bool) -> WanTransformer3DModel:
+        """The high- or low-noise expert of a two-expert model, whichever of them trains."""
+        if isinstance(self.transformer, WanExpertPair):
+            return self.transformer.high_noise if high_noise else self.transformer.low_noise
+        return self.transformer if high_noise == (self.expert == "high_noise") else self.other_expert
 
     @property
     def default_video_size(self) -> tuple[int, int, int]:
@@ -294,13 +366,24 @@ class WanBackbone(Backbone):
 
     # ------------------------------------------------------------ input layer
     @property
-    def input_layer(self) -> nn.Conv3d:
+    def input_layer(self) -> nn.Module:
+        """The patch embedding (``Conv3d``); with ``expert=both`` both experts' patch embeddings."""
+        if isinstance(self.transformer, WanExpertPair):
+            return nn.ModuleList(expert.patch_embedding for expert in self.transformer.experts)
         return self.transformer.patch_embedding
 
     def set_input_channels(self, extra_channels: int) -> None:
-        """Make the patch embedding accept ``latent_channels + extra_channels`` channels (new ones start at zero)."""
-        wanted = self.latent_channels + extra_channels
-        old: nn.Conv3d = self.transformer.patch_embedding
+        """Make the patch embedding accept ``latent_channels + extra_channels`` channels (new ones start at zero).
+
+        Every expert is widened, trained or frozen: sampling runs the frozen one on the same widened
+        input, and its zero new channels keep its output as it was.
+        """
+        for model in self.experts:
+            self._widen(model, self.latent_channels + extra_channels)
+
+    def _widen(self, model: WanTransformer3DModel, wanted: int) -> None:
+        extra_channels = wanted - self.latent_channels
+        old: nn.Conv3d = model.patch_embedding
         if old.in_channels == wanted:
             return
         if old.in_channels != self.latent_channels:
@@ -317,8 +400,9 @@ class WanBackbone(Backbone):
             if old.bias is not None:
                 widened.bias.copy_(old.bias)
         widened.to(device=old.weight.device, dtype=old.weight.dtype)
-        self.transformer.patch_embedding = widened
-        self.transformer.register_to_config(in_channels=wanted)
+        widened.requires_grad_(old.weight.requires_grad)
+        model.patch_embedding = widened
+        model.register_to_config(in_channels=wanted)
 
     # --------------------------------------------------------------- encoders
     @torch.no_grad()
@@ -367,8 +451,8 @@ class WanBackbone(Backbone):
 
     # ----------------------------------------------------------------- forward
     def expert_of(self, timestep: torch.Tensor) -> torch.Tensor:
-        """Per sample: True where the trained ``transformer`` handles this timestep (always, for one expert)."""
-        if self.boundary_ratio is None:
+        """Per sample: True where a trained expert handles this timestep (always, for one expert or ``both``)."""
+        if self.boundary_ratio is None or self.expert == "both":
             return torch.ones_like(timestep, dtype=torch.bool)
         high = timestep >= self.boundary_ratio * NUM_TRAIN_TIMESTEPS
         return high if self.expert == "high_noise" else ~high
@@ -386,11 +470,11 @@ class WanBackbone(Backbone):
         injectors act in whichever runs.
         """
         timestep = timestep.to(latents.device).expand(latents.shape[0])
-        mine = self.expert_of(timestep)
-        if bool(mine.all()):
-            model = self.transformer
-        elif not bool(mine.any()):
-            model = self.other_expert
+        if self.boundary_ratio is None:
+            return self._run_transformer(self.transformer, latents, timestep, text_embeddings, injection)
+        high = timestep >= self.boundary_ratio * NUM_TRAIN_TIMESTEPS
+        if bool(high.all()) or not bool(high.any()):
+            model = self._expert_model(high_noise=bool(high[0]))
         else:
             raise ValueError(
                 f"Timesteps {timestep.tolist()} fall on both sides of the expert boundary "
@@ -477,20 +561,42 @@ class WanBackbone(Backbone):
 
     @property
     def sigma_range(self) -> tuple[float, float]:
-        """The noise levels the trained expert covers (the whole schedule for a one-expert model)."""
-        if self.boundary_ratio is None:
+        """The noise levels training covers: the trained expert's share, else the whole schedule (one expert, both)."""
+        return self._sigma_range(self.expert)
+
+    def _sigma_range(self, expert: str | None) -> tuple[float, float]:
+        if self.boundary_ratio is None or expert in (None, "both"):
             return (0.0, 1.0)
-        return (self.boundary_ratio, 1.0) if self.expert == "high_noise" else (0.0, self.boundary_ratio)
+        return (self.boundary_ratio, 1.0) if expert == "high_noise" else (0.0, self.boundary_ratio)
+
+    def _draw_step_expert(self, random: BatchRandom, t_fraction: float | None) -> str:
+        """``expert=both``: the expert of this step, high noise with the share one-model training gives it.
+
+        One draw from the shared generator, identical on every rank, so the whole global batch (and every
+        data-parallel process) runs one expert. It is drawn even when ``t_fraction`` fixes the noise level,
+        which then decides the expert, so the later draws of the step stay where they are.
+        """
+        coin = float(torch.rand((), generator=random.generator))
+        if t_fraction is not None:
+            return "high_noise" if float(t_fraction) >= self.boundary_ratio else "low_noise"
+        high_noise_share = 1.0 - unshift_sigma(self.boundary_ratio, self.flow_shift)
+        return "high_noise" if coin < high_noise_share else "low_noise"
 
     def add_training_noise(
         self, clean: torch.Tensor, random: BatchRandom, t_fraction: float | None = None
     ) -> NoisedLatents:
-        sigmas = draw_sigmas(random, clean.shape[0], self.flow_shift, self.sigma_range, t_fraction)
+        expert, sigma_range = self.expert, self.sigma_range
+        if expert == "both":
+            expert = self._draw_step_expert(random, t_fraction)
+            # A fixed fraction is of the whole schedule; a drawn level stays in the step's expert's range.
+            if t_fraction is None:
+                sigma_range = self._sigma_range(expert)
+        sigmas = draw_sigmas(random, clean.shape[0], self.flow_shift, sigma_range, t_fraction)
         timesteps = (sigmas * NUM_TRAIN_TIMESTEPS).to(clean.device)
         if self.boundary_ratio is not None:
             # Rounding must not hand a sample to the other expert: the boundary belongs to high noise (t >= it).
             boundary = torch.tensor(self.boundary_ratio * NUM_TRAIN_TIMESTEPS, dtype=timesteps.dtype)
-            if self.expert == "high_noise":
+            if expert == "high_noise":
                 timesteps = timesteps.clamp(min=float(boundary))
             else:
                 timesteps = timesteps.clamp(max=float(torch.nextafter(boundary, torch.zeros(()))))
@@ -513,14 +619,23 @@ class WanBackbone(Backbone):
     def save_lora(self, folder: Path) -> Path:
         """``folder/pytorch_lora_weights.safetensors`` in the layout ``WanPipeline.load_lora_weights`` reads.
 
-        A LoRA of the low-noise expert loads with ``load_lora_weights(folder, load_into_transformer_2=True)``.
+        A LoRA of the low-noise expert loads with ``load_lora_weights(folder, load_into_transformer_2=True)``;
+        with ``expert=both`` the high-noise expert's LoRA is ``folder/`` and the low-noise one's ``folder/low_noise/``.
         """
-        metadata = self.transformer.peft_config["default"].to_dict()
-        WanPipeline.save_lora_weights(
-            folder,
-            transformer_lora_layers=lora_layers(self.transformer),
-            transformer_lora_adapter_metadata=metadata,
-        )
+        if isinstance(self.transformer, WanExpertPair):
+            self._save_lora_of(self.transformer.high_noise, Path(folder))
+            self._save_lora_of(self.transformer.low_noise, Path(folder) / "low_noise")
+            log.info("LoRA of both Wan 2.2 experts: load %s/low_noise with load_into_transformer_2=True", folder)
+        else:
+            self._save_lora_of(self.transformer, Path(folder))
         if self.expert == "low_noise":
             log.info("LoRA of Wan 2.2's low-noise expert: load it with load_into_transformer_2=True")
         return Path(folder) / LORA_WEIGHTS_FILE
+
+    @staticmethod
+    def _save_lora_of(model: WanTransformer3DModel, folder: Path) -> None:
+        WanPipeline.save_lora_weights(
+            folder,
+            transformer_lora_layers=lora_layers(model),
+            transformer_lora_adapter_metadata=model.peft_config["default"].to_dict(),
+        )
