@@ -82,8 +82,12 @@ def main() -> None:
         "id_vit_hidden": id_vit_hidden,
     }
 
+    # A sampling batch has the reference's entries (generate checks that the conditioners can run on it);
+    # the features above stand for what the conditioners compute from them.
+    batch = {"caption": [prompt], "ref_image": face, "ref_kps_image": face, "ref_embedding": torch.zeros(1, 128)}
+
     def run_kit():
-        return module.generate({"caption": [prompt]}, 9, 64, 64, options.steps, 6.0, seed=0)
+        return module.generate(batch, 9, 64, 64, options.steps, 6.0, seed=0)
 
     timings = {}
     for name, run in (("pipeline", run_pipeline), ("kit", run_kit)):
