@@ -16,7 +16,7 @@ import hydra
 from omegaconf import DictConfig
 
 from idvid.config_packages import KIT_CONFIG_PACKAGE, check_config_choices, with_plugin_search_path
-from idvid.errors import reported_as_user_errors
+from idvid.errors import ConfigError, reported_as_user_errors
 from idvid.resolvers import register_resolvers
 
 register_resolvers()  # before any config is composed
@@ -25,7 +25,7 @@ VERBS = {
     "fit": "train (Hydra overrides follow, e.g. experiment=plan_c trainer.max_steps=3)",
     "preprocess": "data.raw=DIR data.out=DIR [face=dlib]: raw videos + captions -> training set",
     "plugins": "list registered plugins, config packages and the injection sites",
-    "sample": "CKPT --image ref.jpg --prompt TEXT --out video.mp4 [face=dlib]: generate a video",
+    "sample": "CKPT --image ref.jpg --prompt TEXT --out video.mp4 [face=dlib|insightface face.options...]: a video",
     "convert": "--from FORMAT PATH --out CKPT [overrides]: a foreign checkpoint -> kit checkpoint",
     "export": "CKPT --to FORMAT OUT: kit checkpoint -> foreign layout (formats: see `plugins`)",
     "consolidate": "DEEPSPEED_CKPT_DIR OUT.ckpt: ZeRO shards of every rank -> one kit checkpoint",
@@ -38,9 +38,26 @@ USAGE = "usage: python -m idvid <verb> [overrides]\n\nverbs:\n" + "".join(
 )
 
 
+# Settings renamed when every verb came to configure the face backend one way (face=NAME face.options...).
+OLD_FACE_KEYS = ("face.backend", "face.dlib_models_dir", "face.insightface_det_size")
+
+
+def check_old_spellings(overrides: list[str]) -> None:
+    """Refuse a renamed setting with the new spelling (Hydra would only say that the key is not in the config)."""
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key.removeprefix("evaluate.") in OLD_FACE_KEYS:
+            raise ConfigError(
+                f"{key} is the old spelling of the face backend setting.",
+                "Every verb now takes face=dlib|insightface and face.options.<name>=<value>, e.g. face=insightface "
+                "face.options.models_dir=/models/antelopev2 (evaluate and ablate default to models.insightface).",
+            )
+
+
 def _run_hydra(task: Callable[[DictConfig], object], verb: str, overrides: list[str], config_name: str) -> None:
     """Run ``task`` on the config ``<config_name>.yaml`` of the kit's configs composed with ``overrides``."""
     argv = sys.argv
+    check_old_spellings(overrides)
     check_config_choices(overrides)
 
     def run(cfg: DictConfig) -> object:

@@ -1,0 +1,107 @@
+"""Start-up check of the scalar config values handed to classes built from ``_target_`` nodes.
+
+``trainer.max_steps=abc`` would otherwise reach Lightning as a string and fail deep inside it
+(``'<' not supported between instances of 'str' and 'int'``). The expected types are read from the
+annotations of the class each node builds (``lightning.Trainer``, the datamodule, each callback and
+logger), so a new argument, or a user's own class, is checked with no table to keep up to date.
+Only arguments whose annotation accepts nothing but numbers, booleans and ``None`` are checked: for
+anything else (a string choice, a path, an object) the class itself is the judge.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from typing import Any
+
+from omegaconf import DictConfig
+
+from idvid.errors import ConfigTypeError
+
+SCALAR_NAMES = {int: "an integer", float: "a number", bool: "true or false", type(None): "null"}
+
+
+def _accepted_scalars(annotation: Any) -> tuple[type, ...] | None:
+    """The scalar types ``annotation`` accepts, or None when it accepts anything else too."""
+    if annotation in SCALAR_NAMES:
+        return (annotation,)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = typing.get_args(annotation)
+        if all(member in SCALAR_NAMES for member in members):
+            return members
+    return None
+
+
+def _fits(value: Any, accepted: tuple[type, ...]) -> bool:
+    # bool is an int to Python, but `max_steps=true` is a mistake, not the step count 1.
+    if isinstance(value, bool):
+        return bool in accepted
+    if isinstance(value, int):
+        return int in accepted or float in accepted
+    if isinstance(value, float):
+        return float in accepted
+    return value is None and type(None) in accepted
+
+
+def _expected_types(target: str) -> dict[str, tuple[type, ...]]:
+    """argument -> accepted scalar types, for the arguments of ``target`` that take only scalars."""
+    from hydra.utils import get_object
+
+    try:
+        built = get_object(target)
+        hints = typing.get_type_hints(built.__init__ if inspect.isclass(built) else built)
+    except Exception:  # an unknown target or unresolvable annotations: Hydra reports the former itself
+        return {}
+    expected = {}
+    for name, annotation in hints.items():
+        accepted = _accepted_scalars(annotation)
+        if accepted is not None:
+            expected[name] = accepted
+    return expected
+
+
+def _target_nodes(cfg: DictConfig, roots: tuple[str, ...]) -> list[tuple[str, DictConfig]]:
+    """(dotted key, node) of each root that has a ``_target_``, and of each such node one level below it."""
+    nodes = []
+    for root in roots:
+        node = cfg.get(root)
+        if not isinstance(node, DictConfig):
+            continue
+        if "_target_" in node:
+            nodes.append((root, node))
+        else:  # a mapping of nodes: callbacks.<name>, logger.<name>
+            nodes += [(f"{root}.{key}", child) for key, child in node.items() if isinstance(child, DictConfig)]
+    return [(key, node) for key, node in nodes if "_target_" in node]
+
+
+def check_argument_types(cfg: DictConfig, roots: tuple[str, ...] = ("trainer", "data", "callbacks", "logger")) -> None:
+    """Raise ConfigTypeError naming every scalar value under ``roots`` whose type the built class does not take."""
+    problems = []
+    for key, node in _target_nodes(cfg, roots):
+        target = str(node["_target_"])
+        for name, accepted in _expected_types(target).items():
+            if name not in node:
+                continue
+            try:
+                value = node[name]
+            except Exception:  # an interpolation that cannot resolve yet: reported where it is used
+                continue
+            if not _fits(value, accepted):
+                wanted = " or ".join(SCALAR_NAMES[t] for t in accepted)
+                problems.append(
+                    f"{key}.{name}={value!r} ({type(value).__name__}): {target} expects {wanted}; "
+                    f"e.g. {key}.{name}={_example(accepted)}"
+                )
+    if problems:
+        raise ConfigTypeError(
+            "Config value(s) of the wrong type:\n" + "\n".join(f"- {problem}" for problem in problems),
+            "Fix these overrides (quoted values like '3' are strings to Hydra; write 3).",
+        )
+
+
+def _example(accepted: tuple[type, ...]) -> str:
+    for kind, example in ((int, "10"), (float, "0.5"), (bool, "true"), (type(None), "null")):
+        if kind in accepted:
+            return example
+    return "null"
