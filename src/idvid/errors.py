@@ -12,9 +12,10 @@ user errors:
   for the user;
 * ``hydra.errors.InstantiationException``: building an object from a config node failed, i.e. a
   config value does not fit the class it is given to;
-* an OmegaConf error raised while resolving an interpolation whose resolver raised a user error
-  (e.g. ``${idvid.face_embedding_dim:${data.manifest}}`` on a bad manifest): the resolver's message
-  is the one that names the problem, so it is printed instead of OmegaConf's wrapper.
+* an OmegaConf error raised while the config resolves (an interpolation to a key that does not
+  exist, a ``???`` value left unset); when a resolver raised a user error underneath (e.g.
+  ``${idvid.face_embedding_dim:${data.manifest}}`` on a bad manifest), the resolver's message is the
+  one that names the problem, so it is printed instead of OmegaConf's wrapper.
 
 ``HYDRA_FULL_ERROR=1`` or ``IDVID_TRACEBACK=1`` shows the traceback of a user error too.
 """
@@ -108,8 +109,12 @@ def plugin_bug(error: BaseException) -> BaseException | None:
 
 
 def _is_user_error_itself(error: BaseException) -> bool:
+    from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
+
     if isinstance(error, UserError) or resolver_error(error) is not None:
         return True
+    if isinstance(error, (InterpolationResolutionError, MissingMandatoryValue)):
+        return True  # a config that does not resolve: OmegaConf's message names the key
     return isinstance(error, KIT_ERROR_TYPES) and _raised_by_kit(error.__traceback__)
 
 

@@ -109,8 +109,15 @@ def load_diffusers_model(model_class: Any, folder: str | Path) -> Any:
     folder = Path(folder)
     config = read_json_file(folder / "config.json")
     shapes = _weight_shapes(folder)
-    with torch.device("meta"):  # the model's tensor layout without allocating it
-        expected = {name: tuple(t.shape) for name, t in model_class.from_config(config).state_dict().items()}
+    try:
+        with torch.device("meta"):  # the model's tensor layout without allocating it
+            expected = {name: tuple(t.shape) for name, t in model_class.from_config(config).state_dict().items()}
+    except Exception as error:
+        raise CorruptFileError(
+            f"{folder / 'config.json'} does not describe a {model_class.__name__} that can be built "
+            f"({type(error).__name__}: {error}).",
+            "Put the config.json that was saved with the weights back.",
+        ) from error
     missing = sorted(set(expected) - set(shapes))
     unexpected = sorted(set(shapes) - set(expected))
     wrong = [f"{k} {shapes[k]} (config: {expected[k]})" for k in sorted(set(expected) & set(shapes)) if shapes[k] != expected[k]]

@@ -88,7 +88,7 @@ def check_argument_types(cfg: DictConfig, roots: tuple[str, ...] = ("trainer", "
             except Exception:  # an interpolation that cannot resolve yet: reported where it is used
                 continue
             if not _fits(value, accepted):
-                wanted = " or ".join(SCALAR_NAMES[t] for t in accepted)
+                wanted = _describe(accepted)
                 problems.append(
                     f"{key}.{name}={value!r} ({type(value).__name__}): {target} expects {wanted}; "
                     f"e.g. {key}.{name}={_example(accepted)}"
@@ -100,8 +100,14 @@ def check_argument_types(cfg: DictConfig, roots: tuple[str, ...] = ("trainer", "
         )
 
 
+def _describe(accepted: tuple[type, ...]) -> str:
+    """"a number or null": in a fixed order, and an integer is a number too."""
+    kinds = [kind for kind in SCALAR_NAMES if kind in accepted and not (kind is int and float in accepted)]
+    return " or ".join(SCALAR_NAMES[kind] for kind in kinds)
+
+
 def _example(accepted: tuple[type, ...]) -> str:
-    for kind, example in ((int, "10"), (float, "0.5"), (bool, "true"), (type(None), "null")):
+    for kind, example in ((int, "10"), (float, "1.0"), (bool, "true"), (type(None), "null")):
         if kind in accepted:
             return example
     return "null"
