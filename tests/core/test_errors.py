@@ -62,6 +62,10 @@ def test_wrong_value_types_are_named_with_the_expected_type_before_anything_is_b
     assert_clean(err)
     assert "trainer.max_steps='abc' (str): lightning.Trainer expects an integer" in err
     assert not (tmp_path / "run" / "config.yaml").exists()  # stopped before the run started
+    # preprocess checks its settings the same way, before any video.
+    err = run_verb(capsys, "preprocess", f"data.raw={tmp_path}", f"data.out={tmp_path / 'out'}", "filters.min_face_size=big")
+    assert_clean(err)
+    assert "filters.min_face_size='big' (str): idvid.preprocess.filters.FilterSettings expects a number or null" in err
     from idvid.verbs.argument_types import check_argument_types
 
     cfg = compose_config(

@@ -128,8 +128,8 @@ def corrupt_checkpoint_error(path: str | Path, reason: str, option: str | None =
     if previous is None:
         fix = f"No other complete checkpoint is in {path.parent}; copy the file again or re-run the training."
     else:
-        use = f"{option}={previous}" if option else str(previous)
-        fix = f"The previous complete checkpoint in that folder is {previous}: use {use}"
+        use = f": use {option}={previous}" if option else "; give that one instead"
+        fix = f"The previous complete checkpoint in that folder is {previous}{use}"
     return CorruptFileError(
         f"Checkpoint {path} is truncated or corrupt ({reason}); it was probably cut short while being copied "
         f"or written (a full disk, a killed copy).",

@@ -1,4 +1,5 @@
-"""Start-up check of the scalar config values handed to classes built from ``_target_`` nodes.
+"""Start-up check of the scalar config values handed to classes built from ``_target_`` nodes
+(``fit``) or to settings dataclasses (``preprocess``).
 
 ``trainer.max_steps=abc`` would otherwise reach Lightning as a string and fail deep inside it
 (``'<' not supported between instances of 'str' and 'int'``). The expected types are read from the
@@ -13,6 +14,7 @@ from __future__ import annotations
 import inspect
 import types
 import typing
+from collections.abc import Mapping
 from typing import Any
 
 from omegaconf import DictConfig
@@ -44,14 +46,11 @@ def _fits(value: Any, accepted: tuple[type, ...]) -> bool:
     return value is None and type(None) in accepted
 
 
-def _expected_types(target: str) -> dict[str, tuple[type, ...]]:
-    """argument -> accepted scalar types, for the arguments of ``target`` that take only scalars."""
-    from hydra.utils import get_object
-
+def _expected_types(built: Any) -> dict[str, tuple[type, ...]]:
+    """argument -> accepted scalar types, for the arguments of the class (or function) ``built`` that take only scalars."""
     try:
-        built = get_object(target)
         hints = typing.get_type_hints(built.__init__ if inspect.isclass(built) else built)
-    except Exception:  # an unknown target or unresolvable annotations: Hydra reports the former itself
+    except Exception:  # annotations that cannot be resolved: nothing to check against
         return {}
     expected = {}
     for name, annotation in hints.items():
@@ -75,29 +74,54 @@ def _target_nodes(cfg: DictConfig, roots: tuple[str, ...]) -> list[tuple[str, Di
     return [(key, node) for key, node in nodes if "_target_" in node]
 
 
-def check_argument_types(cfg: DictConfig, roots: tuple[str, ...] = ("trainer", "data", "callbacks", "logger")) -> None:
-    """Raise ConfigTypeError naming every scalar value under ``roots`` whose type the built class does not take."""
+def value_problems(node: Mapping[str, Any], built: Any, key: str, owner: str | None = None) -> list[str]:
+    """One line per value of ``node`` (config key ``key``) whose type the arguments of ``built`` do not take."""
+    owner = owner or f"{built.__module__}.{built.__qualname__}"
     problems = []
-    for key, node in _target_nodes(cfg, roots):
-        target = str(node["_target_"])
-        for name, accepted in _expected_types(target).items():
-            if name not in node:
-                continue
-            try:
-                value = node[name]
-            except Exception:  # an interpolation that cannot resolve yet: reported where it is used
-                continue
-            if not _fits(value, accepted):
-                wanted = _describe(accepted)
-                problems.append(
-                    f"{key}.{name}={value!r} ({type(value).__name__}): {target} expects {wanted}; "
-                    f"e.g. {key}.{name}={_example(accepted)}"
-                )
+    for name, accepted in _expected_types(built).items():
+        if name not in node:
+            continue
+        try:
+            value = node[name]
+        except Exception:  # an interpolation that cannot resolve yet: reported where it is used
+            continue
+        if not _fits(value, accepted):
+            problems.append(
+                f"{key}.{name}={value!r} ({type(value).__name__}): {owner} expects {_describe(accepted)}; "
+                f"e.g. {key}.{name}={_example(accepted)}"
+            )
+    return problems
+
+
+def raise_for(problems: list[str]) -> None:
     if problems:
         raise ConfigTypeError(
             "Config value(s) of the wrong type:\n" + "\n".join(f"- {problem}" for problem in problems),
             "Fix these overrides (quoted values like '3' are strings to Hydra; write 3).",
         )
+
+
+def check_argument_types(cfg: DictConfig, roots: tuple[str, ...] = ("trainer", "data", "callbacks", "logger")) -> None:
+    """Raise ConfigTypeError naming every scalar value under ``roots`` whose type the built class does not take."""
+    from hydra.utils import get_object
+
+    problems = []
+    for key, node in _target_nodes(cfg, roots):
+        try:
+            built = get_object(str(node["_target_"]))
+        except Exception:  # an unknown target: Hydra names it when it builds the node
+            continue
+        problems += value_problems(node, built, key, owner=str(node["_target_"]))
+    raise_for(problems)
+
+
+def check_setting_types(cfg: Mapping[str, Any], settings: Mapping[str, type]) -> None:
+    """Raise ConfigTypeError for the values of ``cfg[key]`` that the dataclass ``settings[key]`` does not take."""
+    problems = []
+    for key, dataclass in settings.items():
+        if isinstance(cfg.get(key), Mapping):
+            problems += value_problems(cfg[key], dataclass, key)
+    raise_for(problems)
 
 
 def _describe(accepted: tuple[type, ...]) -> str:
