@@ -5,7 +5,8 @@ The reference goes through the same steps as training data: largest detected fac
 68 landmarks) with the background whitened,
 keypoint drawing, identity embedding. Classifier-free guidance is text-only (the
 face conditions go to both branches), and injectors prepare their identity tokens
-once per video.
+once per video. The face backend is set as in every verb: ``face=dlib|insightface
+face.options.<name>=<value>`` after the options (``sample.yaml``).
 """
 
 from __future__ import annotations
