@@ -74,6 +74,7 @@ def test_wrong_value_types_are_named_with_the_expected_type_before_anything_is_b
             "trainer.fast_dev_run=yes",
             "trainer.limit_val_batches=true",
             "callbacks.checkpoint.every_n_train_steps=x",
+            "optimizer.weight_decay=abc",
         ],
         run_dir=tmp_path,
     )
@@ -85,6 +86,7 @@ def test_wrong_value_types_are_named_with_the_expected_type_before_anything_is_b
         "trainer.fast_dev_run='yes' (str): lightning.Trainer expects an integer or true or false",
         "trainer.limit_val_batches=True (bool): lightning.Trainer expects a number or null",
         "callbacks.checkpoint.every_n_train_steps='x' (str)",
+        "optimizer.weight_decay='abc' (str): torch.optim.AdamW expects a number",
     ):
         assert expected in message
 

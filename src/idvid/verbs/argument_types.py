@@ -54,7 +54,7 @@ def _expected_types(built: Any) -> dict[str, tuple[type, ...]]:
         return {}
     expected = {}
     for name, annotation in hints.items():
-        accepted = _accepted_scalars(annotation)
+        accepted = _accepted_scalars(annotation) if name != "return" else None
         if accepted is not None:
             expected[name] = accepted
     return expected
@@ -101,7 +101,11 @@ def raise_for(problems: list[str]) -> None:
         )
 
 
-def check_argument_types(cfg: DictConfig, roots: tuple[str, ...] = ("trainer", "data", "callbacks", "logger")) -> None:
+# The config nodes of `fit` built from a `_target_` (each callback and logger is a node of its own).
+FIT_ROOTS = ("trainer", "data", "model", "optimizer", "callbacks", "logger")
+
+
+def check_argument_types(cfg: DictConfig, roots: tuple[str, ...] = FIT_ROOTS) -> None:
     """Raise ConfigTypeError naming every scalar value under ``roots`` whose type the built class does not take."""
     from hydra.utils import get_object
 
