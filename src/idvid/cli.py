@@ -54,17 +54,36 @@ def check_old_spellings(overrides: list[str]) -> None:
             )
 
 
+# Verbs whose settings are plain mappings: their values' types are checked against the shipped config
+# (`fit` and `preprocess` check theirs against the classes they build).
+DEFAULT_TYPED_VERBS = ("evaluate", "ablate")
+
+
+def _shipped_defaults(config_name: str) -> dict:
+    """The verb's config with no overrides, as a plain container with interpolations left unresolved."""
+    from omegaconf import OmegaConf
+
+    from idvid import config_packages
+
+    return OmegaConf.to_container(config_packages.compose(config_name, []), resolve=False)
+
+
 def _run_hydra(task: Callable[[DictConfig], object], verb: str, overrides: list[str], config_name: str) -> None:
     """Run ``task`` on the config ``<config_name>.yaml`` of the kit's configs composed with ``overrides``."""
     argv = sys.argv
     check_old_spellings(overrides)
     check_config_choices(overrides)
+    defaults = _shipped_defaults(config_name) if verb in DEFAULT_TYPED_VERBS else None
 
     def run(cfg: DictConfig) -> object:
         # Hydra has parsed the overrides; put the verb back, because launchers that re-run this
         # command in new processes (Lightning's DDP) rebuild their command line from sys.argv.
         sys.argv = [argv[0], verb, *overrides]
         with reported_as_user_errors(verb):
+            if defaults is not None:
+                from idvid.verbs.argument_types import check_types_against_defaults
+
+                check_types_against_defaults(cfg, defaults)
             return task(cfg)
 
     wrapped = hydra.main(config_path=f"pkg://{KIT_CONFIG_PACKAGE}", config_name=config_name, version_base="1.3")(run)

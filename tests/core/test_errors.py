@@ -66,6 +66,14 @@ def test_wrong_value_types_are_named_with_the_expected_type_before_anything_is_b
     err = run_verb(capsys, "preprocess", f"data.raw={tmp_path}", f"data.out={tmp_path / 'out'}", "filters.min_face_size=big")
     assert_clean(err)
     assert "filters.min_face_size='big' (str): idvid.preprocess.filters.FilterSettings expects a number or null" in err
+    # evaluate and ablate have no class to read types from: their shipped defaults say what is a number.
+    here = [f"videos={tmp_path}", f"refs={tmp_path}", f"prompts={tmp_path / 'p.tsv'}", f"out={tmp_path / 'eval'}"]
+    err = run_verb(capsys, "evaluate", *here, "num_frames=abc")
+    assert_clean(err)
+    assert "num_frames='abc' (str): expects a number, like its default num_frames=16" in err
+    err = run_verb(capsys, "ablate", f"out={tmp_path / 'ablation'}", "eval_set.steps=many")
+    assert "eval_set.steps='many' (str): expects a number, like its default eval_set.steps=50" in err
+    assert not list((tmp_path / "ablation").glob("plan_*"))  # Hydra made the run dir; nothing ran in it
     from idvid.verbs.argument_types import check_argument_types
 
     cfg = compose_config(

@@ -139,3 +139,36 @@ def _example(accepted: tuple[type, ...]) -> str:
         if kind in accepted:
             return example
     return "null"
+
+
+def check_types_against_defaults(cfg: DictConfig, defaults: Mapping[str, Any], prefix: str = "") -> None:
+    """Raise ConfigTypeError for values whose shipped default is a number but that are not a number (or null).
+
+    For the verbs whose settings are plain mappings (``evaluate``, ``ablate``): there is no class to
+    read the types from, so the shipped config says what each setting is. ``defaults`` is that config
+    as a plain container, interpolations unresolved (they are strings, and not checked).
+    """
+    raise_for(_number_problems(cfg, defaults, prefix))
+
+
+def _number_problems(cfg: Any, defaults: Mapping[str, Any], prefix: str) -> list[str]:
+    problems = []
+    for key, default in defaults.items():
+        if not isinstance(cfg, (DictConfig, Mapping)) or key not in cfg:
+            continue
+        if isinstance(default, Mapping):
+            try:
+                problems += _number_problems(cfg[key], default, f"{prefix}{key}.")
+            except Exception:  # a node that cannot resolve: reported where it is used
+                continue
+        elif isinstance(default, (int, float)) and not isinstance(default, bool):
+            try:
+                value = cfg[key]
+            except Exception:
+                continue
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                problems.append(
+                    f"{prefix}{key}={value!r} ({type(value).__name__}): expects a number, like its default "
+                    f"{prefix}{key}={default}"
+                )
+    return problems
