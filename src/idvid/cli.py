@@ -16,7 +16,7 @@ import hydra
 from omegaconf import DictConfig
 
 from idvid.config_packages import KIT_CONFIG_PACKAGE, check_config_choices, with_plugin_search_path
-from idvid.errors import reported_as_user_errors
+from idvid.errors import ConfigError, reported_as_user_errors
 from idvid.resolvers import register_resolvers
 
 register_resolvers()  # before any config is composed
@@ -25,7 +25,7 @@ VERBS = {
     "fit": "train (Hydra overrides follow, e.g. experiment=plan_c trainer.max_steps=3)",
     "preprocess": "data.raw=DIR data.out=DIR [face=dlib]: raw videos + captions -> training set",
     "plugins": "list registered plugins, config packages and the injection sites",
-    "sample": "CKPT --image ref.jpg --prompt TEXT --out video.mp4 [--overwrite]: generate a video",
+    "sample": "CKPT --image ref.jpg --prompt TEXT --out video.mp4 [--overwrite] [face=dlib|insightface face.options...]: a video",
     "convert": "--from FORMAT PATH --out CKPT [--overwrite] [overrides]: a foreign checkpoint -> kit checkpoint",
     "export": "CKPT --to FORMAT OUT [--overwrite]: kit checkpoint -> foreign layout (formats: see `plugins`)",
     "consolidate": "DEEPSPEED_CKPT_DIR OUT.ckpt [--overwrite]: ZeRO shards of every rank -> one kit checkpoint",
@@ -38,16 +38,52 @@ USAGE = "usage: python -m idvid <verb> [overrides]\n\nverbs:\n" + "".join(
 )
 
 
+# Settings renamed when every verb came to configure the face backend one way (face=NAME face.options...).
+OLD_FACE_KEYS = ("face.backend", "face.dlib_models_dir", "face.insightface_det_size")
+
+
+def check_old_spellings(overrides: list[str]) -> None:
+    """Refuse a renamed setting with the new spelling (Hydra would only say that the key is not in the config)."""
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key.removeprefix("evaluate.") in OLD_FACE_KEYS:
+            raise ConfigError(
+                f"{key} is the old spelling of the face backend setting.",
+                "Every verb now takes face=dlib|insightface and face.options.<name>=<value>, e.g. face=insightface "
+                "face.options.models_dir=/models/antelopev2 (evaluate and ablate default to models.insightface).",
+            )
+
+
+# Verbs whose settings are plain mappings: their values' types are checked against the shipped config
+# (`fit` and `preprocess` check theirs against the classes they build).
+DEFAULT_TYPED_VERBS = ("evaluate", "ablate")
+
+
+def _shipped_defaults(config_name: str) -> dict:
+    """The verb's config with no overrides, as a plain container with interpolations left unresolved."""
+    from omegaconf import OmegaConf
+
+    from idvid import config_packages
+
+    return OmegaConf.to_container(config_packages.compose(config_name, []), resolve=False)
+
+
 def _run_hydra(task: Callable[[DictConfig], object], verb: str, overrides: list[str], config_name: str) -> None:
     """Run ``task`` on the config ``<config_name>.yaml`` of the kit's configs composed with ``overrides``."""
     argv = sys.argv
+    check_old_spellings(overrides)
     check_config_choices(overrides)
+    defaults = _shipped_defaults(config_name) if verb in DEFAULT_TYPED_VERBS else None
 
     def run(cfg: DictConfig) -> object:
         # Hydra has parsed the overrides; put the verb back, because launchers that re-run this
         # command in new processes (Lightning's DDP) rebuild their command line from sys.argv.
         sys.argv = [argv[0], verb, *overrides]
         with reported_as_user_errors(verb):
+            if defaults is not None:
+                from idvid.verbs.argument_types import check_types_against_defaults
+
+                check_types_against_defaults(cfg, defaults)
             return task(cfg)
 
     wrapped = hydra.main(config_path=f"pkg://{KIT_CONFIG_PACKAGE}", config_name=config_name, version_base="1.3")(run)

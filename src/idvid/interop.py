@@ -31,8 +31,10 @@ from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
 from idvid.atomic_files import write_atomic
+from idvid.errors import CorruptFileError, MissingFileError
 from idvid.backbones.lora import has_lora, without_lora
 from idvid.registry import register_format
+from idvid.training.checkpointing import reading_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,91 @@ class ConvertedModel:
     injectors: dict[str, Any]  # replaces the experiment's injectors
     state_dict: dict[str, torch.Tensor]  # keys of IdentityVideoModule's state dict
     notes: list[str] = field(default_factory=list)  # said to the user after converting
+
+
+def read_json_file(path: str | Path) -> Any:
+    """The JSON in ``path``; a missing file or one that is not JSON is an error naming it and the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"{path} does not exist.", "Give the folder that holds it, as it was saved or downloaded.")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CorruptFileError(
+            f"{path} is not valid JSON ({error}).",
+            "Restore it from the original download (or `save_pretrained`); it may have been cut short or edited.",
+        ) from None
+
+
+SAFETENSORS_WEIGHTS = "diffusion_pytorch_model.safetensors"
+SAFETENSORS_INDEX = "diffusion_pytorch_model.safetensors.index.json"
+
+
+def _weight_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape of a diffusers model folder's safetensors weights, read from their headers only."""
+    from safetensors import SafetensorError, safe_open
+
+    if (folder / SAFETENSORS_WEIGHTS).is_file():
+        files = [folder / SAFETENSORS_WEIGHTS]
+    elif (folder / SAFETENSORS_INDEX).is_file():
+        index = read_json_file(folder / SAFETENSORS_INDEX)
+        files = sorted({folder / name for name in index.get("weight_map", {}).values()})
+    else:
+        others = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        raise MissingFileError(
+            f"No weights in {folder}: expected {SAFETENSORS_WEIGHTS} (or a sharded {SAFETENSORS_INDEX}) next to "
+            f"config.json" + (f"; found {', '.join(others)}." if others else "."),
+            "Copy the model's safetensors weights into that folder (convert reads safetensors only; a .bin model "
+            "can be re-saved with `Model.from_pretrained(folder).save_pretrained(folder, safe_serialization=True)`).",
+        )
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in files:
+        if not file.is_file():
+            raise MissingFileError(f"{file} is missing (listed in {folder / SAFETENSORS_INDEX}).", "Copy every shard.")
+        try:
+            with safe_open(str(file), framework="pt") as weights:
+                shapes.update({name: tuple(weights.get_slice(name).get_shape()) for name in weights.keys()})
+        except SafetensorError as error:
+            raise CorruptFileError(
+                f"{file} is truncated or corrupt ({error}).", "Copy it again from the original download."
+            ) from None
+    return shapes
+
+
+def load_diffusers_model(model_class: Any, folder: str | Path) -> Any:
+    """``model_class.from_pretrained(folder)`` after checking the folder: config.json is JSON, safetensors
+    weights are there, and they are exactly the tensors (names and shapes) the config describes.
+
+    diffusers itself would leave tensors the weights lack on the meta device, or fail with a shape
+    message that names neither file.
+    """
+    folder = Path(folder)
+    config = read_json_file(folder / "config.json")
+    shapes = _weight_shapes(folder)
+    try:
+        with torch.device("meta"):  # the model's tensor layout without allocating it
+            expected = {name: tuple(t.shape) for name, t in model_class.from_config(config).state_dict().items()}
+    except Exception as error:
+        raise CorruptFileError(
+            f"{folder / 'config.json'} does not describe a {model_class.__name__} that can be built "
+            f"({type(error).__name__}: {error}).",
+            "Put the config.json that was saved with the weights back.",
+        ) from error
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    wrong = [f"{k} {shapes[k]} (config: {expected[k]})" for k in sorted(set(expected) & set(shapes)) if shapes[k] != expected[k]]
+    if missing or unexpected or wrong:
+        found = [
+            f"{what} ({len(names)}): {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}"
+            for what, names in (("missing from the weights", missing), ("in the weights only", unexpected), ("of another shape", wrong))
+            if names
+        ]
+        raise CorruptFileError(
+            f"{folder / 'config.json'} does not describe the weights next to it. Tensors " + "; ".join(found),
+            "Put the config.json that was saved with these weights back (sizes such as num_layers, "
+            "num_attention_heads or attention_head_dim differ).",
+        )
+    return model_class.from_pretrained(folder)
 
 
 def load_module(path: str | Path, ema: bool = False, **overrides: Any):
@@ -64,9 +151,11 @@ def load_module(path: str | Path, ema: bool = False, **overrides: Any):
             f"Checkpoint {path} does not exist; give a .ckpt written by `fit` or `convert` "
             "(or the .ckpt folder of a DeepSpeed run)."
         )
-    module = IdentityVideoModule.load_from_checkpoint(path, map_location="cpu", weights_only=True, **overrides)
+    with reading_checkpoint(path):
+        module = IdentityVideoModule.load_from_checkpoint(path, map_location="cpu", weights_only=True, **overrides)
     if ema:
-        callbacks = torch.load(path, map_location="cpu", weights_only=True).get("callbacks", {})
+        with reading_checkpoint(path):
+            callbacks = torch.load(path, map_location="cpu", weights_only=True).get("callbacks", {})
         shadow = next(
             (
                 state["shadow"]
@@ -130,7 +219,8 @@ def build_for_training(cfg) -> L.LightningModule:
         )
     if not path.is_file():
         raise FileNotFoundError(f"init_from={path} does not exist; give a .ckpt written by `fit` or `convert`.")
-    saved = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]
+    with reading_checkpoint(path, option="init_from"):
+        saved = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     backbone = dict(saved["backbone"])
     backbone["gradient_checkpointing"] = model_cfg["backbone"].get("gradient_checkpointing", False)

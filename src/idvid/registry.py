@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable, TypeVar
 
-from idvid.errors import ConfigKeyError, UnknownNameError
+from idvid.errors import PLUGIN_ERROR_ATTRIBUTE, ConfigKeyError, UnknownNameError
 
 log = logging.getLogger(__name__)
 
@@ -225,4 +225,11 @@ def build(kind: PluginKind | str, name: str, /, *args: Any, **kwargs: Any) -> An
         ) from None
     except ValueError:  # no signature to check (some builtins): let the call say what is wrong
         pass
-    return cls(*args, **kwargs)
+    try:
+        return cls(*args, **kwargs)
+    except Exception as error:
+        # The keys fit, so this is the plugin's own error: mark it, so that it is reported as the
+        # plugin's (with its traceback) and not as a config node that does not fit its class.
+        if not hasattr(error, PLUGIN_ERROR_ATTRIBUTE):
+            setattr(error, PLUGIN_ERROR_ATTRIBUTE, f"{kind.value} plugin {name!r} ({cls.__module__}.{cls.__qualname__})")
+        raise

@@ -128,7 +128,7 @@ def test_facesim_arc_and_the_insightface_detector_on_tiny_antelopev2_stand_ins(t
     prompts.write_text("same\ta red square\nblank\ta red square\n")
     cfg = config({"videos": videos, "refs": refs, "prompts": prompts}, tmp_path / "out", metrics=["facesim_arc"])
     cfg["models"]["insightface"] = str(models)
-    cfg["face"].update(backend="insightface")
+    cfg["face"] = {"name": "insightface", "options": {"det_size": 320}}  # models_dir: models.insightface
     result = evaluate(cfg)
     rows = {row["video"]: row for row in result.videos}
     assert rows["same"]["facesim_arc"] == pytest.approx(1.0, abs=5e-3)  # mp4 compression only

@@ -65,7 +65,7 @@ def test_missing_folder_and_files_are_named(tmp_path, models_dir):
     with pytest.raises(FileNotFoundError, match=f"in {partial} \\(missing {RECOGNIZER_FILE}\\)") as error:
         build_face_analyzer("insightface", models_dir=partial)
     assert f"{DETECTOR_FILE}," not in str(error.value).split("(")[1]  # the present file is not listed as missing
-    with pytest.raises(FileNotFoundError, match="needs models_dir=.*--face-models"):
+    with pytest.raises(FileNotFoundError, match="needs models_dir=.*face.options.models_dir="):
         InsightFaceAnalyzer(None)
 
 
@@ -155,12 +155,12 @@ def test_sample_reference_uses_the_chosen_backend(tmp_path, models_dir):
 
     photo = tmp_path / "red.png"
     cv2.imwrite(str(photo), cv2.cvtColor(red_and_green_image(), cv2.COLOR_RGB2BGR))
-    batch = reference_batch(photo, "a red square", 64, 64, face_models=str(models_dir), face="insightface")
+    batch = reference_batch(photo, "a red square", 64, 64, {"name": "insightface", "options": {"models_dir": str(models_dir)}})
     assert batch["ref_embedding"].shape == (1, tiny.TINY_EMBEDDING_DIM)
     assert batch["ref_image"].shape == batch["ref_kps_image"].shape == (1, 3, 64, 64)
     assert (batch["ref_image"][0, :, 0, 0] == 1).all()  # outside the box's ellipse mask: whitened
     with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'nowhere'}.*{DETECTOR_FILE}"):
-        reference_batch(photo, "x", 64, 64, face_models=str(tmp_path / "nowhere"), face="insightface")
+        reference_batch(photo, "x", 64, 64, {"name": "insightface", "options": {"models_dir": str(tmp_path / "nowhere")}})
 
 
 def test_box_ellipse_mask_stays_inside_the_box():

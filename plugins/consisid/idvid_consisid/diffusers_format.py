@@ -20,7 +20,6 @@ or have no face latent / no identity tokens (a, b, g); export them with
 from __future__ import annotations
 
 import inspect
-import json
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from diffusers import ConsisIDTransformer3DModel
 
 from idvid.backbones.lora import without_lora
 from idvid.injection import Site
-from idvid.interop import ConvertedModel
+from idvid.interop import ConvertedModel, load_diffusers_model, read_json_file
 from idvid.registry import register_format
 from idvid_consisid.injectors import GlobalFaceLatent, LocalFaceCrossAttention
 
@@ -61,7 +60,7 @@ def transformer_folder(path: Path) -> Path:
     """Accept a ConsisID transformer folder or a pipeline folder holding one in ``transformer/``."""
     for candidate in (path, path / "transformer"):
         config = candidate / "config.json"
-        if config.is_file() and json.loads(config.read_text()).get("_class_name") == "ConsisIDTransformer3DModel":
+        if config.is_file() and read_json_file(config).get("_class_name") == "ConsisIDTransformer3DModel":
             return candidate
     raise FileNotFoundError(
         f"No ConsisID transformer at {path}: expected {path}/config.json or {path}/transformer/config.json with "
@@ -158,7 +157,7 @@ class DiffusersConsisIDFormat:
 
     def read(self, path: Path) -> ConvertedModel:
         folder = transformer_folder(path)
-        source = ConsisIDTransformer3DModel.from_pretrained(folder)
+        source = load_diffusers_model(ConsisIDTransformer3DModel, folder)
         transformer, injectors = kit_nodes_from_config(dict(source.config))
         state_dict = {}
         for key, value in source.state_dict().items():

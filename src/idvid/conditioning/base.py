@@ -18,7 +18,7 @@ from idvid.randomness import BatchRandom
 
 #: the batch entries that exist at sampling time (``idvid.verbs.sample.reference_batch``): the
 #: reference's, and the prompt. A conditioner that reads anything else runs in training only.
-SAMPLING_BATCH_KEYS = ("ref_image", "ref_kps_image", "ref_embedding", "caption")
+SAMPLING_BATCH_KEYS = ("ref_image", "ref_kps_image", "ref_embedding", "ref_kps", "ref_landmarks", "ref_box", "caption")
 
 
 class Conditioner(nn.Module):

@@ -151,6 +151,16 @@ def manifest_embedding_dim(path: str | Path) -> int:
                 annotations = path.parent / json.loads(line)["annotations"]
             except (json.JSONDecodeError, KeyError, TypeError) as err:
                 raise ValueError(f"{path}:{lineno}: cannot read the clip's annotations path ({err})") from err
+            if not annotations.is_file():
+                raise ValueError(
+                    f"{path}:{lineno}: annotations file not found: {annotations} (paths are relative to the "
+                    f"manifest); re-run `python -m idvid preprocess` or fix the line"
+                )
             with np.load(annotations, allow_pickle=False) as npz:
+                if "embedding_dim" not in npz:
+                    raise ValueError(
+                        f"{path}:{lineno}: {annotations} has no `embedding_dim` (arrays: {sorted(npz.files)}); "
+                        f"it was not written by `python -m idvid preprocess`, re-run it on the videos"
+                    )
                 return int(npz["embedding_dim"])
     raise ValueError(f"{path}: manifest has no clips")

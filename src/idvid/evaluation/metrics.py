@@ -14,11 +14,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import cv2
 import numpy as np
 
+from idvid.errors import ConfigError
 from idvid.evaluation import clip_metrics, fid, frequency
 from idvid.evaluation.curricularface import load_curricularface
 from idvid.evaluation.identity import (
@@ -82,8 +83,7 @@ class FaceSimDlib(FaceSim):
 
     @classmethod
     def from_config(cls, cfg: dict, out: Path, device: str) -> "FaceSimDlib":
-        face = cfg.get("face") or {}
-        return cls("facesim_dlib", AnalyzerEmbedder(DlibFaceAnalyzer(models_dir=face.get("dlib_models_dir"))))
+        return cls("facesim_dlib", AnalyzerEmbedder(DlibFaceAnalyzer(models_dir=_dlib_models_dir(cfg))))
 
 
 @register_metric("facesim_cur")
@@ -107,8 +107,7 @@ class FaceSimArc(Metric):
 
     @classmethod
     def from_config(cls, cfg: dict, out: Path, device: str) -> "FaceSimArc":
-        face = cfg.get("face") or {}
-        return cls(insightface_analyzer(cfg["models"]["insightface"], face.get("insightface_det_size", 320)))
+        return cls(insightface_analyzer(cfg["models"]["insightface"], EVALUATION_DET_SIZE))
 
     def video(self, ctx: VideoContext) -> dict[str, Any]:
         found = reference_face(self.analyzer, ctx.reference_image)
@@ -268,15 +267,39 @@ class FrequencyGroup(Metric):
         return {**bands, "set_freq_full_frame_videos": self.full_frame_videos}
 
 
+# The official evaluation script's insightface detector size (training data is detected at 640).
+EVALUATION_DET_SIZE = 320
+
+
+def face_backend_node(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The verb's ``face`` node ({name, options}) of an evaluate config (``cfg["models"]``: the model folders).
+
+    insightface without ``models_dir`` reads ``models.insightface``; the old ``face.backend`` spelling is
+    an error naming the new one.
+    """
+    face = dict(cfg.get("face") or {"name": "dlib"})
+    old = sorted(set(face) & {"backend", "dlib_models_dir", "insightface_det_size"})
+    if old:
+        raise ConfigError(
+            f"face.{old[0]} is the old spelling of the face backend setting.",
+            "Every verb now takes face=dlib|insightface and face.options.<name>=<value>, e.g. face=insightface "
+            "face.options.models_dir=/models/antelopev2 face.options.det_size=320.",
+        )
+    name, options = str(face.get("name", "dlib")), dict(face.get("options") or {})
+    if name == "insightface" and options.get("models_dir") in (None, "???"):  # evaluate's own model folder
+        options["models_dir"] = str(cfg["models"]["insightface"])
+    return {"name": name, "options": options}
+
+
 def build_detector(cfg: dict) -> FaceAnalyzer:
-    """The face detector of the sampled frames (``face.backend``): dlib, or insightface from models.insightface."""
-    face = cfg.get("face") or {}
-    backend = face.get("backend", "dlib")
-    if backend == "insightface":
-        return insightface_analyzer(cfg["models"]["insightface"], face.get("insightface_det_size", 320))
-    if backend != "dlib":
-        raise ValueError(f"face.backend={backend!r}; choose dlib (offline) or insightface (models.insightface)")
-    return DlibFaceAnalyzer(models_dir=face.get("dlib_models_dir"))
+    """The face detector of the sampled frames: the ``face`` node's backend (insightface defaults to models.insightface)."""
+    face = face_backend_node(cfg)
+    return build_face_analyzer(face["name"], **face["options"])
+
+
+def _dlib_models_dir(cfg: Mapping[str, Any]) -> str | None:
+    face = face_backend_node(cfg)
+    return face["options"].get("models_dir") if face["name"] == "dlib" else None
 
 
 def metric_names() -> list[str]:

@@ -72,7 +72,7 @@ class InsightFaceAnalyzer:
     def __init__(self, models_dir: str | Path | None, det_size: int = 640, det_thresh: float = 0.5):
         if models_dir is None:
             raise FileNotFoundError(
-                f"the insightface backend needs models_dir= (--face-models on the command line): the folder "
+                f"the insightface backend needs models_dir= (face.options.models_dir= on the command line): the folder "
                 f"holding antelopev2's {' and '.join(ANTELOPEV2_FILES)}"
             )
         if int(det_size) <= 0 or int(det_size) % 32:

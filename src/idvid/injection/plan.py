@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from idvid.backbones.info import BackboneInfo
+from idvid.errors import ConfigError
 from idvid.injection.injector import Conditions, Injector, InputConcatInjector, TokenInjector
 from idvid.injection.sites import BLOCK_SITES, Site
 from idvid.randomness import BatchRandom
@@ -77,6 +78,32 @@ class InjectionPlan(nn.Module):
                 consumed.setdefault(condition, []).append(label)
         return consumed
 
+    @staticmethod
+    def produced_conditions(conditioners: Mapping[str, Any]) -> dict[str, str]:
+        """condition name -> label of the conditioner that produces it; refuses two producers of one condition.
+
+        Conditions are merged into one mapping when a batch runs, so a second producer would silently
+        replace the first one's output.
+        """
+        produced: dict[str, str] = {}
+        clashes: dict[str, list[str]] = {}
+        for label, conditioner in conditioners.items():
+            for condition in conditioner.produces:
+                if condition in produced:
+                    clashes.setdefault(condition, [produced[condition]]).append(label)
+                else:
+                    produced[condition] = label
+        if clashes:
+            lines = [f"  - {c!r}, produced by conditioners {', '.join(labels)}" for c, labels in clashes.items()]
+            raise ConfigError(
+                "Several conditioners produce the same condition, so one would silently replace the other's:\n"
+                + "\n".join(lines),
+                "Keep one producer of each condition under `conditioners:` (set the other to null, e.g. "
+                f"conditioners.{next(iter(clashes.values()))[-1]}=null), or make one of them produce a differently "
+                "named condition.",
+            )
+        return produced
+
     def check_conditions(self, produced: Mapping[str, str]) -> None:
         """Refuse a plan whose injectors need conditions that no conditioner produces.
 
@@ -86,7 +113,7 @@ class InjectionPlan(nn.Module):
         if missing:
             lines = [f"  - {c!r}, needed by injector(s) {', '.join(users)}" for c, users in missing.items()]
             available = ", ".join(f"{c} (from {p})" for c, p in sorted(produced.items())) or "none"
-            raise ValueError(
+            raise ConfigError(
                 "This plan's injectors consume conditions that no conditioner produces:\n"
                 + "\n".join(lines)
                 + f"\nProduced conditions: {available}.\nAdd a conditioner that produces them under "

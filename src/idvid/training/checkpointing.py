@@ -5,17 +5,26 @@ completely under ``<name>.partial``, then put in place with a rename. A file is 
 atomic ``os.replace``. A folder cannot be, so the old one is first renamed to
 ``<name>.previous``: a kill between the two renames leaves a complete ``.previous``, which
 ``resolve_checkpoint`` falls back to. ``.partial`` paths are never read.
+
+A checkpoint cut short anyway (a copy killed half-way, a full disk) is refused by
+``check_checkpoint_file`` with its path and the previous complete checkpoint of its folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pickle
 import shutil
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from weakref import proxy
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+
+from idvid.errors import CorruptFileError
 
 PARTIAL_SUFFIX = ".partial"
 PREVIOUS_SUFFIX = ".previous"
@@ -87,3 +96,65 @@ class AtomicModelCheckpoint(ModelCheckpoint):
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(proxy(self))
+
+
+def is_complete_checkpoint_file(path: str | Path) -> bool:
+    """Whether ``path`` is a whole torch zip archive; cheap: reads the archive's index at its end, not its data."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/data.pkl") or name == "data.pkl" for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+
+
+def previous_complete_checkpoint(path: str | Path) -> Path | None:
+    """The newest other complete checkpoint file in ``path``'s folder (``.partial`` ones excluded), or None."""
+    path = Path(path)
+    candidates = [
+        other
+        for other in path.parent.glob("*.ckpt*")
+        if other.is_file() and other.resolve() != path.resolve() and not other.name.endswith(PARTIAL_SUFFIX)
+    ]
+    for other in sorted(candidates, key=lambda p: (p.stat().st_mtime, p.name), reverse=True):
+        if is_complete_checkpoint_file(other):
+            return other
+    return None
+
+
+def corrupt_checkpoint_error(path: str | Path, reason: str, option: str | None = None) -> CorruptFileError:
+    """The error for an unreadable checkpoint: its path, why, and the previous complete one in its folder."""
+    path = Path(path)
+    previous = previous_complete_checkpoint(path)
+    if previous is None:
+        fix = f"No other complete checkpoint is in {path.parent}; copy the file again or re-run the training."
+    else:
+        use = f": use {option}={previous}" if option else "; give that one instead"
+        fix = f"The previous complete checkpoint in that folder is {previous}{use}"
+    return CorruptFileError(
+        f"Checkpoint {path} is truncated or corrupt ({reason}); it was probably cut short while being copied "
+        f"or written (a full disk, a killed copy).",
+        fix,
+    )
+
+
+def check_checkpoint_file(path: str | Path, option: str | None = None) -> None:
+    """Raise CorruptFileError when ``path`` is not a complete checkpoint file (``option``: the setting that named it)."""
+    if not is_complete_checkpoint_file(path):
+        raise corrupt_checkpoint_error(path, "not a complete torch zip archive", option)
+
+
+@contextlib.contextmanager
+def reading_checkpoint(path: str | Path, option: str | None = None) -> Iterator[None]:
+    """Check ``path`` is complete, then turn torch's errors for a damaged archive inside into CorruptFileError.
+
+    The check catches a truncated file at once; damage in the middle only shows while torch reads it.
+    """
+    check_checkpoint_file(path, option)
+    try:
+        yield
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
+        message = str(error)
+        damaged = not isinstance(error, RuntimeError) or "PytorchStreamReader" in message or "zip" in message
+        if not damaged or "Weights only load failed" in message:
+            raise
+        raise corrupt_checkpoint_error(path, message.splitlines()[0] if message else type(error).__name__, option) from error

@@ -90,9 +90,7 @@ class IdentityVideoModule(L.LightningModule):
             }
         )
         self.plan = InjectionPlan.from_config(injectors, info)
-        self.plan.check_conditions(
-            {condition: label for label, c in self.conditioners.items() for condition in c.produces}
-        )
+        self.plan.check_conditions(InjectionPlan.produced_conditions(self.conditioners))
         self.backbone.set_input_channels(self.plan.extra_input_channels)
         self.recipe = Recipe.from_config(recipe)
         self.loss_fn = _build_named(PluginKind.LOSS, loss)

@@ -161,6 +161,13 @@ def failure_reason(log_text: str, code: int) -> str:
     return ((exceptions or hydra_errors or lines or [f"exit code {code}"])[-1])[:500]
 
 
+def _face(cfg: dict) -> dict[str, Any]:
+    """The sweep's face backend node; insightface without models_dir reads evaluate.models.insightface."""
+    from idvid.evaluation.metrics import face_backend_node
+
+    return face_backend_node({"face": cfg.get("face"), "models": cfg["evaluate"]["models"]})
+
+
 def sample_eval_set(folder: Path, refs_dir: Path, prompts_file: Path, names: list[str], cfg: dict) -> Path:
     """One video per evaluation-set entry from the fit's last.ckpt, in ``<folder>/videos``."""
     from idvid.evaluation.inputs import read_prompts
@@ -178,7 +185,7 @@ def sample_eval_set(folder: Path, refs_dir: Path, prompts_file: Path, names: lis
     videos = folder / "videos"
     for name in names:
         seed = int(name.rsplit("_s", 1)[1])
-        batch = reference_batch(refs_dir / f"{name}.png", prompts[name], height, width)
+        batch = reference_batch(refs_dir / f"{name}.png", prompts[name], height, width, _face(cfg))
         video = module.generate(
             batch,
             frames,
@@ -195,6 +202,7 @@ def sample_eval_set(folder: Path, refs_dir: Path, prompts_file: Path, names: lis
 
 def evaluate_experiment(folder: Path, refs_dir: Path, prompts_file: Path, cfg: dict) -> dict[str, Any]:
     settings = dict(cfg["evaluate"])
+    settings["face"] = _face(cfg)  # one face backend for the sweep: it reads the references and the videos
     settings.update(videos=str(folder / "videos"), refs=str(refs_dir), prompts=str(prompts_file))
     settings.update(out=str(folder / "eval"), tensorboard_dir=None)
     result = evaluate(settings)

@@ -17,7 +17,8 @@ from rich.tree import Tree
 
 from idvid.interop import build_for_training
 from idvid.output_paths import OutputExistsError
-from idvid.training.checkpointing import PREVIOUS_SUFFIX, resolve_checkpoint
+from idvid.training.checkpointing import PREVIOUS_SUFFIX, check_checkpoint_file, resolve_checkpoint
+from idvid.verbs.argument_types import check_argument_types
 
 log = logging.getLogger("idvid")
 
@@ -52,6 +53,8 @@ def _resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
             raise FileNotFoundError(
                 f"ckpt_path={ckpt_path} does not exist; give an existing .ckpt (a folder for DeepSpeed runs) or 'last'."
             )
+    if found.is_file():  # a DeepSpeed folder is checked by DeepSpeed when it loads
+        check_checkpoint_file(found, option="ckpt_path")
     if found.name.endswith(PREVIOUS_SUFFIX):
         log.warning("the run was killed while replacing a checkpoint; resuming from the complete %s", found)
     return str(found)
@@ -70,7 +73,9 @@ def refuse_earlier_run(run_dir: Path, ckpt_path: str | None, overwrite: bool) ->
 
 def fit(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    check_argument_types(cfg)  # before anything is built: a wrong type would fail deep inside Lightning
     refuse_earlier_run(run_dir, cfg.get("ckpt_path"), bool(cfg.get("overwrite", False)))
+    ckpt_path = _resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)  # a missing or corrupt one stops the run now
     Console().print(config_tree(cfg))
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     log.info("run dir: %s (config saved as config.yaml; TensorBoard: tensorboard --logdir %s)", run_dir, run_dir)
@@ -86,6 +91,6 @@ def fit(cfg: DictConfig) -> float | None:
     callbacks = [hydra.utils.instantiate(node) for node in cfg.callbacks.values() if node is not None]
     loggers = [hydra.utils.instantiate(node) for node in cfg.logger.values() if node is not None]
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=_resolve_ckpt_path(cfg.get("ckpt_path"), run_dir))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     loss = trainer.callback_metrics.get("train/loss")
     return float(loss) if loss is not None else None

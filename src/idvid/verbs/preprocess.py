@@ -12,6 +12,7 @@ from idvid.errors import ConfigError
 from idvid.preprocess import ClipSettings, FilterSettings, MaskSettings, Preprocessor, PreprocessSettings, TrackingSettings
 from idvid.preprocess.pipeline import build_analyzer
 from idvid.registry import REGISTRIES, PluginKind
+from idvid.verbs.argument_types import check_setting_types
 
 
 def settings_from_config(cfg: DictConfig) -> PreprocessSettings:
@@ -24,6 +25,7 @@ def settings_from_config(cfg: DictConfig) -> PreprocessSettings:
             "(`python -m idvid plugins` lists the dataset importers)",
         )
     plain: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    check_setting_types(plain, {"tracking": TrackingSettings, "filters": FilterSettings, "clip": ClipSettings})
     rank = plain.get("rank")
     world_size = plain.get("world_size")
     return PreprocessSettings(

@@ -5,7 +5,8 @@ The reference goes through the same steps as training data: largest detected fac
 68 landmarks) with the background whitened,
 keypoint drawing, identity embedding. Classifier-free guidance is text-only (the
 face conditions go to both branches), and injectors prepare their identity tokens
-once per video.
+once per video. The face backend is set as in every verb: ``face=dlib|insightface
+face.options.<name>=<value>`` after the options (``sample.yaml``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 import yaml
 
 from idvid.errors import ConfigError
-from idvid.faces import box_ellipse_mask, build_face_analyzer, face_backend_names, landmark_hull_mask
+from idvid.faces import box_ellipse_mask, build_face_analyzer, landmark_hull_mask
 from idvid.faces.reference import align_reference, reference_annotations, sized_reference
 from idvid.interop import load_module
 from idvid.output_paths import check_output_file
@@ -35,18 +36,23 @@ def _unit_range(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(image).permute(2, 0, 1).float() / 127.5 - 1.0
 
 
-def reference_batch(
-    image_path: Path, prompt: str, height: int, width: int, face_models: str | None = None, face: str = "dlib"
-) -> dict:
+DLIB = {"name": "dlib", "options": {}}
+# The spellings `sample` took before every verb configured the face backend the same way.
+OLD_FACE_FLAGS = ("--face", "--face-models")
+
+
+def reference_batch(image_path: Path, prompt: str, height: int, width: int, face: Mapping[str, Any] | None = None) -> dict:
     """The model inputs for one reference photo, or a clear error when the photo has no usable face.
 
-    ``face`` names the face backend (see idvid.faces.build_face_analyzer), ``face_models`` its models folder.
+    ``face`` is the face backend node of every verb, ``{"name": "dlib" | "insightface", "options": {...}}``
+    (see idvid.faces.build_face_analyzer); None means dlib with its defaults.
     """
+    face = face or DLIB
     bgr = cv2.imread(str(image_path))
     if bgr is None:
         raise FileNotFoundError(f"Cannot read the reference image {image_path}; give a .jpg or .png photo.")
     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    analyzer = build_face_analyzer(face, models_dir=face_models)
+    analyzer = build_face_analyzer(str(face["name"]), **dict(face.get("options") or {}))
     faces = analyzer.detect(rgb)
     if not faces:
         raise ValueError(
@@ -84,9 +90,8 @@ def sample(
     steps: int = 50,
     guidance: float = 6.0,
     seed: int = 0,
-    face_models: str | None = None,
     ema: bool = False,
-    face: str = "dlib",
+    face: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     noise_prior: Mapping[str, Any] | str | None = None,
 ) -> Path:
@@ -101,7 +106,7 @@ def sample(
     num_frames = num_frames or default_frames
     height = height or default_height
     width = width or default_width
-    batch = reference_batch(Path(image), prompt, height, width, face_models, face)
+    batch = reference_batch(Path(image), prompt, height, width, face)
     video = module.generate(
         batch, num_frames, height, width, steps, guidance, seed=seed, progress=True, noise_prior=noise_prior
     )
@@ -120,10 +125,6 @@ def main(args: list[str]) -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--guidance", type=float, default=6.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--face", choices=face_backend_names(), default="dlib", help="face backend for the reference")
-    parser.add_argument(
-        "--face-models", default=None, help="folder of the face backend's model files (insightface: antelopev2)"
-    )
     parser.add_argument("--ema", action="store_true", help="sample with the EMA of the weights")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--noise-prior", default="gaussian", help="registered noise prior of the initial noise")
@@ -134,7 +135,14 @@ def main(args: list[str]) -> None:
         metavar="KEY=VALUE",
         help="an option of the noise prior (repeatable; VALUE is read as YAML, e.g. gamma=0.1)",
     )
-    options = parser.parse_args(args)
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="the face backend, as in every verb: face=dlib|insightface face.options.<name>=<value> "
+        "(e.g. face=insightface face.options.models_dir=/models/antelopev2)",
+    )
+    check_old_face_flags(args)
+    options = parser.parse_intermixed_args(args)
     path = sample(
         options.checkpoint,
         options.image,
@@ -146,9 +154,8 @@ def main(args: list[str]) -> None:
         options.steps,
         options.guidance,
         options.seed,
-        options.face_models,
         options.ema,
-        options.face,
+        face_node(options.overrides),
         options.overwrite,
         noise_prior_node(options.noise_prior, options.noise_prior_option),
     )
@@ -166,3 +173,31 @@ def noise_prior_node(name: str, options: list[str]) -> dict[str, Any]:
             )
         node[key] = yaml.safe_load(value)
     return node
+
+
+def check_old_face_flags(args: list[str]) -> None:
+    old = [arg.split("=", 1)[0] for arg in args if arg.split("=", 1)[0] in OLD_FACE_FLAGS]
+    if old:
+        raise ConfigError(
+            f"sample {old[0]} is the old spelling of the face backend setting.",
+            "Every verb now takes face=dlib|insightface face.options.<name>=<value>: e.g. "
+            "python -m idvid sample CKPT --image ref.jpg --prompt TEXT --out video.mp4 face=insightface "
+            "face.options.models_dir=/models/antelopev2",
+        )
+
+
+def face_node(overrides: list[str]) -> dict[str, Any]:
+    """The ``face`` node of ``sample.yaml`` composed with ``face=...`` / ``face.options...=...`` overrides."""
+    from omegaconf import OmegaConf
+
+    from idvid import config_packages
+
+    others = [o for o in overrides if not o.lstrip("+~").startswith("face")]
+    if others:
+        raise ConfigError(
+            f"sample takes only face backend overrides after its options, not {others}.",
+            "Give face=dlib|insightface and face.options.<name>=<value>; the other settings are the --options.",
+        )
+    config_packages.check_config_choices(overrides)
+    cfg = config_packages.compose("sample", overrides)
+    return OmegaConf.to_container(cfg.face, resolve=True, throw_on_missing=True)
