@@ -195,6 +195,7 @@ def test_gradient_checkpointing_gives_identical_outputs_and_gradients(tiny):
         torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 def test_gradient_checkpointing_does_not_change_the_training_loss(tiny, demo_batch):  # noqa: F811
     results = []
     for checkpointing in ("false", "true"):
@@ -314,6 +315,7 @@ def test_default_lora_targets_exist_and_export_in_the_family_format(tiny, tmp_pa
 
 
 # --------------------------------------------------------------------- resume
+@pytest.mark.needs_plugin("idvid_consisid")
 @pytest.mark.slow
 def test_resumed_fit_reproduces_the_uninterrupted_losses_exactly(tiny, tmp_path):
     common = [

@@ -39,6 +39,7 @@ def example(tmp_path):
         backbones._entries.pop("my_lab.wan_logit_normal", None)
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 def test_example_backbone_draws_logit_normal_noise_levels_and_trains(example, demo_batch):  # noqa: F811
     cls, searchpath = example
     cfg = compose_config([searchpath, "experiment=plan_c", "backbone=wan_logit_normal", "recipe=none"])

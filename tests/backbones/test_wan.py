@@ -343,6 +343,7 @@ def test_pretrained_folder_round_trip_and_widening_keeps_the_output(wan, tmp_pat
     assert reread.config.in_channels == 32
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 def test_export_to_idvid_transformer_loads_in_diffusers(tmp_path):
     import hydra
     import lightning as L
@@ -412,6 +413,7 @@ def test_frame_counts_the_vae_cannot_take_are_refused_with_the_nearest_valid_one
     assert wan.latent_shape(2, 9, 32, 48) == (2, 3, 16, 4, 6)
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 def test_both_experts_under_the_training_module_lora_and_kit_export(tmp_path, demo_batch):  # noqa: F811
     """plan_c with expert=both and trainable=lora: both experts widened and adapted, export writes the pair."""
     from idvid.interop import KitFormat

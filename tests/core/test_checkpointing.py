@@ -85,6 +85,7 @@ def test_killed_while_writing_last_then_resume_last(tmp_path, monkeypatch):
     assert sorted(p.name for p in checkpoints.iterdir()) == ["last.ckpt", "step000002.ckpt", "step000004.ckpt"]
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 @pytest.mark.slow
 def test_a_finished_run_leaves_its_final_step_in_last_whatever_the_intervals(tmp_path):
     # 7 steps, validation and checkpoints every 5: Lightning alone leaves step 5 in last.ckpt.

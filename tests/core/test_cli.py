@@ -70,6 +70,7 @@ def table_rows(text: str) -> list[list[str]]:
 # --------------------------------------------------------------------------- fit
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone", [tiny.config for tiny in TINY_BACKBONES])
 def test_fit_plan_c_writes_config_checkpoints_tensorboard_and_samples(tmp_path, backbone):
@@ -144,6 +145,7 @@ def test_fit_plan_c_writes_config_checkpoints_tensorboard_and_samples(tmp_path, 
         assert read_mp4(path).shape == (frames, height, width, 3)
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 @pytest.mark.slow
 def test_multirun_sweeps_experiments_into_numbered_job_dirs(tmp_path):
     sweep_dir = tmp_path / "sweep"
@@ -180,6 +182,7 @@ def test_multirun_sweeps_experiments_into_numbered_job_dirs(tmp_path):
         assert not (job_dir / "samples").exists()
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 @pytest.mark.slow
 def test_unknown_experiment_fails_and_lists_the_available_ones(tmp_path):
     run_dir = tmp_path / "run"
@@ -193,6 +196,7 @@ def test_unknown_experiment_fails_and_lists_the_available_ones(tmp_path):
     assert not run_dir.exists() and not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 @pytest.mark.slow
 def test_trainer_argument_without_a_dedicated_setting_can_be_overridden(tmp_path):
     result = run_idvid("fit", "experiment=plan_c", "trainer.gradient_clip_val=1.0", "--cfg", "job", cwd=tmp_path)
@@ -209,6 +213,7 @@ def test_trainer_argument_without_a_dedicated_setting_can_be_overridden(tmp_path
 # ----------------------------------------------------------------------- plugins
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 @pytest.mark.slow
 def test_plugins_lists_sites_and_every_registered_plugin(tmp_path):
     result = run_idvid("plugins", cwd=tmp_path)
@@ -247,6 +252,7 @@ def test_plugins_lists_sites_and_every_registered_plugin(tmp_path):
 # ------------------------------------------------------------------------- verbs
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 @pytest.mark.slow
 def test_unknown_verb_fails_naming_it(tmp_path):
     result = run_idvid("frobnicate", "experiment=plan_c", cwd=tmp_path)

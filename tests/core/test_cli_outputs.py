@@ -29,6 +29,7 @@ def plan_a_checkpoint(tmp_path_factory):
     return save_module(module, tmp_path_factory.mktemp("ckpt") / "plan_a.ckpt")
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 def test_convert_refuses_to_replace_an_existing_checkpoint(tmp_path, capsys):
     existing = tmp_path / "consisid.ckpt"
     existing.write_bytes(b"an earlier checkpoint")
@@ -40,6 +41,7 @@ def test_convert_refuses_to_replace_an_existing_checkpoint(tmp_path, capsys):
     assert "is a folder" in error
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 def test_export_refuses_a_non_empty_folder_and_replaces_it_whole_with_overwrite(plan_a_checkpoint, tmp_path, capsys):
     out = tmp_path / "exported"
     out.mkdir()
@@ -59,6 +61,7 @@ def test_export_refuses_a_non_empty_folder_and_replaces_it_whole_with_overwrite(
     assert (tmp_path / "empty" / "transformer").is_dir()
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 def test_export_overwrite_never_deletes_the_checkpoint_or_the_current_folder(plan_a_checkpoint, capsys, monkeypatch):
     folder = plan_a_checkpoint.parent
     error = refused(capsys, ["export", str(plan_a_checkpoint), "--to", "idvid", str(folder), "--overwrite"])
@@ -69,6 +72,7 @@ def test_export_overwrite_never_deletes_the_checkpoint_or_the_current_folder(pla
     assert plan_a_checkpoint.is_file()
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 def test_a_failed_export_leaves_the_old_folder_as_it_was(plan_a_checkpoint, tmp_path, capsys):
     out = tmp_path / "exported"
     out.mkdir()
@@ -101,6 +105,7 @@ def test_evaluate_refuses_an_out_with_an_earlier_evaluation(tmp_path, capsys, mo
     assert (out / "aggregate.md").read_text() == "| an earlier result |"
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 def test_fit_into_a_run_dir_with_checkpoints_resumes_or_refuses(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / "run"

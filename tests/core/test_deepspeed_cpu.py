@@ -28,6 +28,9 @@ from omegaconf import OmegaConf
 
 from idvid.training.module import IdentityVideoModule
 
+# Every run here trains a ConsisID plan.
+pytestmark = pytest.mark.needs_plugin("idvid_consisid")
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STRATEGY = "tests.core.test_deepspeed_cpu.CPUDeepSpeedStrategy"  # imported by name in both ranks (PYTHONPATH)
 

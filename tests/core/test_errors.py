@@ -99,6 +99,7 @@ def test_wrong_value_types_are_named_with_the_expected_type_before_anything_is_b
         assert expected in message
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 def test_every_shipped_config_passes_the_type_check(tmp_path):
     from idvid.verbs.argument_types import check_argument_types
 
@@ -114,6 +115,7 @@ def test_every_shipped_config_passes_the_type_check(tmp_path):
 # --------------------------------------------------------------------------- a bad manifest
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 def test_a_bad_manifest_is_named_instead_of_the_interpolation_that_reads_it(tmp_path, capsys):
     run = f"hydra.run.dir={tmp_path / 'run'}"
     missing = tmp_path / "nowhere.jsonl"
@@ -236,6 +238,7 @@ def test_diffusers_folders_that_do_not_load_name_the_file_and_the_fix(transforme
         load_diffusers_model(CogVideoXTransformer3DModel, transformer_folder)
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 def test_convert_reports_a_config_that_is_not_json_as_the_kit_message(transformer_folder, tmp_path, capsys):
     pytest.importorskip("idvid_consisid")  # the format that reads diffusers ConsisID folders is a plugin
     config = transformer_folder / "config.json"
@@ -305,6 +308,7 @@ def test_two_producers_of_one_condition_are_refused_naming_both():
         InjectionPlan.produced_conditions({"a": Producer("x", "y"), "b": Producer("y")})
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 def test_start_up_refusals_print_as_clean_multi_line_messages(tmp_path, capsys):
     run = f"hydra.run.dir={tmp_path / 'run'}"
     # The baseline has no injector and no conditioner; two copies of one conditioner produce the same conditions.

@@ -14,6 +14,9 @@ from ..backbones.test_backbone_contract import TINY_BACKBONES
 from ..conftest import compose_config
 from .test_training import scalars
 
+# Every run here trains a ConsisID plan.
+pytestmark = pytest.mark.needs_plugin("idvid_consisid")
+
 COMMON = ["experiment=plan_a", "trainer.val_check_interval=100", "callbacks.checkpoint.every_n_train_steps=100"]
 
 

@@ -31,6 +31,7 @@ def _randomise_lora_b(model) -> None:
                 parameter.normal_(std=0.05)
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 def test_lora_wraps_the_attention_projections_and_only_adapters_train(demo_batch):  # noqa: F811
     model, _ = build_model("plan_c", *LORA)
     lora = {n for n, _ in model.named_parameters() if ".lora_" in n}
@@ -58,6 +59,7 @@ def test_lora_wraps_the_attention_projections_and_only_adapters_train(demo_batch
     assert {n for n in lora if "lora_B" in n} <= with_grad <= expected
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 def test_lora_export_loads_back_in_diffusers(tmp_path):
     model, _ = build_model("plan_c", *LORA)
     _randomise_lora_b(model)
@@ -77,6 +79,7 @@ def test_lora_export_loads_back_in_diffusers(tmp_path):
     torch.testing.assert_close(actual, expected, rtol=0, atol=1e-5)
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 def test_init_from_a_full_checkpoint_adds_lora_on_top(tmp_path, demo_batch):  # noqa: F811
     full, _ = build_model("plan_c")
     save_module(full, tmp_path / "full.ckpt")
@@ -88,11 +91,13 @@ def test_init_from_a_full_checkpoint_adds_lora_on_top(tmp_path, demo_batch):  # 
     torch.testing.assert_close(_loss(model, demo_batch), _loss(full, demo_batch), rtol=0, atol=0)
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 def test_a_target_that_matches_nothing_is_refused():
     with pytest.raises(InstantiationException, match=r"lora.targets \['to_qkv'\] match no module"):
         build_model("plan_c", "model.trainable=lora", "model.lora.targets=[to_q,to_qkv]")
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 @pytest.mark.slow
 def test_lora_fit_changes_adapters_not_the_base_and_its_checkpoint_loads_back(tmp_path):
     overrides = ["experiment=plan_c", *LORA, "model.validation.sample=false", "trainer.val_check_interval=100"]

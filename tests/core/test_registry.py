@@ -80,6 +80,7 @@ def test_unknown_name_lists_the_registered_ones():
     assert "python -m idvid plugins" in message
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 def test_unknown_name_in_the_global_registry_lists_the_plugin_packages_names():
     with pytest.raises(KeyError) as excinfo:
         REGISTRIES[PluginKind.INJECTOR].get("nope")
@@ -93,6 +94,7 @@ def test_empty_registry_says_none():
         Registry(PluginKind.LOSS).get("anything")
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 def test_load_plugins_discovers_the_consisid_distribution():
     entry_points = {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
     assert "consisid" in entry_points
@@ -116,6 +118,7 @@ def test_load_plugins_discovers_the_consisid_distribution():
     } <= core
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 def test_a_broken_entry_point_fails_loudly(monkeypatch):
     load_plugins()  # the real plugins are loaded; a reload below re-imports nothing that registers
 
@@ -140,6 +143,7 @@ def test_a_broken_entry_point_fails_loudly(monkeypatch):
         REGISTRIES[PluginKind.INJECTOR].get("consisid.global_face_latent")
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 def test_build_with_a_bad_keyword_names_the_plugin_and_its_parameters():
     with pytest.raises(TypeError) as excinfo:
         build(PluginKind.INJECTOR, "consisid.global_face_latent", backbone=INFO, use_kpss=True)
@@ -149,6 +153,7 @@ def test_build_with_a_bad_keyword_names_the_plugin_and_its_parameters():
     assert "Its parameters are: backbone, use_kps." in message
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 def test_build_accepts_the_kind_as_a_string():
     injector = build("injector", "consisid.global_face_latent", backbone=INFO, use_kps=False)
     assert isinstance(injector, InputConcatInjector) and injector.use_kps is False

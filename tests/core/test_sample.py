@@ -59,6 +59,7 @@ def test_no_face_and_unreadable_image_are_clear_errors(tmp_path):
         reference_batch(tmp_path / "broken.jpg", "x", 64, 64)
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 def test_sampling_is_seeded_and_prepares_identity_once_per_video(plan_c_checkpoint, astronaut):
     module = load_module(plan_c_checkpoint).eval()
     extractor = module.plan.injectors["identity"].local_facial_extractor
@@ -76,11 +77,13 @@ def test_sampling_is_seeded_and_prepares_identity_once_per_video(plan_c_checkpoi
     assert not torch.equal(first, module.generate(flipped, 9, 64, 64, 4, 6.0, seed=3))
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 def test_sample_writes_an_mp4_at_the_models_default_size(plan_c_checkpoint, astronaut, tmp_path):
     out = sample(str(plan_c_checkpoint), str(astronaut), "a woman smiling", str(tmp_path / "v.mp4"), steps=2)
     assert read_mp4(out).shape == (9, 64, 64, 3)  # the tiny transformer's sample_frames and 8x8 latent grid
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 @pytest.mark.slow
 def test_sample_command_line(plan_c_checkpoint, astronaut, tmp_path):
     command = [
@@ -104,6 +107,7 @@ def test_sample_command_line(plan_c_checkpoint, astronaut, tmp_path):
     assert read_mp4(tmp_path / "cli.mp4").shape == (9, 64, 64, 3)
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 def test_init_from_takes_architecture_and_weights_from_the_checkpoint(plan_c_checkpoint):
     saved = load_module(plan_c_checkpoint)
     # A different experiment and recipe in the config: the architecture still comes from the checkpoint.

@@ -48,6 +48,7 @@ README_BLOCK_OVERRIDES = [
 ]
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 @pytest.mark.parametrize("experiment", ["plan_c", "plan_e", "consisid_preview"])
 @pytest.mark.parametrize("override, expected", README_BLOCK_OVERRIDES)
 def test_every_readme_block_override_composes_with_the_real_configs(experiment, override, expected):

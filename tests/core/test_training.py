@@ -46,10 +46,12 @@ def demo_batch():
     return next(iter(datamodule.train_dataloader()))
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 def test_every_experiment_is_covered():
     assert sorted(EXPECTED_PLANS) == EXPERIMENTS
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_composes_into_its_plan(experiment):
     model, _ = build_model(experiment)
@@ -62,6 +64,7 @@ def test_experiment_composes_into_its_plan(experiment):
         assert concat[0].use_kps == KPS[experiment]
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 @pytest.mark.parametrize("trainable", ["all", "injectors"])
 def test_exactly_the_intended_parameters_receive_gradients(experiment, trainable, demo_batch):
@@ -85,6 +88,7 @@ def test_exactly_the_intended_parameters_receive_gradients(experiment, trainable
     assert not any(n.startswith(("backbone.vae", "backbone.text_encoder", "conditioners")) for n in with_grad)
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 def test_coarse_to_fine_bypasses_the_in_block_path(demo_batch):
     model, _ = build_model("plan_c", "recipe=none")
     model.train()
@@ -105,11 +109,13 @@ def test_coarse_to_fine_bypasses_the_in_block_path(demo_batch):
     )
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 def test_missing_condition_is_refused_at_start_up():
     with pytest.raises(InstantiationException, match=r"'id_cond', needed by injector\(s\) identity"):
         build_model("plan_b", "conditioners=reference", "conditioners.reference=null")
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 def test_unknown_plugin_lists_the_known_ones():
     with pytest.raises(InstantiationException, match="Unknown injector plugin 'nope'.*consisid.global_face_latent"):
         build_model("plan_a", "injectors.face_latent.name=nope")
@@ -135,6 +141,7 @@ def run_fit(run_dir, *overrides):
     return fit(cfg)
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 @pytest.mark.slow
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_each_plan_trains_three_steps(experiment, tmp_path):
@@ -156,6 +163,7 @@ def test_each_plan_trains_three_steps(experiment, tmp_path):
     assert all(math.isfinite(events.Scalars(tag)[0].value) for tag in quantile_tags)
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 def test_checkpoint_leaves_out_frozen_weights_that_come_from_disk(tmp_path, backbone_config):
     from idvid.backbones.cogvideox import CogVideoXBackbone
 
@@ -177,6 +185,7 @@ def test_checkpoint_leaves_out_frozen_weights_that_come_from_disk(tmp_path, back
     )
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 @pytest.mark.slow
 def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch(tmp_path):
     """Two gloo processes with batch 1 each draw and compute what one process with batch 2 does."""
@@ -212,6 +221,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch
             assert step_a == step_b and a == pytest.approx(b, rel=1e-5, abs=1e-6), (tag, step_a, a, b)
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 def test_held_out_loss_at_a_fixed_timestep_is_deterministic(demo_batch):
     model, _ = build_model("plan_c")
     model.eval()
@@ -224,6 +234,7 @@ def test_held_out_loss_at_a_fixed_timestep_is_deterministic(demo_batch):
         assert not torch.equal(loss_at(0.1), loss_at(0.9))
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 @pytest.mark.parametrize(
     "preset, stage, offload",
     [("deepspeed_zero2", 2, False), ("deepspeed_zero3", 3, False), ("deepspeed_zero2_offload", 2, True)],
@@ -240,6 +251,7 @@ def test_deepspeed_presets_build_lightnings_strategy(preset, stage, offload):
     assert cfg.trainer.precision == "bf16-mixed" and strategy.config["train_micro_batch_size_per_gpu"] == 3
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 @pytest.mark.parametrize("preset", ["cpu", "gpu", "ddp"])
 def test_plain_presets_compose(preset):
     cfg = compose_config(["experiment=plan_c", f"trainer={preset}", "trainer.max_steps=7"])
@@ -269,6 +281,7 @@ def test_ema_callback_averages_after_optimizer_steps_only():
         ExponentialMovingAverage(decay=1.0)
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["cogvideox_tiny", "wan_tiny"])  # tests/backbones' TINY_BACKBONES
 def test_ema_is_saved_resumed_and_loadable(tmp_path, backbone):

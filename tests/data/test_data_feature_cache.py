@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import hydra
+import pytest
 import torch
 
 from idvid.data.datamodule import collate
@@ -14,11 +15,12 @@ from idvid.training.feature_cache import FeatureCache
 
 
 def loss_of(model, batch) -> torch.Tensor:
-    torch.manual_seed(0)  # plugins draw dropout / DropToken from the global generator
+    torch.manual_seed(0)  # a plugin's nn.Dropout draws from the global generator
     with torch.no_grad():
         return model.compute_loss(batch, BatchRandom(torch.Generator().manual_seed(7)))["loss"]
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 def test_cached_encoders_give_the_same_loss_and_are_reused_then_invalidated(demo_manifest, tmp_path, compose_cfg):
     model = hydra.utils.instantiate(compose_cfg(["experiment=plan_c"]).model).eval()
     dataset = IdentityVideoDataset(demo_manifest, num_frames=9, height=64, width=64)

@@ -33,6 +33,7 @@ def red_square_frames(num_frames: int = 6) -> np.ndarray:
     return frames
 
 
+@pytest.mark.needs_plugin("idvid_consisid")
 def test_insightface_backend_sets_the_embedding_width_and_mask_source(tmp_path):
     models = tiny.write_tiny_antelopev2(tmp_path / "antelopev2")
     raw = tmp_path / "raw"
