@@ -65,6 +65,8 @@ def test_plugins_lists_the_core_alone(core_only_env, tmp_path):
     result = run(["plugins"], core_only_env, tmp_path)
     assert result.returncode == 0, result.stderr
     assert "reference_latents" in result.stdout and "input_concat" in result.stdout
+    # Each backbone adapter says where the sites are in its block.
+    assert "Sites in each backbone" in result.stdout and "text cross-attention's residual" in result.stdout
     assert "consisid." not in result.stdout and "idvid_consisid" not in result.stdout  # no plugin, no config package
 
 

@@ -137,6 +137,8 @@ class Backbone(nn.Module):
     text_encoder: nn.Module  # frozen; the feature cache fingerprints it and reads its device
     gradient_checkpointing: bool  # recompute each block in backward (the forward must honour it)
     lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")  # default LoRA target module names
+    #: site name -> where that site is in this family's block, in words (``python -m idvid plugins`` prints it)
+    site_locations: dict[str, str] = {}
 
     # ------------------------------------------------------------------ shape
     @property

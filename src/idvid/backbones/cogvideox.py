@@ -103,6 +103,13 @@ def _check_latent_channels(transformer: CogVideoXTransformer3DModel, vae: Autoen
 class CogVideoXBackbone(Backbone):
     """CogVideoX transformer + VAE + T5 text encoder + tokenizer + DPM scheduler."""
 
+    site_locations = {
+        "input_concat": "patch_embed.proj widened (new channels zero)",
+        "pre_attn": "block input, before norm1 and the joint text-video attention",
+        "attn_ffn": "after the attention's gated residual, before norm2 and the FFN",
+        "post_attn": "block output, after the FFN's gated residual",
+    }
+
     def __init__(
         self,
         pretrained: str | None = None,

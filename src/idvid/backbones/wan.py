@@ -200,6 +200,12 @@ class WanBackbone(Backbone):
     """Wan transformer(s) + Wan VAE + UMT5 text encoder + tokenizer + flow-matching scheduler."""
 
     lora_targets = ("to_q", "to_k", "to_v", "to_out.0")  # self- and text cross-attention projections
+    site_locations = {
+        "input_concat": "patch_embedding (Conv3d) widened, every expert (new channels zero)",
+        "pre_attn": "block input, before norm1 and the self-attention",
+        "attn_ffn": "after the text cross-attention's residual, before norm3 and the FFN",
+        "post_attn": "block output, after the FFN's gated residual",
+    }
 
     def __init__(
         self,

@@ -32,6 +32,17 @@ def print_plugins() -> None:
         sites.add_row(site.value, site.description)
     console.print(sites)
 
+    # Where each site is in each registered backbone's block (the adapters' own words).
+    backbones = [e for e in REGISTRIES[PluginKind.BACKBONE].entries() if getattr(e.obj, "site_locations", None)]
+    if backbones:
+        mapping = Table(title="Sites in each backbone's block")
+        mapping.add_column("site")
+        for entry in backbones:
+            mapping.add_column(entry.name, overflow="fold")
+        for site in Site:
+            mapping.add_row(site.value, *(entry.obj.site_locations.get(site.value, "-") for entry in backbones))
+        console.print(mapping)
+
     plugins = Table(title="Registered plugins")
     for column in ("kind", "name", "site", "consumes", "produces", "source"):
         plugins.add_column(column, no_wrap=column == "name", overflow="fold")
