@@ -25,7 +25,7 @@ VERBS = {
     "fit": "train (Hydra overrides follow, e.g. experiment=plan_c trainer.max_steps=3)",
     "preprocess": "data.raw=DIR data.out=DIR [face=dlib]: raw videos + captions -> training set",
     "plugins": "list registered plugins, config packages and the injection sites",
-    "sample": "CKPT --image ref.jpg --prompt TEXT --out video.mp4 [--overwrite] [face=dlib|insightface face.options...]: a video",
+    "sample": "CKPT --image ref.jpg --prompt TEXT --out video.mp4 [--overwrite] [face=dlib|insightface ...]: a video",
     "convert": "--from FORMAT PATH --out CKPT [--overwrite] [overrides]: a foreign checkpoint -> kit checkpoint",
     "export": "CKPT --to FORMAT OUT [--overwrite]: kit checkpoint -> foreign layout (formats: see `plugins`)",
     "consolidate": "DEEPSPEED_CKPT_DIR OUT.ckpt [--overwrite]: ZeRO shards of every rank -> one kit checkpoint",

@@ -168,7 +168,9 @@ def reported_as_user_errors(verb: str) -> Iterator[None]:
         bug = plugin_bug(error)
         if bug is not None:  # the plugin's own error, with its own traceback rather than Hydra's wrapper
             if not getattr(bug, "idvid_reported", False):  # verbs nest this context (the CLI, then Hydra's task)
-                sys.stderr.write(f"idvid {verb}: {getattr(bug, PLUGIN_ERROR_ATTRIBUTE)} failed while building itself:\n")
+                sys.stderr.write(
+                    f"idvid {verb}: {getattr(bug, PLUGIN_ERROR_ATTRIBUTE)} failed while building itself:\n"
+                )
                 bug.idvid_reported = True
             raise bug from None
         if traceback_wanted() or not is_user_error(error):

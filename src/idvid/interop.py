@@ -31,8 +31,8 @@ from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
 from idvid.atomic_files import write_atomic
-from idvid.errors import CorruptFileError, MissingFileError
 from idvid.backbones.lora import has_lora, without_lora
+from idvid.errors import CorruptFileError, MissingFileError
 from idvid.registry import register_format
 from idvid.training.checkpointing import reading_checkpoint
 
@@ -54,7 +54,9 @@ def read_json_file(path: str | Path) -> Any:
     """The JSON in ``path``; a missing file or one that is not JSON is an error naming it and the fix."""
     path = Path(path)
     if not path.is_file():
-        raise MissingFileError(f"{path} does not exist.", "Give the folder that holds it, as it was saved or downloaded.")
+        raise MissingFileError(
+            f"{path} does not exist.", "Give the folder that holds it, as it was saved or downloaded."
+        )
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -120,11 +122,19 @@ def load_diffusers_model(model_class: Any, folder: str | Path) -> Any:
         ) from error
     missing = sorted(set(expected) - set(shapes))
     unexpected = sorted(set(shapes) - set(expected))
-    wrong = [f"{k} {shapes[k]} (config: {expected[k]})" for k in sorted(set(expected) & set(shapes)) if shapes[k] != expected[k]]
+    wrong = [
+        f"{k} {shapes[k]} (config: {expected[k]})"
+        for k in sorted(set(expected) & set(shapes))
+        if shapes[k] != expected[k]
+    ]
     if missing or unexpected or wrong:
         found = [
             f"{what} ({len(names)}): {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}"
-            for what, names in (("missing from the weights", missing), ("in the weights only", unexpected), ("of another shape", wrong))
+            for what, names in (
+                ("missing from the weights", missing),
+                ("in the weights only", unexpected),
+                ("of another shape", wrong),
+            )
             if names
         ]
         raise CorruptFileError(
@@ -260,8 +270,9 @@ class KitFormat:
     ``OUT/transformer/`` is the backbone's diffusers transformer (``save_pretrained``; the input
     layer already widened for input_concat channels); a model trained with ``trainable=lora`` adds
     ``OUT/transformer_lora/pytorch_lora_weights.safetensors`` in the family's diffusers LoRA format
-    (``Backbone.save_lora``; read by ``transformer.load_lora_adapter`` / ``pipe.load_lora_weights``). ``OUT/injectors/<label>/``
-    holds each injector's config node (``config.json``) and weights (``diffusion_pytorch_model.safetensors``), and
+    (``Backbone.save_lora``; read by ``transformer.load_lora_adapter`` / ``pipe.load_lora_weights``).
+    ``OUT/injectors/<label>/`` holds each injector's config node (``config.json``) and weights
+    (``diffusion_pytorch_model.safetensors``), and
     ``OUT/idvid_model.json`` the whole model config. ``load_module`` of the checkpoint remains
     the way to rebuild a model; this folder is for tools that read diffusers layouts.
     """

@@ -231,5 +231,7 @@ def build(kind: PluginKind | str, name: str, /, *args: Any, **kwargs: Any) -> An
         # The keys fit, so this is the plugin's own error: mark it, so that it is reported as the
         # plugin's (with its traceback) and not as a config node that does not fit its class.
         if not hasattr(error, PLUGIN_ERROR_ATTRIBUTE):
-            setattr(error, PLUGIN_ERROR_ATTRIBUTE, f"{kind.value} plugin {name!r} ({cls.__module__}.{cls.__qualname__})")
+            setattr(
+                error, PLUGIN_ERROR_ATTRIBUTE, f"{kind.value} plugin {name!r} ({cls.__module__}.{cls.__qualname__})"
+            )
         raise

@@ -63,7 +63,12 @@ def test_schedule_steps_as_diffusers_cogvideox_dpm_loop(backbone_config):
         prediction = torch.randn(latents.shape, generator=torch.Generator().manual_seed(10 + i))
         previous = reference.timesteps[i - 1] if i > 0 else None
         latents, old_pred_original_sample = reference.step(
-            prediction, old_pred_original_sample, t, previous, latents, generator=torch.Generator().manual_seed(i),
+            prediction,
+            old_pred_original_sample,
+            t,
+            previous,
+            latents,
+            generator=torch.Generator().manual_seed(i),
             return_dict=False,
         )
         ours = schedule.step(prediction, i, ours, generator=torch.Generator().manual_seed(i))

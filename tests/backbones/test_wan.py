@@ -208,7 +208,9 @@ def test_two_expert_folder_loads_with_the_low_noise_expert_training(tmp_path):
     latents, _, text = inputs(loaded, batch=1)
     low = torch.tensor([100.0])
     with torch.no_grad():
-        torch.testing.assert_close(loaded(latents, low, text), diffusers_forward(built.other_expert, latents, low, text))
+        torch.testing.assert_close(
+            loaded(latents, low, text), diffusers_forward(built.other_expert, latents, low, text)
+        )
     with pytest.raises(ValueError, match="backbone.expert=high_noise or backbone.expert=low_noise"):
         WanBackbone(pretrained=str(tmp_path))
 
@@ -322,7 +324,9 @@ def test_lora_export_loads_in_wan_pipeline_and_reproduces_the_output(tmp_path):
 
         pipe = WanPipeline(backbone.tokenizer, backbone.text_encoder, backbone.vae, backbone.scheduler, base)
         pipe.load_lora_weights(str(tmp_path))
-        torch.testing.assert_close(diffusers_forward(pipe.transformer, latents, timestep, text), expected, rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            diffusers_forward(pipe.transformer, latents, timestep, text), expected, rtol=0, atol=1e-5
+        )
 
 
 def test_pretrained_folder_round_trip_and_widening_keeps_the_output(wan, tmp_path):
@@ -369,7 +373,9 @@ def test_export_to_idvid_transformer_loads_in_diffusers(tmp_path):
 def _folder(tmp_path, pipeline: str, transformer: str, **transformer_config) -> str:
     (tmp_path / "transformer").mkdir(parents=True)
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": pipeline}))
-    (tmp_path / "transformer" / "config.json").write_text(json.dumps({"_class_name": transformer, **transformer_config}))
+    (tmp_path / "transformer" / "config.json").write_text(
+        json.dumps({"_class_name": transformer, **transformer_config})
+    )
     return str(tmp_path)
 
 
@@ -408,7 +414,9 @@ def test_an_expert_on_a_one_expert_model_is_refused():
 def test_frame_counts_the_vae_cannot_take_are_refused_with_the_nearest_valid_ones(wan):
     with pytest.raises(ValueError, match="data.num_frames=5 or 9"):
         wan.encode_video(torch.zeros(1, 8, 3, 32, 32))
-    with pytest.raises(ValueError, match=r"10 frames of 40x32.*nearest: 9 or 13.*height must be a multiple of 16 \(nearest: 32 or 48\)"):
+    with pytest.raises(
+        ValueError, match=r"10 frames of 40x32.*nearest: 9 or 13.*height must be a multiple of 16 \(nearest: 32 or 48\)"
+    ):
         wan.latent_shape(1, 10, 40, 32)
     assert wan.latent_shape(2, 9, 32, 48) == (2, 3, 16, 4, 6)
 

@@ -17,9 +17,9 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from idvid.cli import VERBS, main
-from idvid.demo import build_demo
 from idvid.data.manifest import read_manifest
 from idvid.data.video_io import read_mp4
+from idvid.demo import build_demo
 from idvid.injection import SITE_DESCRIPTIONS, Site
 from idvid.registry import REGISTRIES
 from idvid.training.visuals import frame_grid

@@ -63,7 +63,9 @@ def test_wrong_value_types_are_named_with_the_expected_type_before_anything_is_b
     assert "trainer.max_steps='abc' (str): lightning.Trainer expects an integer" in err
     assert not (tmp_path / "run" / "config.yaml").exists()  # stopped before the run started
     # preprocess checks its settings the same way, before any video.
-    err = run_verb(capsys, "preprocess", f"data.raw={tmp_path}", f"data.out={tmp_path / 'out'}", "filters.min_face_size=big")
+    err = run_verb(
+        capsys, "preprocess", f"data.raw={tmp_path}", f"data.out={tmp_path / 'out'}", "filters.min_face_size=big"
+    )
     assert_clean(err)
     assert "filters.min_face_size='big' (str): idvid.preprocess.filters.FilterSettings expects a number or null" in err
     # evaluate and ablate have no class to read types from: their shipped defaults say what is a number.
@@ -165,10 +167,14 @@ def test_a_truncated_checkpoint_names_itself_and_the_previous_complete_one(tmp_p
     assert f"Checkpoint {last} is truncated or corrupt" in message
     assert f"use ckpt_path={previous}" in message
 
-    with pytest.raises(errors.CorruptFileError, match=rf"{re.escape(str(last))}.*\n.*use init_from={re.escape(str(previous))}"):
+    with pytest.raises(
+        errors.CorruptFileError, match=rf"{re.escape(str(last))}.*\n.*use init_from={re.escape(str(previous))}"
+    ):
         build_for_training(OmegaConf.create({"init_from": str(last), "model": {}}))
     # sample and export read checkpoints through load_module.
-    with pytest.raises(errors.CorruptFileError, match=rf"previous complete checkpoint in that folder is {re.escape(str(previous))}"):
+    with pytest.raises(
+        errors.CorruptFileError, match=rf"previous complete checkpoint in that folder is {re.escape(str(previous))}"
+    ):
         load_module(last)
 
     alone = truncate(write_checkpoint(tmp_path / "alone" / "x.ckpt"))
@@ -184,7 +190,9 @@ def test_damage_inside_a_checkpoint_is_named_when_torch_reads_it(tmp_path):
     data[200:400] = bytes(b ^ 0xFF for b in data[200:400])  # the archive's index at the end is intact
     damaged.write_bytes(bytes(data))
     previous.touch()
-    with pytest.raises(errors.CorruptFileError, match=rf"{re.escape(str(damaged))} is truncated or corrupt \(PytorchStreamReader"):
+    with pytest.raises(
+        errors.CorruptFileError, match=rf"{re.escape(str(damaged))} is truncated or corrupt \(PytorchStreamReader"
+    ):
         build_for_training(OmegaConf.create({"init_from": str(damaged), "model": {}}))
 
 
@@ -209,20 +217,25 @@ def test_diffusers_folders_that_do_not_load_name_the_file_and_the_fix(transforme
 
     from idvid.interop import load_diffusers_model
 
-    assert isinstance(load_diffusers_model(CogVideoXTransformer3DModel, transformer_folder), CogVideoXTransformer3DModel)
+    assert isinstance(
+        load_diffusers_model(CogVideoXTransformer3DModel, transformer_folder), CogVideoXTransformer3DModel
+    )
     config = transformer_folder / "config.json"
     weights = transformer_folder / "diffusion_pytorch_model.safetensors"
     original = config.read_text()
 
     config.write_text(json.dumps({**json.loads(original), "num_layers": 3}))  # a block more than the weights hold
-    with pytest.raises(errors.CorruptFileError, match=rf"{re.escape(str(config))} does not describe the weights next to it. "
-                       r"Tensors missing from the weights \(\d+\): transformer_blocks\.2\."):  # fmt: skip
+    missing = rf"{re.escape(str(config))} does not describe the weights next to it. "
+    missing += r"Tensors missing from the weights \(\d+\): transformer_blocks\.2\."
+    with pytest.raises(errors.CorruptFileError, match=missing):
         load_diffusers_model(CogVideoXTransformer3DModel, transformer_folder)
     config.write_text(json.dumps({**json.loads(original), "attention_head_dim": 16}))
     with pytest.raises(errors.CorruptFileError, match=r"Tensors of another shape \(\d+\): .* \(config: "):
         load_diffusers_model(CogVideoXTransformer3DModel, transformer_folder)
     config.write_text(json.dumps({**json.loads(original), "attention_head_dim": 3}))  # no model has it
-    with pytest.raises(errors.CorruptFileError, match=r"does not describe a CogVideoXTransformer3DModel that can be built"):
+    with pytest.raises(
+        errors.CorruptFileError, match=r"does not describe a CogVideoXTransformer3DModel that can be built"
+    ):
         load_diffusers_model(CogVideoXTransformer3DModel, transformer_folder)
 
     config.write_text(original[: len(original) // 2])
@@ -234,7 +247,10 @@ def test_diffusers_folders_that_do_not_load_name_the_file_and_the_fix(transforme
     with pytest.raises(errors.CorruptFileError, match=rf"{re.escape(str(weights))} is truncated or corrupt"):
         load_diffusers_model(CogVideoXTransformer3DModel, transformer_folder)
     weights.rename(transformer_folder / "diffusion_pytorch_model.bin")
-    with pytest.raises(MissingFileError, match=r"No weights in .*diffusion_pytorch_model\.safetensors.*found diffusion_pytorch_model\.bin"):
+    with pytest.raises(
+        MissingFileError,
+        match=r"No weights in .*diffusion_pytorch_model\.safetensors.*found diffusion_pytorch_model\.bin",
+    ):
         load_diffusers_model(CogVideoXTransformer3DModel, transformer_folder)
 
 
@@ -243,7 +259,9 @@ def test_convert_reports_a_config_that_is_not_json_as_the_kit_message(transforme
     pytest.importorskip("idvid_consisid")  # the format that reads diffusers ConsisID folders is a plugin
     config = transformer_folder / "config.json"
     config.write_text('{"_class_name": "ConsisIDTransformer3DModel",')
-    err = run_verb(capsys, "convert", "--from", "diffusers-consisid", str(transformer_folder), "--out", str(tmp_path / "x.ckpt"))
+    err = run_verb(
+        capsys, "convert", "--from", "diffusers-consisid", str(transformer_folder), "--out", str(tmp_path / "x.ckpt")
+    )
     assert_clean(err)
     assert f"{config} is not valid JSON" in err
 
@@ -290,7 +308,10 @@ def test_a_plugins_own_type_error_is_reported_as_the_plugins_with_its_traceback(
             hydra.utils.instantiate(node)
     err = capsys.readouterr().err
     assert_clean(err)
-    assert "from config keys ['backbone', 'widht', 'width']" in err and "Its parameters are: backbone, site, blocks, width" in err
+    assert (
+        "from config keys ['backbone', 'widht', 'width']" in err
+        and "Its parameters are: backbone, site, blocks, width" in err
+    )
 
 
 # --------------------------------------------------------------------------- start-up refusals

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from idvid.verbs.fit import fit
 from idvid.training.guard import DivergenceError, NonFiniteGuard
+from idvid.verbs.fit import fit
 
 from ..backbones.test_backbone_contract import TINY_BACKBONES
 from ..conftest import compose_config

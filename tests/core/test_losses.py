@@ -22,8 +22,6 @@ def test_weighted_mse_math_and_mask():
     corrupted[..., 1, 1] += 100  # outside the mask: must not matter
     masked = WeightedMSELoss()
     assert torch.equal(masked(prediction, target, weight, mask), masked(corrupted, target, weight, mask))
-    inside = sum(
-        w * ((prediction[i] - target[i])[..., 0, 0] ** 2).mean() for i, w in enumerate(weight.tolist())
-    ) / 2
+    inside = sum(w * ((prediction[i] - target[i])[..., 0, 0] ** 2).mean() for i, w in enumerate(weight.tolist())) / 2
     torch.testing.assert_close(masked(prediction, target, weight, mask), torch.as_tensor(inside), rtol=1e-5, atol=1e-6)
     assert masked(prediction, target, weight, torch.ones_like(mask)) == pytest.approx(loss.item(), rel=1e-6)

@@ -77,9 +77,7 @@ def test_a_prior_returning_the_wrong_shape_is_named(baseline_model):
 
 def test_validation_prior_is_checked_at_start_up():
     with pytest.raises(InstantiationException, match="Unknown noise_prior plugin 'nope'.*gaussian") as error:
-        hydra.utils.instantiate(
-            compose_config(["experiment=baseline", "model.validation.noise_prior=nope"]).model
-        )
+        hydra.utils.instantiate(compose_config(["experiment=baseline", "model.validation.noise_prior=nope"]).model)
     assert isinstance(error.value.__cause__, UnknownNameError)
     with pytest.raises(ConfigError, match="names no noise prior"):
         build_noise_prior({"gamma": 0.1})

@@ -11,9 +11,9 @@ import torch
 from hydra.errors import InstantiationException
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from idvid.verbs.fit import fit
 from idvid.injection import Site
 from idvid.randomness import BatchRandom
+from idvid.verbs.fit import fit
 
 from ..conftest import EXPERIMENTS, compose_config
 

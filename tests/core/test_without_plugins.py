@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-HIDE = '''
+HIDE = """
 import importlib.metadata, sys
 
 HIDDEN_MODULE, HIDDEN_DIST = "idvid_consisid", "idvid-consisid"
@@ -35,7 +35,7 @@ def entry_points(**params):
 
 
 importlib.metadata.entry_points = entry_points
-'''
+"""
 
 
 @pytest.fixture(scope="module")

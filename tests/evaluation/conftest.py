@@ -12,8 +12,8 @@ import torch
 from torchvision.models import inception_v3
 
 from idvid.cli import main
-from idvid.demo import Camera, render_frames, source_photos
 from idvid.data.video_io import write_mp4
+from idvid.demo import Camera, render_frames, source_photos
 from idvid.faces import DlibFaceAnalyzer
 
 from .models import save_tiny_clip, save_tiny_dino

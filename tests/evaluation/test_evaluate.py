@@ -13,9 +13,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from idvid.data.video_io import write_mp4
 from idvid.evaluation.evaluate import evaluate
-from idvid.verbs.evaluate import summary
 from idvid.evaluation.inputs import pair_inputs, read_prompts
 from idvid.faces import tiny_insightface
+from idvid.verbs.evaluate import summary
 
 from ..conftest import REPO
 from .conftest import run_cli, write_png

@@ -146,7 +146,9 @@ def test_embed_is_insightface_arcface_on_the_bgr_image(analyzer):
 def test_factory_builds_each_backend_and_names_the_available_ones(models_dir):
     assert isinstance(build_face_analyzer("insightface", models_dir=models_dir, det_size=320), InsightFaceAnalyzer)
     assert isinstance(build_face_analyzer("dlib"), DlibFaceAnalyzer)
-    with pytest.raises(KeyError, match="Unknown face_backend plugin 'retinaface'. Registered face_backend plugins: dlib, insightface"):
+    with pytest.raises(
+        KeyError, match="Unknown face_backend plugin 'retinaface'. Registered face_backend plugins: dlib, insightface"
+    ):
         build_face_analyzer("retinaface")
 
 
@@ -155,12 +157,16 @@ def test_sample_reference_uses_the_chosen_backend(tmp_path, models_dir):
 
     photo = tmp_path / "red.png"
     cv2.imwrite(str(photo), cv2.cvtColor(red_and_green_image(), cv2.COLOR_RGB2BGR))
-    batch = reference_batch(photo, "a red square", 64, 64, {"name": "insightface", "options": {"models_dir": str(models_dir)}})
+    batch = reference_batch(
+        photo, "a red square", 64, 64, {"name": "insightface", "options": {"models_dir": str(models_dir)}}
+    )
     assert batch["ref_embedding"].shape == (1, tiny.TINY_EMBEDDING_DIM)
     assert batch["ref_image"].shape == batch["ref_kps_image"].shape == (1, 3, 64, 64)
     assert (batch["ref_image"][0, :, 0, 0] == 1).all()  # outside the box's ellipse mask: whitened
     with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'nowhere'}.*{DETECTOR_FILE}"):
-        reference_batch(photo, "x", 64, 64, {"name": "insightface", "options": {"models_dir": str(tmp_path / "nowhere")}})
+        reference_batch(
+            photo, "x", 64, 64, {"name": "insightface", "options": {"models_dir": str(tmp_path / "nowhere")}}
+        )
 
 
 def test_box_ellipse_mask_stays_inside_the_box():

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from idvid.demo import Camera, render_frames, source_photos
 from idvid.data.video_io import write_mp4
+from idvid.demo import Camera, render_frames, source_photos
 from idvid.faces import DlibFaceAnalyzer
 from idvid.preprocess import ClipSettings, FilterSettings, PreprocessSettings
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from idvid.demo import FRAME_SIZE
 from idvid.data.video_io import read_mp4
+from idvid.demo import FRAME_SIZE
 from idvid.faces import ARCFACE_TEMPLATE_112, align_face, face_template, transform_points
 from idvid.preprocess.annotate import ClipSettings, annotate_clip, track_frames
 from idvid.preprocess.filters import head_pose_deg, main_track, rotation_deg

@@ -179,8 +179,11 @@ def test_an_out_holding_a_data_set_preprocess_did_not_write_is_refused_unless_ov
     out = tmp_path / "demo"
     (out / "videos").mkdir(parents=True)
     (out / "manifest.jsonl").write_text('{"id": "talk"}\n')  # e.g. the demo set, or an imported one
-    with pytest.raises(FileExistsError, match=r"data\.out=.*demo holds a data set that preprocess did not write "
-                       r"\(manifest\.jsonl, videos\)\nchoose another data\.out, or pass overwrite=true"):
+    with pytest.raises(
+        FileExistsError,
+        match=r"data\.out=.*demo holds a data set that preprocess did not write "
+        r"\(manifest\.jsonl, videos\)\nchoose another data\.out, or pass overwrite=true",
+    ):
         Preprocessor(settings_for(raw, out), CountingAnalyzer())
     Preprocessor(settings_for(raw, out, overwrite=True), CountingAnalyzer()).run()
     # Its own output folder (clip_ids.json is written first) is resumed without the flag.

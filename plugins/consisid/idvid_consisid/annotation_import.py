@@ -56,7 +56,9 @@ def read_list_file(list_file: Path) -> list[dict[str, Any]]:
     A malformed list or captions file is a configuration error (ValueError / FileNotFoundError).
     """
     if not list_file.is_file():
-        raise FileNotFoundError(f"ConsisID list file not found: {list_file}; pass data.importer=consisid data.source=<total_train_data.txt>")
+        raise FileNotFoundError(
+            f"ConsisID list file not found: {list_file}; pass data.importer=consisid data.source=<total_train_data.txt>"
+        )
     videos = []
     for lineno, line in enumerate(list_file.read_text().splitlines(), start=1):
         if not line.strip():

@@ -8,7 +8,6 @@ import shutil
 import cv2
 import numpy as np
 import pytest
-
 from idvid_consisid.annotation_import import import_consisid
 
 from idvid.cli import main

@@ -6,13 +6,12 @@ import pytest
 import torch
 from idvid_consisid import LocalFaceCrossAttention
 from idvid_consisid.recipe import CoarseToFine, CrossFaceReference, DropToken, DynamicMaskLoss, ReferenceNoise
+from test_consisid_plugin import INFO, LFE_SIZES, identity_inputs
 
 from idvid.errors import ConfigError
 from idvid.injection import InjectionPlan
 from idvid.randomness import BatchRandom
 from idvid.training.recipe import ImageLatentDropout, Recipe, TextDrop
-
-from test_consisid_plugin import INFO, LFE_SIZES, identity_inputs
 from tests.conftest import compose_config
 
 

@@ -83,7 +83,7 @@ class DenoisingSchedule:
         latents: torch.Tensor,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """The latents after step ``step_index``, from the (guided) model ``prediction`` at ``timesteps[step_index]``."""
+        """The latents after step ``step_index``, from the (guided) ``prediction`` at ``timesteps[step_index]``."""
         raise _not_implemented(self, "step", "turn a prediction into the next, less noisy latents")
 
 
@@ -160,7 +160,9 @@ class Backbone(nn.Module):
     @property
     def default_video_size(self) -> tuple[int, int, int]:
         """``(num_frames, height, width)`` that ``sample`` and ``ablate`` use when none is given."""
-        raise _not_implemented(self, "default_video_size", "say which (num_frames, height, width) it samples by default")
+        raise _not_implemented(
+            self, "default_video_size", "say which (num_frames, height, width) it samples by default"
+        )
 
     def latent_shape(self, batch_size: int, num_frames: int, height: int, width: int) -> tuple[int, int, int, int, int]:
         """The latent ``(B, f, C, h, w)`` of a video of this size.

@@ -242,7 +242,9 @@ class WanBackbone(Backbone):
                 boundary_ratio = index.get("boundary_ratio")
             where = str(root)
         else:
-            missing = [k for k, v in {"transformer": transformer, "vae": vae, "text_encoder": text_encoder}.items() if not v]
+            missing = [
+                k for k, v in {"transformer": transformer, "vae": vae, "text_encoder": text_encoder}.items() if not v
+            ]
             if missing:
                 raise ValueError(
                     f"backbone.pretrained is not set, so the backbone is built from config, but backbone.{missing[0]} "
@@ -355,7 +357,9 @@ class WanBackbone(Backbone):
         problems = []
         if num_frames < 1 or (num_frames - 1) % temporal:
             below = max(1, (num_frames - 1) // temporal * temporal + 1)
-            problems.append(f"Wan's VAE takes 1 + a multiple of {temporal} frames (nearest: {below} or {below + temporal})")
+            problems.append(
+                f"Wan's VAE takes 1 + a multiple of {temporal} frames (nearest: {below} or {below + temporal})"
+            )
         for name, size in (("height", height), ("width", width)):
             if size < multiple or size % multiple:
                 below = max(multiple, size // multiple * multiple)

@@ -45,8 +45,7 @@ class Conditioner(nn.Module):
 def check_sampling_inputs(conditioners: Mapping[str, Conditioner], batch: Mapping[str, Any]) -> None:
     """Refuse conditioners that need batch entries a sampling batch does not have, naming them."""
     refused = {
-        label: [key for key in conditioner.reads if key not in batch]
-        for label, conditioner in conditioners.items()
+        label: [key for key in conditioner.reads if key not in batch] for label, conditioner in conditioners.items()
     }
     refused = {label: keys for label, keys in refused.items() if keys}
     if refused:

@@ -15,4 +15,3 @@ __all__ = [
     "read_manifest",
     "write_manifest",
 ]
-

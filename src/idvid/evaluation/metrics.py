@@ -30,7 +30,6 @@ from idvid.evaluation.identity import (
     largest_faces,
     reference_face,
 )
-from idvid.errors import ConfigError
 from idvid.faces import DlibFaceAnalyzer, Face, FaceAnalyzer, build_face_analyzer
 from idvid.registry import REGISTRIES, PluginKind, register_metric
 
@@ -292,7 +291,7 @@ def face_backend_node(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def build_detector(cfg: dict) -> FaceAnalyzer:
-    """The face detector of the sampled frames: the ``face`` node's backend (insightface defaults to models.insightface)."""
+    """The face detector of the sampled frames: the ``face`` node's backend (insightface: models.insightface)."""
     face = face_backend_node(cfg)
     return build_face_analyzer(face["name"], **face["options"])
 

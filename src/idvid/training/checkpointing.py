@@ -138,7 +138,7 @@ def corrupt_checkpoint_error(path: str | Path, reason: str, option: str | None =
 
 
 def check_checkpoint_file(path: str | Path, option: str | None = None) -> None:
-    """Raise CorruptFileError when ``path`` is not a complete checkpoint file (``option``: the setting that named it)."""
+    """Raise CorruptFileError when ``path`` is not a complete checkpoint file (``option``: the setting naming it)."""
     if not is_complete_checkpoint_file(path):
         raise corrupt_checkpoint_error(path, "not a complete torch zip archive", option)
 
@@ -157,4 +157,6 @@ def reading_checkpoint(path: str | Path, option: str | None = None) -> Iterator[
         damaged = not isinstance(error, RuntimeError) or "PytorchStreamReader" in message or "zip" in message
         if not damaged or "Weights only load failed" in message:
             raise
-        raise corrupt_checkpoint_error(path, message.splitlines()[0] if message else type(error).__name__, option) from error
+        raise corrupt_checkpoint_error(
+            path, message.splitlines()[0] if message else type(error).__name__, option
+        ) from error

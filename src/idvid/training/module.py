@@ -83,11 +83,7 @@ class IdentityVideoModule(L.LightningModule):
         self.backbone = _build_named(PluginKind.BACKBONE, backbone)
         info = self.backbone.info
         self.conditioners = nn.ModuleDict(
-            {
-                label: _build_named(PluginKind.CONDITIONER, node, info)
-                for label, node in conditioners.items()
-                if node
-            }
+            {label: _build_named(PluginKind.CONDITIONER, node, info) for label, node in conditioners.items() if node}
         )
         self.plan = InjectionPlan.from_config(injectors, info)
         self.plan.check_conditions(InjectionPlan.produced_conditions(self.conditioners))

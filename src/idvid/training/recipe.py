@@ -60,7 +60,7 @@ class RecipeStep:
 def check_probability(step: str, name: str, value: float) -> float:
     if not 0.0 <= value <= 1.0:
         raise ConfigError(
-            f"recipe step {step}: {name}={value} is not a probability.", f"Use a value in [0, 1] (0 switches it off)."
+            f"recipe step {step}: {name}={value} is not a probability.", "Use a value in [0, 1] (0 switches it off)."
         )
     return value
 

@@ -7,7 +7,8 @@ their overrides and the report's title, columns and notes). For each experiment,
    child process. A child process per experiment (rather than one ``--multirun``) keeps the sweep
    alive when one run diverges or crashes (Hydra's basic launcher stops at the first failing job),
    frees all memory between runs, and is exactly the command a user would type to redo one run.
-   A run that stops with ``DivergenceError`` (the NaN guard) is marked *unstable*; any other failure is marked *failed* with the error's last line.
+   A run that stops with ``DivergenceError`` (the NaN guard) is marked *unstable*; any other failure is
+   marked *failed* with the error's last line.
 2. **sample**: the run's ``last.ckpt`` generates one video per reference and seed of the evaluation
    set (fixed references, prompts and seeds, shared by every experiment).
 3. **evaluate**: ``idvid.evaluation.evaluate`` with the ``evaluate`` config node.
@@ -100,9 +101,9 @@ def prepare_eval_set(cfg: dict, out: Path) -> tuple[Path, Path, list[str]]:
 
 
 def _manifest_references(manifest: str | None, count: int) -> list[tuple[str, np.ndarray, str]]:
-    from idvid.demo import build_demo
     from idvid.data.manifest import load_annotations, read_manifest
     from idvid.data.video_io import read_mp4
+    from idvid.demo import build_demo
 
     entries = read_manifest(manifest or build_demo())
     sources = []
@@ -172,8 +173,8 @@ def sample_eval_set(folder: Path, refs_dir: Path, prompts_file: Path, names: lis
     """One video per evaluation-set entry from the fit's last.ckpt, in ``<folder>/videos``."""
     from idvid.evaluation.inputs import read_prompts
     from idvid.interop import load_module
-    from idvid.verbs.sample import reference_batch
     from idvid.training.visuals import write_video
+    from idvid.verbs.sample import reference_batch
 
     spec = cfg["eval_set"]
     module = load_module(folder / "fit" / "checkpoints" / "last.ckpt").eval()

@@ -47,7 +47,7 @@ def _fits(value: Any, accepted: tuple[type, ...]) -> bool:
 
 
 def _expected_types(built: Any) -> dict[str, tuple[type, ...]]:
-    """argument -> accepted scalar types, for the arguments of the class (or function) ``built`` that take only scalars."""
+    """argument -> accepted scalar types, for the arguments of the class (or function) ``built`` taking only scalars."""
     try:
         hints = typing.get_type_hints(built.__init__ if inspect.isclass(built) else built)
     except Exception:  # annotations that cannot be resolved: nothing to check against
@@ -129,7 +129,7 @@ def check_setting_types(cfg: Mapping[str, Any], settings: Mapping[str, type]) ->
 
 
 def _describe(accepted: tuple[type, ...]) -> str:
-    """"a number or null": in a fixed order, and an integer is a number too."""
+    """ "a number or null": in a fixed order, and an integer is a number too."""
     kinds = [kind for kind in SCALAR_NAMES if kind in accepted and not (kind is int and float in accepted)]
     return " or ".join(SCALAR_NAMES[kind] for kind in kinds)
 

@@ -18,9 +18,7 @@ from idvid.registry import REGISTRIES, PluginKind
 log = logging.getLogger(__name__)
 
 
-def convert(
-    format_name: str, source: str, out: str, overrides: list[str], overwrite: bool = False
-) -> tuple[Path, str]:
+def convert(format_name: str, source: str, out: str, overrides: list[str], overwrite: bool = False) -> tuple[Path, str]:
     """Read a foreign checkpoint with a format plugin, save it as a kit checkpoint; returns (path, experiment).
 
     An existing `out` is replaced only with `overwrite` (checked before the source is read).
@@ -63,9 +61,7 @@ def export(checkpoint: str, format_name: str, out: str, ema: bool = False, overw
     """
     writer = REGISTRIES[PluginKind.FORMAT].get(format_name)()
     if not hasattr(writer, "write"):
-        raise ConfigError(
-            f"Format {format_name!r} cannot be written.", f"Formats that write: {_formats('write')}."
-        )
+        raise ConfigError(f"Format {format_name!r} cannot be written.", f"Formats that write: {_formats('write')}.")
     out_path = check_output_folder(out, overwrite, protected=(Path(checkpoint),))
     module = load_module(checkpoint, ema=ema)
     return replace_folder(out_path, lambda folder: writer.write(module, folder))
@@ -78,7 +74,9 @@ def _formats(method: str) -> str:
 def main(verb: str, args: list[str]) -> None:
     parser = argparse.ArgumentParser(prog=f"python -m idvid {verb}")
     if verb == "convert":
-        parser.add_argument("--from", dest="format", required=True, help="source format (`python -m idvid plugins` lists them)")
+        parser.add_argument(
+            "--from", dest="format", required=True, help="source format (`python -m idvid plugins` lists them)"
+        )
         parser.add_argument("source", help="the foreign checkpoint (folder or file)")
         parser.add_argument("--out", required=True, help="kit checkpoint to write (.ckpt)")
         parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -95,7 +93,10 @@ def main(verb: str, args: list[str]) -> None:
     else:
         parser.add_argument("checkpoint", help="a kit checkpoint (.ckpt) from fit or convert, or a DeepSpeed folder")
         parser.add_argument(
-            "--to", dest="format", required=True, help="target format, e.g. idvid (`python -m idvid plugins` lists them)"
+            "--to",
+            dest="format",
+            required=True,
+            help="target format, e.g. idvid (`python -m idvid plugins` lists them)",
         )
         parser.add_argument("out", help="folder to write")
         parser.add_argument("--ema", action="store_true", help="export the EMA of the weights")

@@ -9,7 +9,14 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from idvid.errors import ConfigError
-from idvid.preprocess import ClipSettings, FilterSettings, MaskSettings, Preprocessor, PreprocessSettings, TrackingSettings
+from idvid.preprocess import (
+    ClipSettings,
+    FilterSettings,
+    MaskSettings,
+    Preprocessor,
+    PreprocessSettings,
+    TrackingSettings,
+)
 from idvid.preprocess.pipeline import build_analyzer
 from idvid.registry import REGISTRIES, PluginKind
 from idvid.verbs.argument_types import check_setting_types
@@ -78,7 +85,8 @@ def preprocess(cfg: DictConfig) -> dict[str, Any]:
         return Preprocessor(settings_from_config(cfg)).run()
     if cfg.data.get("raw"):
         raise ConfigError(
-            "give either data.raw (videos to preprocess) or data.importer + data.source (annotations to import), not both"
+            "give either data.raw (videos to preprocess) or data.importer + data.source (annotations to import), "
+            "not both"
         )
     if not importer_name or not source:
         raise ConfigError(

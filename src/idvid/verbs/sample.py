@@ -41,7 +41,9 @@ DLIB = {"name": "dlib", "options": {}}
 OLD_FACE_FLAGS = ("--face", "--face-models")
 
 
-def reference_batch(image_path: Path, prompt: str, height: int, width: int, face: Mapping[str, Any] | None = None) -> dict:
+def reference_batch(
+    image_path: Path, prompt: str, height: int, width: int, face: Mapping[str, Any] | None = None
+) -> dict:
     """The model inputs for one reference photo, or a clear error when the photo has no usable face.
 
     ``face`` is the face backend node of every verb, ``{"name": "dlib" | "insightface", "options": {...}}``
