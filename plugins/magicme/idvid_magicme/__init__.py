@@ -1,0 +1,13 @@
+"""Magic-Me / Video Custom Diffusion (Ma et al., 2024) for idvid, piece by piece on the kit's DiTs.
+
+* ``magicme.gaussian_3d`` (noise prior): initial noise correlated across latent frames,
+  Cov(frame m, frame n) = gamma^|m-n| (``idvid_magicme.noise_prior``).
+
+Its configs (``idvid_magicme.conf``) reach the CLI through the ``idvid.configs`` entry point.
+Installed as a separate distribution (``idvid-magicme``) that registers through the
+``idvid.plugins`` entry point, exactly as a third-party method would.
+"""
+
+from idvid_magicme.noise_prior import Gaussian3DNoise
+
+__all__ = ["Gaussian3DNoise"]
