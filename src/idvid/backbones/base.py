@@ -26,9 +26,10 @@ Latents are always ``[B, f, C, h, w]`` (frames before channels) outside an adapt
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -128,6 +129,7 @@ class Backbone(nn.Module):
     transformer: nn.Module  # the trained network: LoRA, widening, full fine-tune and export act on it
     vae: nn.Module  # frozen; the feature cache fingerprints it
     text_encoder: nn.Module  # frozen; the feature cache fingerprints it and reads its device
+    tokenizer: Any  # a transformers tokenizer of the text encoder (``add_text_tokens`` extends it)
     gradient_checkpointing: bool  # recompute each block in backward (the forward must honour it)
     lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")  # default LoRA target module names
 
@@ -176,8 +178,54 @@ class Backbone(nn.Module):
 
     # -------------------------------------------------------------------- data
     def encode_text(self, captions: list[str]) -> torch.Tensor:
-        """Captions -> text embeddings ``[B, L, info.text_hidden_size]`` on the text encoder's device."""
+        """Captions -> text embeddings ``[B, L, info.text_hidden_size]`` on the text encoder's device.
+
+        An adapter first calls ``expand_placeholders(captions)``. It does not encode under ``torch.no_grad``:
+        the text encoder is frozen, so autograd records nothing unless learned token rows need gradients.
+        """
         raise _not_implemented(self, "encode_text", "encode captions")
+
+    # ------------------------------------------------------------- text tokens
+    # New tokens with learned embedding rows (site text_tokens). The defaults work for every text encoder
+    # that is a transformers PreTrainedModel with a transformers tokenizer (T5, UMT5, the demo's word level).
+    def add_text_tokens(self, tokens: Sequence[str], placeholder: str | None = None) -> list[int]:
+        """Make each of ``tokens`` one token of the tokenizer, never split, and return their ids.
+
+        Their ids may pass the end of the text encoder's embedding table (or land on spare rows): the
+        caller gives their rows with ``set_text_token_embeddings``. With ``placeholder``, every caption's
+        ``placeholder`` expands to the tokens, separated by spaces, before tokenizing.
+        """
+        tokens = list(tokens)
+        taken = [t for t in tokens if t in self.tokenizer.get_vocab()]
+        if taken:
+            raise ValueError(
+                f"Text tokens {taken} are already in the tokenizer's vocabulary; choose token strings it does not "
+                f"have (e.g. <my_id_0>), so that the learned rows never replace a word the model knows."
+            )
+        self.tokenizer.add_tokens(tokens, special_tokens=False)
+        if placeholder is not None:
+            self.text_placeholders[placeholder] = " ".join(tokens)
+        return self.tokenizer.convert_tokens_to_ids(tokens)
+
+    @property
+    def text_placeholders(self) -> dict[str, str]:
+        """Placeholder -> its expansion, applied to every caption by ``expand_placeholders``."""
+        return self.__dict__.setdefault("_text_placeholders", {})  # adapters need not set it up
+
+    def expand_placeholders(self, captions: Sequence[str]) -> list[str]:
+        if not self.text_placeholders:
+            return list(captions)
+        pattern = re.compile("|".join(re.escape(p) for p in sorted(self.text_placeholders, key=len, reverse=True)))
+        return [pattern.sub(lambda m: self.text_placeholders[m.group(0)], caption) for caption in captions]
+
+    @property
+    def text_token_embeddings(self) -> nn.Module:
+        """The token-embedding table the text encoder reads (``ids [B, L] -> [B, L, D]``)."""
+        return self.text_encoder.get_input_embeddings()
+
+    def set_text_token_embeddings(self, embeddings: nn.Module) -> None:
+        """Make the text encoder read its token embeddings from ``embeddings`` (e.g. a table plus learned rows)."""
+        self.text_encoder.set_input_embeddings(embeddings)
 
     def encode_posterior(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``[B, F, 3, H, W]`` in [-1, 1] -> the VAE posterior's ``(mean, std)``, raw (unnormalised).
