@@ -112,3 +112,13 @@ def test_bad_options_are_named():
 
 def compose_info():
     return id_token_model("cogvideox_tiny").backbone.info
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_a_placeholder_prompt_without_id_tokens_is_refused(backbone):
+    L.seed_everything(0)
+    plain = hydra.utils.instantiate(compose_config(["experiment=baseline", f"backbone={backbone}"]).model)
+    expected = r"(?s)names <id>, but this model has no text tokens for it.*placeholders: none"
+    with pytest.raises(ConfigError, match=expected):
+        plain.backbone.encode_text([PROMPT])
+    assert plain.backbone.encode_text(["a person <unk>"]).shape[0] == 1  # the tokenizer's own <...> tokens pass

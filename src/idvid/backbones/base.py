@@ -35,8 +35,12 @@ import torch
 from torch import nn
 
 from idvid.backbones.info import BackboneInfo
+from idvid.errors import ConfigError
 from idvid.injection.plan import NO_INJECTION, PreparedInjection
 from idvid.randomness import BatchRandom
+
+#: ``<word>`` in a caption: a placeholder for learned text tokens (``Backbone.expand_placeholders``)
+PLACEHOLDER_PATTERN = re.compile(r"<[A-Za-z][\w-]*>")
 
 __all__ = ["Backbone", "BackboneInfo", "DenoisingSchedule", "DiffusersSchedule", "NoisedLatents"]
 
@@ -213,10 +217,27 @@ class Backbone(nn.Module):
         return self.__dict__.setdefault("_text_placeholders", {})  # adapters need not set it up
 
     def expand_placeholders(self, captions: Sequence[str]) -> list[str]:
-        if not self.text_placeholders:
-            return list(captions)
-        pattern = re.compile("|".join(re.escape(p) for p in sorted(self.text_placeholders, key=len, reverse=True)))
-        return [pattern.sub(lambda m: self.text_placeholders[m.group(0)], caption) for caption in captions]
+        """Captions with every registered placeholder expanded; one left over is refused.
+
+        A ``<word>`` that is neither a placeholder of this model nor a token of its tokenizer would be
+        encoded as meaningless pieces, silently: it names text tokens the model does not have.
+        """
+        captions = list(captions)
+        if self.text_placeholders:
+            pattern = re.compile("|".join(re.escape(p) for p in sorted(self.text_placeholders, key=len, reverse=True)))
+            captions = [pattern.sub(lambda m: self.text_placeholders[m.group(0)], c) for c in captions]
+        vocabulary = None
+        for caption in captions:
+            for word in PLACEHOLDER_PATTERN.findall(caption):
+                vocabulary = vocabulary if vocabulary is not None else self.tokenizer.get_vocab()
+                if word not in vocabulary:
+                    raise ConfigError(
+                        f"The prompt {caption!r} names {word}, but this model has no text tokens for it "
+                        f"(its placeholders: {sorted(self.text_placeholders) or 'none'}).",
+                        "Use a model trained with learned text tokens for that placeholder (a text_tokens "
+                        "injector, e.g. an ID-token experiment), load them into it, or remove it from the prompt.",
+                    )
+        return captions
 
     @property
     def text_token_embeddings(self) -> nn.Module:
