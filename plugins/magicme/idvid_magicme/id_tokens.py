@@ -153,7 +153,10 @@ def read_id_tokens(path: str | Path, width: int) -> tuple[list[str], str, torch.
 
 @register_format("magicme-id-tokens")
 class IdTokensFormat:
-    """``export CKPT --to magicme-id-tokens OUT/``: each ``magicme.id_tokens`` injector as ``OUT/<label>.safetensors``."""
+    """``export CKPT --to magicme-id-tokens OUT/``: each ``magicme.id_tokens`` injector as ``OUT/<label>.safetensors``.
+
+    (Reading one is the injector's ``file=`` option.)
+    """
 
     def write(self, module: Any, out: Path) -> None:
         found = {label: i for label, i in module.plan.injectors.items() if isinstance(i, ExtendedIdTokens)}

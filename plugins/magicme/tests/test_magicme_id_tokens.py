@@ -95,7 +95,8 @@ def test_exported_file_reloads_into_a_fresh_model_with_the_same_text_embeddings(
 def test_a_file_for_another_text_encoder_width_is_refused(tmp_path):
     path = tmp_path / "wide.safetensors"
     save_file({"vectors": torch.zeros(3, 4096)}, str(path), metadata={"tokens": '["<a>", "<b>", "<c>"]'})
-    with pytest.raises(InstantiationException, match="learned for a text encoder 4096 wide; this backbone's is 32") as e:
+    wrong_width = "learned for a text encoder 4096 wide; this backbone's is 32"
+    with pytest.raises(InstantiationException, match=wrong_width) as e:
         id_token_model("cogvideox_tiny", f"++injectors.id_tokens.file={path}")
     assert isinstance(e.value.__cause__, ConfigError)
     with pytest.raises(ConfigError, match="not an ID-token file"):
