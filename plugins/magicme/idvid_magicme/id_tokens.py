@@ -153,7 +153,7 @@ def read_id_tokens(path: str | Path, width: int) -> tuple[list[str], str, torch.
 
 @register_format("magicme-id-tokens")
 class IdTokensFormat:
-    """``export CKPT --to magicme-id-tokens OUT/``: each ``magicme.id_tokens`` injector as ``OUT/<label>.safetensors``.
+    """``export CKPT --to magicme-id-tokens OUT/``: each ID-token injector as ``OUT/<label>.safetensors``.
 
     (Reading one is the injector's ``file=`` option.)
     """
