@@ -5,6 +5,8 @@
 * ``magicme.id_tokens`` (injector, site ``text_tokens``): extended ID tokens, K new text tokens with
   learned embedding rows, named in prompts by ``<id>``; ``magicme-id-tokens`` (format) exports them
   as a small safetensors file (``idvid_magicme.id_tokens``).
+* ``magicme.subject_mask_loss`` (recipe step): prompt-to-segmentation masked loss, the subject's
+  mask from a local CLIPSeg folder or, offline, the batch's face masks (``idvid_magicme.masked_loss``).
 
 Its configs (``idvid_magicme.conf``) reach the CLI through the ``idvid.configs`` entry point.
 Installed as a separate distribution (``idvid-magicme``) that registers through the
@@ -12,6 +14,15 @@ Installed as a separate distribution (``idvid-magicme``) that registers through 
 """
 
 from idvid_magicme.id_tokens import ExtendedIdTokens, IdTokensFormat, read_id_tokens, save_id_tokens
+from idvid_magicme.masked_loss import ClipSegSegmenter, SubjectMaskLoss
 from idvid_magicme.noise_prior import Gaussian3DNoise
 
-__all__ = ["ExtendedIdTokens", "Gaussian3DNoise", "IdTokensFormat", "read_id_tokens", "save_id_tokens"]
+__all__ = [
+    "ClipSegSegmenter",
+    "ExtendedIdTokens",
+    "Gaussian3DNoise",
+    "IdTokensFormat",
+    "SubjectMaskLoss",
+    "read_id_tokens",
+    "save_id_tokens",
+]
