@@ -17,7 +17,8 @@ from tests.conftest import compose_config
 
 
 def test_placeholder_goes_before_the_subject_word():
-    assert placeholder_caption("a person smiles at the camera", "<id>", "person") == "a <id> person smiles at the camera"
+    caption = "a person smiles at the camera"
+    assert placeholder_caption(caption, "<id>", "person") == "a <id> person smiles at the camera"
     assert placeholder_caption("the camera pans", "<id>", "person") == "<id>, the camera pans"
     assert placeholder_caption("a <id> person", "<id>", "person") == "a <id> person"
 
