@@ -12,6 +12,7 @@ from idvid_magicme.data import OnePersonDataModule, placeholder_caption
 
 from idvid.errors import ConfigError
 from idvid.interop import load_module
+from idvid.randomness import BatchRandom
 from idvid.verbs.fit import fit
 from tests.conftest import compose_config
 
@@ -52,3 +53,23 @@ def test_magicme_id_fits_two_steps_and_learns_only_the_id_tokens(tmp_path, caplo
     assert changed == {"plan.injectors.id_tokens.vectors"}
     prompt = ["a <id> person smiles"]
     assert not torch.equal(trained.backbone.encode_text(prompt), fresh.backbone.encode_text(prompt))
+
+
+def test_lora_trains_with_the_id_tokens_and_text_is_never_cached(tmp_path, monkeypatch):
+    cfg = compose_config(["experiment=magicme_id", "model.trainable=lora", f"model.feature_cache={tmp_path}"])
+    L.seed_everything(0)
+    module = hydra.utils.instantiate(cfg.model).train()
+    trainable = {name for name, p in module.named_parameters() if p.requires_grad}
+    assert "plan.injectors.id_tokens.vectors" in trainable
+    assert trainable - {"plan.injectors.id_tokens.vectors"} and all(".lora_" in n for n in trainable if "plan." not in n)
+
+    def cached_text(*args):
+        raise AssertionError("text embeddings were read from the cache while the ID tokens train")
+
+    monkeypatch.setattr("idvid.training.feature_cache.FeatureCache.encode_text", cached_text)
+    data = OnePersonDataModule(identity="astronaut-0", num_frames=9, height=32, width=32)
+    data.setup()
+    batch = next(iter(data.train_dataloader()))
+    loss = module.compute_loss(batch, BatchRandom(torch.Generator().manual_seed(0)))["loss"]
+    loss.backward()
+    assert module.plan.injectors["id_tokens"].vectors.grad.abs().sum() > 0
