@@ -27,16 +27,21 @@ Latents are always ``[B, f, C, h, w]`` (frames before channels) outside an adapt
 from __future__ import annotations
 
 import inspect
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from idvid.backbones.info import BackboneInfo
+from idvid.errors import ConfigError
 from idvid.injection.plan import NO_INJECTION, PreparedInjection
 from idvid.randomness import BatchRandom
+
+#: ``<word>`` in a caption: a placeholder for learned text tokens (``Backbone.expand_placeholders``)
+PLACEHOLDER_PATTERN = re.compile(r"<[A-Za-z][\w-]*>")
 
 __all__ = ["Backbone", "BackboneInfo", "DenoisingSchedule", "DiffusersSchedule", "NoisedLatents"]
 
@@ -135,6 +140,7 @@ class Backbone(nn.Module):
     transformer: nn.Module  # the trained network: LoRA, widening, full fine-tune and export act on it
     vae: nn.Module  # frozen; the feature cache fingerprints it
     text_encoder: nn.Module  # frozen; the feature cache fingerprints it and reads its device
+    tokenizer: Any  # a transformers tokenizer of the text encoder (``add_text_tokens`` extends it)
     gradient_checkpointing: bool  # recompute each block in backward (the forward must honour it)
     lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")  # default LoRA target module names
     #: site name -> where that site is in this family's block, in words (``python -m idvid plugins`` prints it)
@@ -187,8 +193,71 @@ class Backbone(nn.Module):
 
     # -------------------------------------------------------------------- data
     def encode_text(self, captions: list[str]) -> torch.Tensor:
-        """Captions -> text embeddings ``[B, L, info.text_hidden_size]`` on the text encoder's device."""
+        """Captions -> text embeddings ``[B, L, info.text_hidden_size]`` on the text encoder's device.
+
+        An adapter first calls ``expand_placeholders(captions)``. It does not encode under ``torch.no_grad``:
+        the text encoder is frozen, so autograd records nothing unless learned token rows need gradients.
+        """
         raise _not_implemented(self, "encode_text", "encode captions")
+
+    # ------------------------------------------------------------- text tokens
+    # New tokens with learned embedding rows (site text_tokens). The defaults work for every text encoder
+    # that is a transformers PreTrainedModel with a transformers tokenizer (T5, UMT5, the demo's word level).
+    def add_text_tokens(self, tokens: Sequence[str], placeholder: str | None = None) -> list[int]:
+        """Make each of ``tokens`` one token of the tokenizer, never split, and return their ids.
+
+        Their ids may pass the end of the text encoder's embedding table (or land on spare rows): the
+        caller gives their rows with ``set_text_token_embeddings``. With ``placeholder``, every caption's
+        ``placeholder`` expands to the tokens, separated by spaces, before tokenizing.
+        """
+        tokens = list(tokens)
+        taken = [t for t in tokens if t in self.tokenizer.get_vocab()]
+        if taken:
+            raise ValueError(
+                f"Text tokens {taken} are already in the tokenizer's vocabulary; choose token strings it does not "
+                f"have (e.g. <my_id_0>), so that the learned rows never replace a word the model knows."
+            )
+        self.tokenizer.add_tokens(tokens, special_tokens=False)
+        if placeholder is not None:
+            self.text_placeholders[placeholder] = " ".join(tokens)
+        return self.tokenizer.convert_tokens_to_ids(tokens)
+
+    @property
+    def text_placeholders(self) -> dict[str, str]:
+        """Placeholder -> its expansion, applied to every caption by ``expand_placeholders``."""
+        return self.__dict__.setdefault("_text_placeholders", {})  # adapters need not set it up
+
+    def expand_placeholders(self, captions: Sequence[str]) -> list[str]:
+        """Captions with every registered placeholder expanded; one left over is refused.
+
+        A ``<word>`` that is neither a placeholder of this model nor a token of its tokenizer would be
+        encoded as meaningless pieces, silently: it names text tokens the model does not have.
+        """
+        captions = list(captions)
+        if self.text_placeholders:
+            pattern = re.compile("|".join(re.escape(p) for p in sorted(self.text_placeholders, key=len, reverse=True)))
+            captions = [pattern.sub(lambda m: self.text_placeholders[m.group(0)], c) for c in captions]
+        vocabulary = None
+        for caption in captions:
+            for word in PLACEHOLDER_PATTERN.findall(caption):
+                vocabulary = vocabulary if vocabulary is not None else self.tokenizer.get_vocab()
+                if word not in vocabulary:
+                    raise ConfigError(
+                        f"The prompt {caption!r} names {word}, but this model has no text tokens for it "
+                        f"(its placeholders: {sorted(self.text_placeholders) or 'none'}).",
+                        "Use a model trained with learned text tokens for that placeholder (a text_tokens "
+                        "injector, e.g. an ID-token experiment), load them into it, or remove it from the prompt.",
+                    )
+        return captions
+
+    @property
+    def text_token_embeddings(self) -> nn.Module:
+        """The token-embedding table the text encoder reads (``ids [B, L] -> [B, L, D]``)."""
+        return self.text_encoder.get_input_embeddings()
+
+    def set_text_token_embeddings(self, embeddings: nn.Module) -> None:
+        """Make the text encoder read its token embeddings from ``embeddings`` (e.g. a table plus learned rows)."""
+        self.text_encoder.set_input_embeddings(embeddings)
 
     def encode_posterior(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``[B, F, 3, H, W]`` in [-1, 1] -> the VAE posterior's ``(mean, std)``, raw (unnormalised).

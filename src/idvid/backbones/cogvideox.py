@@ -245,13 +245,17 @@ class CogVideoXBackbone(Backbone):
         self.transformer.register_to_config(in_channels=wanted)
 
     # --------------------------------------------------------------- encoders
-    @torch.no_grad()
     def encode_text(self, captions: list[str]) -> torch.Tensor:
         max_length = self.transformer.config.max_text_seq_length
         tokens = self.tokenizer(
-            list(captions), padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
+            self.expand_placeholders(captions),
+            padding="max_length",
+            max_length=max_length,
+            truncation=True,
+            return_tensors="pt",
         )
         device = next(self.text_encoder.parameters()).device
+        # No torch.no_grad: autograd records nothing unless learned token rows (site text_tokens) train.
         return self.text_encoder(tokens.input_ids.to(device))[0]
 
     @torch.no_grad()

@@ -415,11 +415,10 @@ class WanBackbone(Backbone):
         model.register_to_config(in_channels=wanted)
 
     # --------------------------------------------------------------- encoders
-    @torch.no_grad()
     def encode_text(self, captions: list[str]) -> torch.Tensor:
         """UMT5 embeddings ``[B, max_text_length, D]``, zero after each caption's tokens (as WanPipeline does)."""
         tokens = self.tokenizer(
-            [prompt_clean(caption) for caption in captions],
+            [prompt_clean(caption) for caption in self.expand_placeholders(captions)],
             padding="max_length",
             max_length=self.max_text_length,
             truncation=True,
@@ -429,6 +428,7 @@ class WanBackbone(Backbone):
         )
         device = next(self.text_encoder.parameters()).device
         mask = tokens.attention_mask.to(device)
+        # No torch.no_grad: autograd records nothing unless learned token rows (site text_tokens) train.
         hidden = self.text_encoder(tokens.input_ids.to(device), mask).last_hidden_state
         return hidden * mask.unsqueeze(-1).to(hidden.dtype)
 

@@ -1,6 +1,6 @@
 """The site contract: where identity signals enter a backbone, and the injector base classes."""
 
-from idvid.injection.injector import Conditions, Injector, InputConcatInjector, TokenInjector
+from idvid.injection.injector import Conditions, Injector, InputConcatInjector, TextTokenInjector, TokenInjector
 from idvid.injection.plan import NO_INJECTION, InjectionPlan, PreparedInjection
 from idvid.injection.sites import BLOCK_SITES, SITE_DESCRIPTIONS, BlockSelection, Site, parse_site
 
@@ -15,6 +15,7 @@ __all__ = [
     "NO_INJECTION",
     "PreparedInjection",
     "Site",
+    "TextTokenInjector",
     "TokenInjector",
     "parse_site",
 ]

@@ -6,6 +6,8 @@ Two shapes of injector exist, matching the two kinds of site:
   are concatenated to the noisy video latent. The backbone widens its input layer.
 * ``TokenInjector`` (sites ``pre_attn``, ``attn_ffn``, ``post_attn``): returns a
   residual added to the video tokens at that site of each selected block.
+* ``TextTokenInjector`` (site ``text_tokens``): owns learned embedding rows of new text tokens
+  and installs them on the built backbone once (``attach``), through the backbone contract.
 
 An injector declares the named conditions it consumes (``self.consumes``); the
 plan refuses to start when no conditioner produces one of them.
@@ -48,6 +50,26 @@ class InputConcatInjector(Injector):
         raise NotImplementedError(f"{type(self).__name__} must implement concat_latents(conditions, noisy_latents)")
 
 
+class TextTokenInjector(Injector):
+    """Identity that enters through the prompt: new text tokens whose embedding rows this injector owns.
+
+    ``attach(backbone)`` runs once, after the backbone is built (and before a checkpoint's weights
+    load into the model): it adds the tokens with ``Backbone.add_text_tokens`` and makes the text
+    encoder read their rows from this injector (``Backbone.set_text_token_embeddings``). The
+    injector's parameters train with the plan; the backbone's own rows never change.
+    """
+
+    default_site = Site.TEXT_TOKENS
+
+    def __init__(self, backbone: BackboneInfo):
+        super().__init__()
+        self.site = Site.TEXT_TOKENS
+        self.backbone_info = backbone
+
+    def attach(self, backbone: Any) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must implement attach(backbone)")
+
+
 class TokenInjector(Injector):
     default_site = Site.ATTN_FFN
 
@@ -56,8 +78,9 @@ class TokenInjector(Injector):
         self.site = parse_site(site or self.default_site)
         if not self.site.in_block:
             raise ValueError(
-                f"{type(self).__name__} adds to video tokens inside blocks; site {self.site.value!r} is for "
-                f"input-channel injectors. Use one of: pre_attn, attn_ffn, post_attn."
+                f"{type(self).__name__} adds to video tokens inside blocks; site {self.site.value!r} is not in a "
+                f"block (input_concat is for input-channel injectors, text_tokens for text-token injectors). "
+                f"Use one of: pre_attn, attn_ffn, post_attn."
             )
         self.backbone_info = backbone
         self.block_indices: list[int] = BlockSelection(blocks).indices(backbone.num_layers)

@@ -16,7 +16,7 @@ from torch import nn
 
 from idvid.backbones.info import BackboneInfo
 from idvid.errors import ConfigError
-from idvid.injection.injector import Conditions, Injector, InputConcatInjector, TokenInjector
+from idvid.injection.injector import Conditions, Injector, InputConcatInjector, TextTokenInjector, TokenInjector
 from idvid.injection.sites import BLOCK_SITES, Site
 from idvid.randomness import BatchRandom
 from idvid.registry import PluginKind, build
@@ -29,10 +29,10 @@ class InjectionPlan(nn.Module):
     def __init__(self, injectors: Mapping[str, Injector]):
         super().__init__()
         for label, injector in injectors.items():
-            if not isinstance(injector, (InputConcatInjector, TokenInjector)):
+            if not isinstance(injector, (InputConcatInjector, TokenInjector, TextTokenInjector)):
                 raise TypeError(
                     f"Injector {label!r} is a {type(injector).__name__}; injectors must derive from "
-                    f"idvid.injection.InputConcatInjector or idvid.injection.TokenInjector."
+                    f"idvid.injection.InputConcatInjector, TokenInjector or TextTokenInjector."
                 )
             if isinstance(injector, TokenInjector):
                 _check_prepare_signature(label, injector)
@@ -65,6 +65,15 @@ class InjectionPlan(nn.Module):
     @property
     def token_injectors(self) -> list[TokenInjector]:
         return [i for i in self.injectors.values() if isinstance(i, TokenInjector)]
+
+    @property
+    def text_token_injectors(self) -> list[TextTokenInjector]:
+        return [i for i in self.injectors.values() if isinstance(i, TextTokenInjector)]
+
+    def attach(self, backbone: Any) -> None:
+        """Let each ``text_tokens`` injector install its tokens on the built backbone (once)."""
+        for injector in self.text_token_injectors:
+            injector.attach(backbone)
 
     @property
     def extra_input_channels(self) -> int:

@@ -1,4 +1,4 @@
-"""The four injection sites and block selection.
+"""The injection sites and block selection.
 
 A site names a place in a DiT where an identity signal can enter. Sites are the
 contract between injectors (plugins, which know *what* to add) and backbone
@@ -17,6 +17,7 @@ class Site(str, Enum):
     PRE_ATTN = "pre_attn"
     ATTN_FFN = "attn_ffn"
     POST_ATTN = "post_attn"
+    TEXT_TOKENS = "text_tokens"
 
     @property
     def description(self) -> str:
@@ -24,7 +25,7 @@ class Site(str, Enum):
 
     @property
     def in_block(self) -> bool:
-        return self is not Site.INPUT_CONCAT
+        return self not in (Site.INPUT_CONCAT, Site.TEXT_TOKENS)
 
 
 SITE_DESCRIPTIONS = {
@@ -33,6 +34,8 @@ SITE_DESCRIPTIONS = {
     Site.PRE_ATTN: "added to a block's input residual stream, before its attention",
     Site.ATTN_FFN: "added to the residual stream after attention and before the FFN, so the FFN sees it",
     Site.POST_ATTN: "added to a block's output, after the FFN (where the released ConsisID weights act)",
+    Site.TEXT_TOKENS: "new tokens of the text encoder's vocabulary with learned embedding rows, named in prompts "
+    "through a placeholder (textual inversion); the rest of the table stays as loaded",
 }
 
 # Sites in the order a block visits them.

@@ -88,6 +88,7 @@ class IdentityVideoModule(L.LightningModule):
         self.plan = InjectionPlan.from_config(injectors, info)
         self.plan.check_conditions(InjectionPlan.produced_conditions(self.conditioners))
         self.backbone.set_input_channels(self.plan.extra_input_channels)
+        self.plan.attach(self.backbone)  # text_tokens injectors add their tokens to the text encoder
         self.recipe = Recipe.from_config(recipe)
         self.loss_fn = _build_named(PluginKind.LOSS, loss)
         self.optimizer_config = optimizer
@@ -195,7 +196,9 @@ class IdentityVideoModule(L.LightningModule):
         )
         batch = self.recipe.on_batch(batch, random)
         captions = self.recipe.on_captions(batch["caption"], random)
-        text = cache.encode_text(self.backbone, captions) if cache else self.backbone.encode_text(captions)
+        # Text embeddings are not cached while learned token rows train: they change every step.
+        text_cache = cache if cache and not self.plan.text_token_injectors else None
+        text = text_cache.encode_text(self.backbone, captions) if text_cache else self.backbone.encode_text(captions)
         conditions = self.conditions_for(batch, random, cache)
         return {"clean": clean, "batch": batch, "text": text, "conditions": conditions}
 

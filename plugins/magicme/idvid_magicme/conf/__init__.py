@@ -1,0 +1,1 @@
+"""Magic-Me's Hydra configs, announced as an ``idvid.configs`` entry point."""
