@@ -34,9 +34,7 @@ class Gaussian3DNoise:
 
     def __call__(self, shape: tuple[int, ...], generator: torch.Generator | None = None) -> torch.Tensor:
         if len(shape) != 5:
-            raise ValueError(
-                f"magicme.gaussian_3d draws the latent layout [B, F, C, H, W]; got shape {tuple(shape)}."
-            )
+            raise ValueError(f"magicme.gaussian_3d draws the latent layout [B, F, C, H, W]; got shape {tuple(shape)}.")
         eps = torch.randn(shape, generator=generator, dtype=torch.float32)
         innovation = math.sqrt(1.0 - self.gamma**2)  # keeps every frame's variance at 1
         frames = [eps[:, 0]]

@@ -7,7 +7,7 @@ import lightning as L
 import pytest
 import torch
 from hydra.errors import InstantiationException
-from idvid_magicme.id_tokens import ExtendedIdTokens, TableWithLearnedRows, read_id_tokens, save_id_tokens
+from idvid_magicme.id_tokens import ExtendedIdTokens, TableWithLearnedRows, read_id_tokens
 from safetensors.torch import save_file
 
 from idvid.errors import ConfigError

@@ -35,12 +35,29 @@ def tiny_clipseg(tmp_path_factory):
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>").save_pretrained(folder)
     config = CLIPSegConfig(
-        text_config={"vocab_size": 5, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
-                     "num_attention_heads": 2, "max_position_embeddings": 8, "pad_token_id": 0,
-                     "bos_token_id": 0, "eos_token_id": 0},
-        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-                       "image_size": 32, "patch_size": 8},
-        projection_dim=16, extract_layers=[0, 1], reduce_dim=8, decoder_num_attention_heads=2,
+        text_config={
+            "vocab_size": 5,
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 8,
+            "pad_token_id": 0,
+            "bos_token_id": 0,
+            "eos_token_id": 0,
+        },
+        vision_config={
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        projection_dim=16,
+        extract_layers=[0, 1],
+        reduce_dim=8,
+        decoder_num_attention_heads=2,
         decoder_intermediate_size=32,
     )
     torch.manual_seed(0)
