@@ -1,7 +1,7 @@
-"""The core alone: with the ConsisID plugin uninstalled, the kit lists, trains and explains what is missing.
+"""The core alone: with the first-party plugins uninstalled, the kit lists, trains and explains what is missing.
 
-The plugin is hidden from a child process as an uninstall would leave it: its distribution's entry
-points are gone and its module cannot be imported (a ``sitecustomize`` on the child's path does both,
+The plugins (ConsisID, Magic-Me) are hidden from a child process as an uninstall would leave them:
+their distributions' entry points are gone and their modules cannot be imported (a ``sitecustomize`` on the child's path does both,
 so the test needs no second environment: it drops the editable install's import finder and the
 distribution's entry points; ``test_the_plugin_is_really_hidden`` checks that this worked).
 """
@@ -18,11 +18,13 @@ import pytest
 HIDE = """
 import importlib.metadata, sys
 
-HIDDEN_MODULE, HIDDEN_DIST = "idvid_consisid", "idvid-consisid"
+HIDDEN_MODULES, HIDDEN_DISTS = ("idvid_consisid", "idvid_magicme"), ("idvid-consisid", "idvid-magicme")
 
 # An editable install imports through a finder of its own on sys.meta_path (site.py has put it there
 # before it runs sitecustomize); without it the module is not importable.
-sys.meta_path[:] = [f for f in sys.meta_path if HIDDEN_MODULE not in getattr(f, "__module__", "")]
+sys.meta_path[:] = [
+    f for f in sys.meta_path if not any(m in getattr(f, "__module__", "") for m in HIDDEN_MODULES)
+]
 _entry_points = importlib.metadata.entry_points
 
 
@@ -30,7 +32,7 @@ def entry_points(**params):
     found = _entry_points(**params)
     if not isinstance(found, importlib.metadata.EntryPoints):  # the no-argument form (groups by name)
         return found
-    kept = [e for e in found if e.dist is None or e.dist.name.replace("_", "-") != HIDDEN_DIST]
+    kept = [e for e in found if e.dist is None or e.dist.name.replace("_", "-") not in HIDDEN_DISTS]
     return importlib.metadata.EntryPoints(kept)
 
 
@@ -54,11 +56,12 @@ def run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Completed
 
 
 def test_the_plugin_is_really_hidden(core_only_env, tmp_path):
-    probe = "import importlib.util, importlib.metadata as m; print(importlib.util.find_spec('idvid_consisid'))"
+    probe = "import importlib.util, importlib.metadata as m"
+    probe += "; print([importlib.util.find_spec(n) for n in ('idvid_consisid', 'idvid_magicme')])"
     probe += "; print(sorted(e.name for e in m.entry_points(group='idvid.plugins')))"
     result = subprocess.run([sys.executable, "-c", probe], env=core_only_env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == ["None", "['idvid']"]
+    assert result.stdout.splitlines() == ["[None, None]", "['idvid']"]
 
 
 def test_plugins_lists_the_core_alone(core_only_env, tmp_path):
@@ -67,7 +70,8 @@ def test_plugins_lists_the_core_alone(core_only_env, tmp_path):
     assert "reference_latents" in result.stdout and "input_concat" in result.stdout
     # Each backbone adapter says where the sites are in its block.
     assert "Sites in each backbone" in result.stdout and "text cross-attention's residual" in result.stdout
-    assert "consisid." not in result.stdout and "idvid_consisid" not in result.stdout  # no plugin, no config package
+    for plugin in ("consisid", "magicme"):  # no plugin, no config package
+        assert f"{plugin}." not in result.stdout and f"idvid_{plugin}" not in result.stdout
 
 
 def test_a_consisid_plan_names_the_missing_plugin(core_only_env, tmp_path):

@@ -122,7 +122,11 @@ def test_ablate_samples_its_evaluation_set_from_the_configured_prior(
     prompts.write_text("astronaut_s0\ta person\n")
     spec = {"steps": 1, "guidance": 6.0, "frames": 9, "height": 32, "width": 32}
     spec["noise_prior"] = {"name": "magicme.gaussian_3d", "gamma": 0.05}
-    ablate.sample_eval_set(folder, astronaut.parent, prompts, ["astronaut_s0"], {"eval_set": spec})
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(config_packages_compose([]), resolve=True)  # ablate's real config ...
+    cfg["eval_set"].update(spec)  # ... with this evaluation set
+    ablate.sample_eval_set(folder, astronaut.parent, prompts, ["astronaut_s0"], cfg)
     assert [gamma for gamma, _ in recorded_calls] == [0.05]
     assert (folder / "videos" / "astronaut_s0.mp4").is_file()
     # ablate's config takes the same node (eval_set.noise_prior=...)
