@@ -117,20 +117,23 @@ def _consolidate(checkpoint_dir: Path, output: Path) -> dict[str, torch.Tensor]:
     return torch.load(consolidate(checkpoint_dir, output), map_location="cpu", weights_only=True)["state_dict"]
 
 
-# Both ZeRO stages on CogVideoX; ZeRO-2 on Wan too (the backbone contract under DeepSpeed: resume, consolidate, export).
-RUNS = [(2, "cogvideox_tiny"), (3, "cogvideox_tiny"), (2, "wan_tiny")]
+# Both ZeRO stages on CogVideoX, resumed from a mid-run checkpoint; ZeRO-2 on Wan too, without the resumed
+# run (resume under DeepSpeed does not depend on the family, and the shared backbone suite checks exact
+# resume on Wan): the contract under DeepSpeed is training, logging, consolidation and export.
+RUNS = [(2, "cogvideox_tiny", True), (3, "cogvideox_tiny", True), (2, "wan_tiny", False)]
 
 
-@pytest.fixture(scope="module", params=RUNS, ids=[f"zero{stage}-{backbone}" for stage, backbone in RUNS])
+@pytest.fixture(scope="module", params=RUNS, ids=[f"zero{stage}-{backbone}" for stage, backbone, _ in RUNS])
 def deepspeed_runs(request, tmp_path_factory):
-    """One 4-step run checkpointing every 2 steps, and one resumed from its step-2 checkpoint to step 4."""
-    stage, backbone = request.param
+    """One 4-step run checkpointing every 2 steps and, where asked, one resumed from its step-2 checkpoint."""
+    stage, backbone, resume = request.param
     root = tmp_path_factory.mktemp(f"zero{stage}-{backbone}")
     overrides = [*COMMON, f"backbone={backbone}", f"trainer=deepspeed_zero{stage}", *DEEPSPEED, "trainer.max_steps=4"]
     _fit(root / "full", *overrides)
     step2 = root / "full" / "checkpoints" / "step000002.ckpt"
     assert step2.is_dir(), sorted(p.name for p in (root / "full" / "checkpoints").iterdir())
-    _fit(root / "resumed", *overrides, f"ckpt_path={step2}")
+    if resume:
+        _fit(root / "resumed", *overrides, f"ckpt_path={step2}")
     return stage, root, overrides
 
 
@@ -139,6 +142,8 @@ def test_deepspeed_resume_on_two_cpu_processes_is_exact(deepspeed_runs):
     from .test_training import scalars
 
     _, root, _ = deepspeed_runs
+    if not (root / "resumed").is_dir():
+        pytest.skip("this backbone's DeepSpeed run checks training and consolidation; resume is checked on CogVideoX")
     _, full = scalars(root / "full", "train/loss")
     _, resumed = scalars(root / "resumed", "train/loss")
     assert [s for s, _ in full] == [0, 1, 2, 3], full
@@ -161,7 +166,6 @@ def test_deepspeed_checkpoint_consolidates_into_the_model(deepspeed_runs, tmp_pa
     result = subprocess.run([*command, str(tmp_path / "full.pt")], capture_output=True, text=True, env=_env())
     assert result.returncode == 0 and "wrote" in result.stdout, result.stderr[-3000:]
     full = torch.load(tmp_path / "full.pt", map_location="cpu", weights_only=True)["state_dict"]
-    resumed = _consolidate(root / "resumed" / "checkpoints" / "step000004.ckpt", tmp_path / "resumed.pt")
     step2 = _consolidate(root / "full" / "checkpoints" / "step000002.ckpt", tmp_path / "step2.pt")
 
     # The model `fit` built: same config, same seed, same order (seed, data, model).
@@ -181,9 +185,11 @@ def test_deepspeed_checkpoint_consolidates_into_the_model(deepspeed_runs, tmp_pa
             torch.testing.assert_close(parameter.detach(), full[name], rtol=0, atol=0)
 
     # Resumed from step 2 == uninterrupted, bit for bit; both trained away from the start and from step 2.
-    assert set(full) == set(resumed)
-    for name in trainable:
-        torch.testing.assert_close(resumed[name], full[name], rtol=0, atol=0, msg=name)
+    if (root / "resumed").is_dir():
+        resumed = _consolidate(root / "resumed" / "checkpoints" / "step000004.ckpt", tmp_path / "resumed.pt")
+        assert set(full) == set(resumed)
+        for name in trainable:
+            torch.testing.assert_close(resumed[name], full[name], rtol=0, atol=0, msg=name)
     assert any(not torch.equal(full[n], initial[n]) for n in trainable)
     assert any(not torch.equal(full[n], step2[n]) for n in trainable)
     assert any(not torch.equal(step2[n], initial[n]) for n in trainable)
