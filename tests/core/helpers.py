@@ -6,8 +6,21 @@ import torch
 
 from idvid.backbones.base import Backbone
 from idvid.backbones.cogvideox import CogVideoXBackbone
+from idvid.backbones.info import BackboneInfo
 from idvid.injection import InjectionPlan, InputConcatInjector, TokenInjector
 from idvid.randomness import BatchRandom
+
+# The sizes of the tiny demo backbone, for building plugins without a backbone.
+TINY_INFO = BackboneInfo(
+    hidden_size=32,
+    num_layers=4,
+    latent_channels=16,
+    text_hidden_size=32,
+    vae_temporal_compression=4,
+    vae_spatial_compression=8,
+    patch_size=2,
+    patch_size_t=1,
+)
 
 
 class ConstantInjector(TokenInjector):

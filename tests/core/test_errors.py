@@ -17,7 +17,6 @@ import torch
 from omegaconf import OmegaConf
 
 from idvid import errors
-from idvid.backbones.info import BackboneInfo
 from idvid.cli import main
 from idvid.errors import ConfigError, ConfigKeyError, MissingFileError, reported_as_user_errors
 from idvid.injection import InjectionPlan, TokenInjector
@@ -26,17 +25,9 @@ from idvid.registry import REGISTRIES, PluginKind, build, register_injector
 from idvid.verbs.fit import _resolve_ckpt_path
 
 from ..conftest import EXPERIMENTS, compose_config
+from .helpers import TINY_INFO
 
-INFO = BackboneInfo(
-    hidden_size=32,
-    num_layers=4,
-    latent_channels=16,
-    text_hidden_size=32,
-    vae_temporal_compression=4,
-    vae_spatial_compression=8,
-    patch_size=2,
-    patch_size_t=1,
-)
+INFO = TINY_INFO
 
 
 def run_verb(capsys, *args: str) -> str:

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from idvid import registry as registry_module
-from idvid.backbones.info import BackboneInfo
 from idvid.injection import InjectionPlan, InputConcatInjector, Site, TokenInjector
 from idvid.randomness import BatchRandom
 from idvid.registry import (
@@ -22,21 +21,14 @@ from idvid.registry import (
     register_injector,
 )
 
+from .helpers import TINY_INFO
+
 CONSISID_PLUGINS = {
     PluginKind.INJECTOR: {"consisid.global_face_latent", "consisid.local_face_cross_attention"},
     PluginKind.CONDITIONER: {"consisid.identity_features"},
 }
 
-INFO = BackboneInfo(
-    hidden_size=32,
-    num_layers=4,
-    latent_channels=16,
-    text_hidden_size=32,
-    vae_temporal_compression=4,
-    vae_spatial_compression=8,
-    patch_size=2,
-    patch_size_t=1,
-)
+INFO = TINY_INFO
 
 
 class First(TokenInjector):

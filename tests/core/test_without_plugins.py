@@ -1,9 +1,10 @@
 """The core alone: with the first-party plugins uninstalled, the kit lists, trains and explains what is missing.
 
 The plugins (ConsisID, Magic-Me) are hidden from a child process as an uninstall would leave them:
-their distributions' entry points are gone and their modules cannot be imported (a ``sitecustomize`` on the child's path does both,
-so the test needs no second environment: it drops the editable install's import finder and the
-distribution's entry points; ``test_the_plugin_is_really_hidden`` checks that this worked).
+their distributions' entry points are gone and their modules cannot be imported. A ``sitecustomize``
+on the child's path does both, so the test needs no second environment: it drops the editable
+installs' import finders and the distributions' entry points (``test_the_plugin_is_really_hidden``
+checks that this worked).
 """
 
 from __future__ import annotations
