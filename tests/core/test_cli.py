@@ -219,7 +219,12 @@ def test_plugins_lists_sites_and_every_registered_plugin(tmp_path):
     result = run_idvid("plugins", cwd=tmp_path)
     assert result.returncode == 0, explain(result)
     sites_text, _, plugins_text = result.stdout.partition("Registered plugins")
+    sites_text, _, mapping_text = sites_text.partition("Sites in each backbone's block")
     plugins_text, _, packages_text = plugins_text.partition("Config packages")
+    # Every site in every registered backbone, in the adapter's own words.
+    mapping = {row[0]: row[1:] for row in table_rows(mapping_text)}
+    assert set(mapping) == {site.value for site in Site}
+    assert all(len(cells) == 2 and "-" not in cells for cells in mapping.values()), mapping
     assert "idvid_consisid.conf" in packages_text and "plan_c" in packages_text
     assert "Injection sites" in sites_text and plugins_text, result.stdout
 

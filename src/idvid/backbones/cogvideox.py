@@ -108,6 +108,7 @@ class CogVideoXBackbone(Backbone):
         "pre_attn": "block input, before norm1 and the joint text-video attention",
         "attn_ffn": "after the attention's gated residual, before norm2 and the FFN",
         "post_attn": "block output, after the FFN's gated residual",
+        "text_tokens": "T5 input embeddings of added tokens (the encoder's own table stays frozen)",
     }
 
     def __init__(

@@ -205,6 +205,7 @@ class WanBackbone(Backbone):
         "pre_attn": "block input, before norm1 and the self-attention",
         "attn_ffn": "after the text cross-attention's residual, before norm3 and the FFN",
         "post_attn": "block output, after the FFN's gated residual",
+        "text_tokens": "UMT5 input embeddings of added tokens (the encoder's own table stays frozen)",
     }
 
     def __init__(
