@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,32 @@ EXPERIMENTS = sorted(
     {name for package in config_packages.all_config_packages() for name in package.groups().get("experiment", [])}
 )
 PLANS = [e for e in EXPERIMENTS if e.startswith("plan_")]
+
+
+def pytest_configure(config):
+    """Under ``pytest -n N`` the controller builds the demo data set once, before any worker starts.
+
+    Workers would otherwise build it at the same time into the same cache folder, each clearing the
+    other's unfinished files as a killed run's leftovers.
+    """
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        from idvid.demo import build_demo
+
+        build_demo()
+
+
+@pytest.fixture(autouse=True)
+def no_stale_log_handlers():
+    """Drop root log handlers bound to a stream that pytest has closed since.
+
+    A verb run in-process through Hydra configures logging onto the capture stream of the test that ran
+    it; a later test in the same process would otherwise print "--- Logging error ---" tracebacks.
+    """
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(getattr(handler, "stream", None), "closed", False):
+            root.removeHandler(handler)
+    yield
 
 
 def pytest_collection_modifyitems(config, items):

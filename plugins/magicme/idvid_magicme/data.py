@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import tempfile
 from pathlib import Path
@@ -59,7 +60,7 @@ class OnePersonDataModule(IdentityVideoDataModule):
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.jsonl"
         if not path.is_file():
-            partial = path.with_suffix(".partial")
+            partial = path.with_suffix(f".{os.getpid()}.partial")  # parallel test workers may race here
             partial.write_text(text)
             partial.replace(path)
         self.manifest_path = path
