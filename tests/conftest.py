@@ -24,8 +24,8 @@ PLANS = [e for e in EXPERIMENTS if e.startswith("plan_")]
 def pytest_configure(config):
     """Under ``pytest -n N`` the controller builds the demo data set once, before any worker starts.
 
-    Workers would otherwise build it at the same time into the same cache folder, each clearing the
-    other's unfinished files as a killed run's leftovers.
+    Workers would otherwise each build it at the same time into the same cache folder (the same work
+    done twice, the last rename winning).
     """
     if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
         from idvid.demo import build_demo

@@ -31,20 +31,34 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-LEFTOVER_NAME = re.compile(r"\.tmp-\d+-(?P<name>.+)")
+LEFTOVER_NAME = re.compile(r"\.tmp-(?P<pid>\d+)-(?P<name>.+)")
+
+
+def _writer_alive(pid: int) -> bool:
+    """Whether the process that named a temporary file still runs (then the file is being written)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def remove_leftovers(folder: Path, names: set[str]) -> list[Path]:
     """Delete the temporary files a killed writer left in `folder` for the final names `names`; returns them.
 
-    Only names the caller itself writes are given, so a file another live process is writing is never touched.
+    Only names the caller itself writes are given, and a file whose writer (the pid in its name) still
+    runs is kept: two processes writing the same output folder never delete each other's files.
     """
     removed = []
     if not folder.is_dir():
         return removed
     for entry in folder.iterdir():
         match = LEFTOVER_NAME.fullmatch(entry.name)
-        if match and match["name"] in names and entry.is_file():
+        if match and match["name"] in names and entry.is_file() and not _writer_alive(int(match["pid"])):
             entry.unlink(missing_ok=True)
             removed.append(entry)
     return removed
