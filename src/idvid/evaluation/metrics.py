@@ -30,7 +30,7 @@ from idvid.evaluation.identity import (
     largest_faces,
     reference_face,
 )
-from idvid.faces import DlibFaceAnalyzer, Face, FaceAnalyzer, build_face_analyzer
+from idvid.faces import DlibFaceAnalyzer, Face, FaceAnalyzer, build_face_analyzer, face_analyzer_from_config
 from idvid.registry import REGISTRIES, PluginKind, register_metric
 
 # FID's crop: the ArcFace-aligned face at 224 (the official script's norm_crop), then resized to 299.
@@ -292,8 +292,7 @@ def face_backend_node(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 def build_detector(cfg: dict) -> FaceAnalyzer:
     """The face detector of the sampled frames: the ``face`` node's backend (insightface: models.insightface)."""
-    face = face_backend_node(cfg)
-    return build_face_analyzer(face["name"], **face["options"])
+    return face_analyzer_from_config(face_backend_node(cfg))
 
 
 def _dlib_models_dir(cfg: Mapping[str, Any]) -> str | None:

@@ -1,7 +1,7 @@
 """Offline face tooling: detection, landmarks, embeddings, alignment, masks, keypoint images."""
 
 from idvid.faces.align import ARCFACE_TEMPLATE_112, HEAD_MARGIN_SCALE, align_face, face_template, transform_points
-from idvid.faces.backends import build_face_analyzer, face_backend_names
+from idvid.faces.backends import build_face_analyzer, face_analyzer_from_config, face_backend_names
 from idvid.faces.dlib_analyzer import DlibFaceAnalyzer, default_models_dir, kps_from_landmarks
 from idvid.faces.draw import draw_kps
 from idvid.faces.insightface_analyzer import InsightFaceAnalyzer
@@ -20,6 +20,7 @@ __all__ = [
     "align_face",
     "box_ellipse_mask",
     "build_face_analyzer",
+    "face_analyzer_from_config",
     "face_backend_names",
     "default_models_dir",
     "draw_kps",

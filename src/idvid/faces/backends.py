@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from idvid.faces.types import FaceAnalyzer
 from idvid.registry import REGISTRIES, PluginKind, build
 
@@ -17,3 +20,9 @@ def build_face_analyzer(name: str, **options) -> FaceAnalyzer:
     insightface needs the antelopev2 folder.
     """
     return build(PluginKind.FACE_BACKEND, name, **options)
+
+
+def face_analyzer_from_config(face: Mapping[str, Any] | None) -> FaceAnalyzer:
+    """The face backend of a verb's ``face`` node, ``{"name": ..., "options": {...}}`` (None: dlib, its defaults)."""
+    face = face or {"name": "dlib"}
+    return build_face_analyzer(str(face["name"]), **dict(face.get("options") or {}))

@@ -5,7 +5,7 @@ The `preprocess` verb that drives it from config is `idvid.verbs.preprocess`.
 
 from idvid.preprocess.annotate import ClipSettings, MaskSettings
 from idvid.preprocess.filters import FilterSettings
-from idvid.preprocess.pipeline import Preprocessor, PreprocessSettings, build_analyzer
+from idvid.preprocess.pipeline import Preprocessor, PreprocessSettings
 from idvid.preprocess.tracking import TrackingSettings
 
 __all__ = [
@@ -15,5 +15,4 @@ __all__ = [
     "PreprocessSettings",
     "Preprocessor",
     "TrackingSettings",
-    "build_analyzer",
 ]

@@ -34,7 +34,7 @@ from idvid.atomic_files import read_json, remove_leftovers, write_atomic, write_
 from idvid.data.manifest import write_manifest
 from idvid.data.video_io import VideoReadError, iter_frames, probe_video, read_mp4, write_mp4
 from idvid.errors import ConfigError
-from idvid.faces import FaceAnalyzer, build_face_analyzer
+from idvid.faces import FaceAnalyzer, face_analyzer_from_config
 from idvid.faces.parsing import FaceParser
 from idvid.output_paths import OutputExistsError
 from idvid.preprocess.annotate import (
@@ -208,11 +208,6 @@ def refuse_foreign_dataset(out: Path, overwrite: bool) -> None:
         )
 
 
-def build_analyzer(face: dict) -> FaceAnalyzer:
-    """The face backend named by the config ({"name": ..., "options": {...}})."""
-    return build_face_analyzer(face.get("name"), **dict(face.get("options") or {}))
-
-
 class Preprocessor:
     """Runs the pipeline over a folder; `run()` returns the summary (counts by status and reason)."""
 
@@ -230,7 +225,7 @@ class Preprocessor:
         self.captions = Captions(settings.raw, settings.captions)
         self.jobs = find_inputs(settings)
         # Built up front: a missing model folder is a configuration error and fails before any video.
-        self.analyzer = analyzer if analyzer is not None else build_analyzer(settings.face)
+        self.analyzer = analyzer if analyzer is not None else face_analyzer_from_config(settings.face)
         self.parser = None
         if settings.mask.parser_weights is not None:
             self.parser = parser if parser is not None else build_parser(settings.mask)

@@ -9,6 +9,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from idvid.errors import ConfigError
+from idvid.faces import face_analyzer_from_config
 from idvid.preprocess import (
     ClipSettings,
     FilterSettings,
@@ -17,7 +18,6 @@ from idvid.preprocess import (
     PreprocessSettings,
     TrackingSettings,
 )
-from idvid.preprocess.pipeline import build_analyzer
 from idvid.registry import REGISTRIES, PluginKind
 from idvid.verbs.argument_types import check_setting_types
 
@@ -97,4 +97,4 @@ def preprocess(cfg: DictConfig) -> dict[str, Any]:
     face = OmegaConf.to_container(cfg.face, resolve=True, throw_on_missing=True)
     face = {"name": face["name"], "options": face.get("options") or {}}
     span = (int(cfg.clip.num_frames) - 1) * int(cfg.clip.frame_stride) + 1
-    return importer(str(source), cfg.data.out, build_analyzer(face), face, min_frames=span)
+    return importer(str(source), cfg.data.out, face_analyzer_from_config(face), face, min_frames=span)

@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from idvid.errors import ConfigError
-from idvid.faces import box_ellipse_mask, build_face_analyzer, landmark_hull_mask
+from idvid.faces import box_ellipse_mask, face_analyzer_from_config, landmark_hull_mask
 from idvid.faces.reference import align_reference, reference_annotations, sized_reference
 from idvid.interop import load_module
 from idvid.output_paths import check_output_file
@@ -36,7 +36,6 @@ def _unit_range(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(image).permute(2, 0, 1).float() / 127.5 - 1.0
 
 
-DLIB = {"name": "dlib", "options": {}}
 # The spellings `sample` took before every verb configured the face backend the same way.
 OLD_FACE_FLAGS = ("--face", "--face-models")
 
@@ -47,14 +46,13 @@ def reference_batch(
     """The model inputs for one reference photo, or a clear error when the photo has no usable face.
 
     ``face`` is the face backend node of every verb, ``{"name": "dlib" | "insightface", "options": {...}}``
-    (see idvid.faces.build_face_analyzer); None means dlib with its defaults.
+    (see idvid.faces.face_analyzer_from_config); None means dlib with its defaults.
     """
-    face = face or DLIB
     bgr = cv2.imread(str(image_path))
     if bgr is None:
         raise FileNotFoundError(f"Cannot read the reference image {image_path}; give a .jpg or .png photo.")
     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    analyzer = build_face_analyzer(str(face["name"]), **dict(face.get("options") or {}))
+    analyzer = face_analyzer_from_config(face)
     faces = analyzer.detect(rgb)
     if not faces:
         raise ValueError(
