@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 from idvid.backbones.base import Backbone, DenoisingSchedule, NoisedLatents
 from idvid.backbones.lora import LORA_WEIGHTS_FILE, add_lora
-from idvid.injection import InjectionPlan, Site
+from idvid.injection import InjectionPlan, Site, TokenInjector
 from idvid.randomness import BatchRandom
 from idvid.registry import PluginKind, build
 
@@ -77,6 +77,34 @@ def test_zero_injector_is_a_no_op_at_every_site(tiny, site):
     plan = InjectionPlan({"zero": ConstantInjector(backbone.info, site, value=0.0)})
     torch.testing.assert_close(run_backbone(backbone, plan), run_backbone(backbone), rtol=0, atol=0)
     assert plan.injectors["zero"].calls == list(range(backbone.info.num_layers))
+
+
+class GridReader(TokenInjector):
+    """Records the token grid the backbone hands to injectors that read it, and returns zero."""
+
+    reads_token_grid = True
+
+    def __init__(self, backbone):
+        super().__init__(backbone, Site.ATTN_FFN, blocks=[0])
+        self.grids = []
+
+    def forward(self, block_index, hidden_states, prepared, token_grid):
+        self.grids.append((token_grid, hidden_states.shape[1]))
+        return torch.zeros_like(hidden_states)
+
+
+def test_injectors_that_read_the_token_grid_get_the_video_tokens_layout(tiny):
+    backbone = make(tiny)
+    reader = GridReader(backbone.info)
+    latents, timestep, text = backbone_inputs(backbone)
+    run_backbone(backbone, InjectionPlan({"grid": reader}), inputs=(latents, timestep, text))
+    info = backbone.info
+    expected = (
+        latents.shape[1] // info.patch_size_t,
+        latents.shape[3] // info.patch_size,
+        latents.shape[4] // info.patch_size,
+    )
+    assert reader.grids == [(expected, math.prod(expected))]
 
 
 def test_widening_leaves_the_output_bit_identical(tiny):

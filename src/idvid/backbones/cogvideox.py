@@ -363,6 +363,8 @@ class CogVideoXBackbone(Backbone):
             )
         if image_rotary_emb is None:
             image_rotary_emb = self.rotary_embedding(frames, height, width, latents.device)
+        p = model.config.patch_size
+        injection = injection.with_token_grid((frames, height // p, width // p))
 
         t_emb = model.time_proj(timestep).to(dtype=latents.dtype)
         temb = model.time_embedding(t_emb, timestep_cond)
@@ -391,7 +393,6 @@ class CogVideoXBackbone(Backbone):
         video_tokens = model.norm_final(video_tokens)
         video_tokens = model.norm_out(video_tokens, temb=temb)
         video_tokens = model.proj_out(video_tokens)
-        p = model.config.patch_size
         output = video_tokens.reshape(batch, frames, height // p, width // p, -1, p, p)
         return output.permute(0, 1, 4, 2, 5, 3, 6).flatten(5, 6).flatten(3, 4)
 

@@ -515,6 +515,8 @@ class WanBackbone(Backbone):
         tokens = model.patch_embedding(video).flatten(2).transpose(1, 2).contiguous()
         temb, timestep_proj, text, _ = model.condition_embedder(timestep, text_embeddings, None)
         timestep_proj = timestep_proj.unflatten(1, (6, -1))
+        p_t, p_h, p_w = model.config.patch_size
+        injection = injection.with_token_grid((frames // p_t, height // p_h, width // p_w))
 
         for index, block in enumerate(model.blocks):
             if torch.is_grad_enabled() and self.gradient_checkpointing:
@@ -527,7 +529,6 @@ class WanBackbone(Backbone):
         shift, scale = (model.scale_shift_table.to(temb.device) + temb.unsqueeze(1)).chunk(2, dim=1)
         tokens = (model.norm_out(tokens.float()) * (1 + scale) + shift).type_as(tokens)
         tokens = model.proj_out(tokens)
-        p_t, p_h, p_w = model.config.patch_size
         grid = tokens.reshape(batch, frames // p_t, height // p_h, width // p_w, p_t, p_h, p_w, -1)
         # -> [B, f, p_t, C, h, p_h, w, p_w] -> [B, F, C, H, W]
         return grid.permute(0, 1, 4, 7, 2, 5, 3, 6).flatten(6, 7).flatten(4, 5).flatten(1, 2)

@@ -72,6 +72,9 @@ class TextTokenInjector(Injector):
 
 class TokenInjector(Injector):
     default_site = Site.ATTN_FFN
+    #: True: ``forward`` also takes ``token_grid=(frames, height, width)``, the video tokens' layout in tokens
+    #: (frame-major, then rows, then columns), e.g. to attend across frames or within each frame
+    reads_token_grid: ClassVar[bool] = False
 
     def __init__(self, backbone: BackboneInfo, site: str | Site | None = None, blocks: Any = "all"):
         super().__init__()
@@ -94,5 +97,9 @@ class TokenInjector(Injector):
         return None
 
     def forward(self, block_index: int, hidden_states: torch.Tensor, prepared: Any) -> torch.Tensor:
-        """Return the residual to add to ``hidden_states`` ``[B, N, D]`` (video tokens) at ``block_index``."""
+        """Return the residual to add to ``hidden_states`` ``[B, N, D]`` (video tokens) at ``block_index``.
+
+        A class with ``reads_token_grid = True`` defines ``forward(block_index, hidden_states, prepared,
+        token_grid)`` instead.
+        """
         raise NotImplementedError(f"{type(self).__name__} must implement forward(block_index, hidden_states, prepared)")

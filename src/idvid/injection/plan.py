@@ -172,21 +172,45 @@ def _check_prepare_signature(label: str, injector: TokenInjector) -> None:
 
 
 class PreparedInjection:
-    """What a backbone calls at each site of each block while it runs."""
+    """What a backbone calls at each site of each block while it runs.
 
-    def __init__(self, prepared: list[tuple[TokenInjector, Any]]):
+    ``token_grid`` is ``(frames, height, width)`` of the video tokens, in tokens: the backbone sets it
+    for each forward (``with_token_grid``), and injectors that declare ``reads_token_grid`` get it, so
+    that they can regroup ``[B, N, D]`` video tokens by frame or by position.
+    """
+
+    def __init__(self, prepared: list[tuple[TokenInjector, Any]], token_grid: tuple[int, int, int] | None = None):
+        self._prepared = prepared
+        self.token_grid = token_grid
         self._by_site_block: dict[tuple[Site, int], list[tuple[TokenInjector, Any]]] = {}
         for injector, state in prepared:
             for block_index in injector.block_indices:
                 self._by_site_block.setdefault((injector.site, block_index), []).append((injector, state))
+
+    def with_token_grid(self, token_grid: tuple[int, int, int]) -> "PreparedInjection":
+        """The same prepared states, for video tokens laid out as ``token_grid`` (a new object: the
+        prepared injection of a sampling run is shared by all its steps)."""
+        return PreparedInjection(self._prepared, tuple(int(n) for n in token_grid))
 
     def apply(self, site: Site, block_index: int, hidden_states: torch.Tensor) -> torch.Tensor:
         entries = self._by_site_block.get((site, block_index))
         if not entries:
             return hidden_states
         # Every injector at one site sees the same input; their residuals add up (order-independent).
-        residual = sum(injector(block_index, hidden_states, state) for injector, state in entries)
+        residual = sum(self._call(injector, block_index, hidden_states, state) for injector, state in entries)
         return hidden_states + residual
+
+    def _call(self, injector: TokenInjector, block_index: int, hidden_states: torch.Tensor, state: Any):
+        if not injector.reads_token_grid:
+            return injector(block_index, hidden_states, state)
+        frames, height, width = self.token_grid or (0, 0, 0)
+        if frames * height * width != hidden_states.shape[1]:
+            raise ValueError(
+                f"{type(injector).__name__} reads the video-token grid, but the backbone gave "
+                f"{self.token_grid} for {hidden_states.shape[1]} video tokens; a backbone's forward must call "
+                "injection.with_token_grid((frames, height, width)) with its video tokens' layout."
+            )
+        return injector(block_index, hidden_states, state, token_grid=self.token_grid)
 
     def sites_used(self) -> set[tuple[Site, int]]:
         return set(self._by_site_block)
