@@ -33,9 +33,15 @@ VERBS = {
     "ablate": "fit, sample and evaluate every experiment of an ablation; writes ablation.md",
 }
 
-USAGE = "usage: python -m idvid <verb> [overrides]\n\nverbs:\n" + "".join(
-    f"  {verb:<12} {what}\n" for verb, what in VERBS.items()
-)
+
+def usage() -> str:
+    """The help text: the core's verbs, then those that installed plugins add."""
+    from idvid.registry import REGISTRIES, PluginKind
+
+    lines = [f"  {verb:<12} {what}\n" for verb, what in VERBS.items()]
+    for entry in REGISTRIES[PluginKind.VERB].entries():
+        lines.append(f"  {entry.name:<12} {entry.obj.summary} (from {entry.source})\n")
+    return "usage: python -m idvid <verb> [overrides]\n\nverbs:\n" + "".join(lines)
 
 
 # Settings renamed when every verb came to configure the face backend one way (face=NAME face.options...).
@@ -147,16 +153,33 @@ def _run_command(verb: str, args: list[str]) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
-        print(USAGE)
+        print(usage())
         return
     verb, rest = args[0], args[1:]
-    if verb not in VERBS:
-        sys.exit(f"Unknown verb {verb!r}.\n\n{USAGE}")
     if os.environ.get("IDVID_TRACEBACK", "") not in ("", "0"):
         os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # one switch for the kit's and Hydra's tracebacks
     with reported_as_user_errors(verb):
-        if verb in HYDRA_VERBS:
+        plugin_verb = None if verb in VERBS else _plugin_verb(verb)
+        if verb not in VERBS and plugin_verb is None:
+            sys.exit(f"Unknown verb {verb!r}.\n\n{usage()}")
+        if plugin_verb is not None:
+            plugin_verb(rest)
+        elif verb in HYDRA_VERBS:
             task, config_name = HYDRA_VERBS[verb]
             _run_hydra(task, verb, rest, config_name)
         else:
             _run_command(verb, rest)
+
+
+def _plugin_verb(verb: str) -> Callable[[list[str]], None] | None:
+    """The ``main(args)`` an installed plugin registered as ``verb``, or None."""
+    from idvid.registry import REGISTRIES, PluginKind
+
+    registry = REGISTRIES[PluginKind.VERB]
+    clash = set(VERBS) & {e.name for e in registry.entries()}
+    if clash:
+        raise ConfigError(
+            f"Plugin verbs {sorted(clash)} take the names of core verbs.",
+            "Rename them in the plugin (register_verb) or uninstall the plugin.",
+        )
+    return registry.get(verb) if verb in registry else None

@@ -51,6 +51,7 @@ class PluginKind(str, Enum):
     RECIPE_STEP = "recipe_step"  # training recipe steps (`recipe: {label: {name: <name>, ...}}`)
     NOISE_PRIOR = "noise_prior"  # sampling-time initial noise (`noise_prior=<name>`)
     METRIC = "metric"  # evaluation metrics (`evaluate metrics=[<name>, ...]`)
+    VERB = "verb"  # command-line verbs a plugin adds (`python -m idvid <name> ...`)
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,22 @@ def register_noise_prior(name: str) -> Callable[[T], T]:
 def register_metric(name: str) -> Callable[[T], T]:
     """An ``idvid.evaluation.metrics.Metric`` subclass."""
     return _decorator(PluginKind.METRIC, name)
+
+
+def register_verb(name: str, summary: str) -> Callable[[T], T]:
+    """A function ``main(args: list[str]) -> None`` run as ``python -m idvid <name> ARGS``.
+
+    ``summary`` is its usage line in ``python -m idvid --help`` (arguments, then what it does). Verb names
+    are not namespaced (users type them), so a plugin verb may not take a core verb's name.
+    """
+
+    def decorate(obj: T) -> T:
+        REGISTRIES[PluginKind.VERB].register(name, obj)
+        setattr(obj, "plugin_name", name)
+        setattr(obj, "summary", summary)
+        return obj
+
+    return decorate
 
 
 _plugins_loaded = False
