@@ -13,6 +13,7 @@ entry point. Installed as a separate distribution (``idvid-lynx``) that register
 """
 
 from idvid_lynx.adapters import AdapterAttention, LynxIdAdapter, LynxRefAdapter
+from idvid_lynx.lynx_format import LynxFormat
 from idvid_lynx.resampler import PerceiverResampler
 
-__all__ = ["AdapterAttention", "LynxIdAdapter", "LynxRefAdapter", "PerceiverResampler"]
+__all__ = ["AdapterAttention", "LynxFormat", "LynxIdAdapter", "LynxRefAdapter", "PerceiverResampler"]
