@@ -53,16 +53,19 @@ class AdapterAttention(nn.Module):
         nn.init.zeros_(self.to_out.weight)  # start as a no-op: the backbone's output is unchanged at step 0
         nn.init.zeros_(self.to_out.bias)
 
-    def forward(self, hidden_states: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def keys_values(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The context's keys and values ``[B, L, dim]``: timestep-independent, so injectors compute them in
+        ``prepare`` (once per video when sampling, not once per denoising step)."""
+        return self.norm_k(self.to_k(context)), self.to_v(context)
+
+    def forward(self, hidden_states: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         batch, length, width = hidden_states.shape
-        context = context.to(hidden_states.dtype)
 
         def heads(x: torch.Tensor) -> torch.Tensor:
-            return x.view(batch, x.shape[1], self.heads, width // self.heads).transpose(1, 2)
+            return x.to(hidden_states.dtype).view(batch, x.shape[1], self.heads, width // self.heads).transpose(1, 2)
 
         query = heads(self.norm_q(self.to_q(self.norm(hidden_states))))
-        key = heads(self.norm_k(self.to_k(context)))
-        attended = F.scaled_dot_product_attention(query, key, heads(self.to_v(context)))
+        attended = F.scaled_dot_product_attention(query, heads(key), heads(value))
         return self.to_out(attended.transpose(1, 2).reshape(batch, length, width))
 
 
@@ -111,22 +114,31 @@ class LynxIdAdapter(TokenInjector):
         )
         self.slot = {block: i for i, block in enumerate(self.block_indices)}
 
-    def prepare(self, conditions, random) -> torch.Tensor:
-        embedding = conditions["face_embedding"]
-        if embedding.dim() != 2 or embedding.shape[1] != self.id_dim:
+    def identity_tokens(self, face_embedding: torch.Tensor) -> torch.Tensor:
+        """``[B, id_dim]`` -> the resampler's ``[B, num_tokens, token_dim]`` identity tokens."""
+        if face_embedding.dim() != 2 or face_embedding.shape[1] != self.id_dim:
             raise ConfigError(
                 f"lynx.id_adapter expects face_embedding [B, {self.id_dim}] (id_dim={self.id_dim}) but got "
-                f"{tuple(embedding.shape)}.",
-                f"Set id_dim={embedding.shape[-1]} (the face backend's embedding width: dlib 128, ArcFace 512).",
+                f"{tuple(face_embedding.shape)}.",
+                f"Set id_dim={face_embedding.shape[-1]} (the face backend's embedding width: dlib 128, ArcFace 512).",
             )
         parameter = self.resampler.latents
-        return self.resampler(embedding.to(parameter.device, parameter.dtype).unsqueeze(1))  # [B, num_tokens, D]
+        return self.resampler(face_embedding.to(parameter.device, parameter.dtype).unsqueeze(1))
 
-    def forward(self, block_index: int, hidden_states: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        slot = self.slot[block_index]
-        if len(self.registers):
-            tokens = torch.cat([tokens, self.registers[slot].expand(tokens.shape[0], -1, -1).to(tokens)], dim=1)
-        return self.attention[slot](hidden_states, tokens)
+    def prepare(self, conditions, random) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """Each block's keys and values of the identity tokens (and its registers)."""
+        tokens = self.identity_tokens(conditions["face_embedding"])
+        prepared = {}
+        for block, slot in self.slot.items():
+            context = tokens
+            if len(self.registers):
+                registers = self.registers[slot].expand(tokens.shape[0], -1, -1)
+                context = torch.cat([tokens, registers.to(tokens)], dim=1)
+            prepared[block] = self.attention[slot].keys_values(context)
+        return prepared
+
+    def forward(self, block_index: int, hidden_states: torch.Tensor, prepared) -> torch.Tensor:
+        return self.attention[self.slot[block_index]](hidden_states, *prepared[block_index])
 
 
 @register_injector("lynx.ref_adapter")
@@ -148,7 +160,8 @@ class LynxRefAdapter(TokenInjector):
         self.attention = nn.ModuleList(AdapterAttention(hidden, hidden, heads) for _ in self.block_indices)
         self.slot = {block: i for i, block in enumerate(self.block_indices)}
 
-    def prepare(self, conditions, random) -> dict[int, torch.Tensor]:
+    def prepare(self, conditions, random) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """Each block's keys and values of the reference's tokens of that block."""
         features = conditions["reference_features"]
         missing = [block for block in self.block_indices if block not in features]
         if missing:
@@ -158,7 +171,10 @@ class LynxRefAdapter(TokenInjector):
                 "Make the reference_pass conditioner's `blocks` include every block of the Ref-adapter "
                 "(blocks: all for both, as Lynx does).",
             )
-        return {block: self.feature_norm(features[block]) for block in self.block_indices}
+        return {
+            block: self.attention[slot].keys_values(self.feature_norm(features[block]))
+            for block, slot in self.slot.items()
+        }
 
-    def forward(self, block_index: int, hidden_states: torch.Tensor, features: dict[int, torch.Tensor]):
-        return self.attention[self.slot[block_index]](hidden_states, features[block_index])
+    def forward(self, block_index: int, hidden_states: torch.Tensor, prepared) -> torch.Tensor:
+        return self.attention[self.slot[block_index]](hidden_states, *prepared[block_index])

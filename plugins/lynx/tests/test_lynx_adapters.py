@@ -108,13 +108,26 @@ def test_id_adapter_registers_are_read_with_the_identity_tokens():
     module = lynx_model("wan_tiny", "+injectors.id_adapter.registers=2")
     id_adapter = module.plan.injectors["id_adapter"]
     assert len(id_adapter.registers) == module.backbone.info.num_layers
-    tokens = id_adapter.prepare({"face_embedding": torch.randn(2, 128)}, None)
+    conditions = {"face_embedding": torch.randn(2, 128)}
     hidden = torch.randn(2, 5, module.backbone.info.hidden_size)
     with torch.no_grad():
         id_adapter.attention[0].to_out.weight.normal_()
-        with_registers = id_adapter(0, hidden, tokens)
+        prepared = id_adapter.prepare(conditions, None)
+        assert prepared[0][0].shape == (2, 16 + 2, module.backbone.info.hidden_size)  # 16 tokens + 2 registers
+        with_registers = id_adapter(0, hidden, prepared)
         id_adapter.registers[0].add_(1.0)
-        assert not torch.equal(with_registers, id_adapter(0, hidden, tokens))
+        assert not torch.equal(with_registers, id_adapter(0, hidden, id_adapter.prepare(conditions, None)))
+
+
+def test_keys_and_values_are_prepared_once_per_video_when_sampling(monkeypatch):
+    module = lynx_model("cogvideox_tiny").eval()
+    projections = []
+    for name in ("id_adapter", "ref_adapter"):
+        to_k = module.plan.injectors[name].attention[0].to_k
+        monkeypatch.setattr(to_k, "forward", lambda x, f=to_k.forward: projections.append(x.shape) or f(x))
+    video = module.generate(reference_batch(1), 9, 64, 64, num_inference_steps=3)
+    assert video.shape == (1, 9, 3, 64, 64)
+    assert len(projections) == 2  # block 0's key projection of each adapter: once, not once per step
 
 
 def test_lynx_without_the_reference_pass_is_refused_at_start_up():

@@ -127,7 +127,8 @@ def test_converted_id_adapter_adds_what_lynx_adds_in_the_text_attention(lynx_mod
     id_adapter = converted.plan.injectors["id_adapter"]
     generator = torch.Generator().manual_seed(3)
     hidden = torch.randn(2, 12, wan.info.hidden_size, generator=generator)
-    identity = id_adapter.prepare({"face_embedding": torch.randn(2, ARCFACE, generator=generator)}, None)
+    embedding = torch.randn(2, ARCFACE, generator=generator)
+    identity = id_adapter.identity_tokens(embedding)
     block, heads = wan.transformer.blocks[1], wan.transformer.config.num_attention_heads
     with torch.no_grad():
         tokens = torch.cat([identity, ip_layers["1.registers"].expand(2, -1, -1)], dim=1)
@@ -137,7 +138,7 @@ def test_converted_id_adapter_adds_what_lynx_adds_in_the_text_attention(lynx_mod
         split = [x.unflatten(2, (heads, -1)).transpose(1, 2) for x in (query, key, value)]
         attended = F.scaled_dot_product_attention(*split).transpose(1, 2).flatten(2)
         lynx = F.linear(attended, block.attn2.to_out[0].weight)
-        kit = id_adapter(1, hidden, identity)
+        kit = id_adapter(1, hidden, id_adapter.prepare({"face_embedding": embedding}, None))
     torch.testing.assert_close(kit, lynx)
 
 
