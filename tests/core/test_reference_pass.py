@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import pytest
@@ -86,6 +87,21 @@ def test_reference_pass_text_options_change_the_features(tiny):
     assert not torch.equal(empty, features(text="caption"))
     assert torch.equal(features(text="caption"), features(text="prompt", prompt="a person walks"))
     assert not torch.equal(empty, features(timestep=500))
+
+
+def test_a_widened_backbone_reads_the_reference_with_zero_extra_channels(tiny):
+    _, _, backbone = tiny
+    widened = copy.deepcopy(backbone)
+    widened.set_input_channels(4)  # an input_concat plan's channels: the reference has none of them
+    with torch.no_grad():
+        widened.input_layer.weight[:, backbone.info.latent_channels :].normal_()  # as if they had trained
+    conditioner = ReferencePass(backbone.info, blocks=[3])
+    batch = {"ref_image": _reference_images(1)}
+    plain, wide = (
+        conditioner(batch, model, BatchRandom(torch.Generator().manual_seed(0)))["reference_features"][3]
+        for model in (backbone, widened)
+    )
+    assert torch.equal(plain, wide)
 
 
 def test_reference_pass_runs_once_per_video_when_sampling(tiny, monkeypatch):
