@@ -85,9 +85,11 @@ def run_conditioners(
 
 
 def repeat_batch(value: Any, times: int) -> Any:
-    """Repeat a condition along the batch axis (tensors, and lists/tuples of tensors)."""
+    """Repeat a condition along the batch axis (tensors, and lists/tuples/mappings of tensors)."""
     if isinstance(value, torch.Tensor):
         return value.repeat(times, *([1] * (value.dim() - 1)))
+    if isinstance(value, Mapping):  # e.g. per-block features {block index: tensor}
+        return {key: repeat_batch(v, times) for key, v in value.items()}
     if isinstance(value, (list, tuple)):
         return type(value)(repeat_batch(v, times) for v in value)
     return value

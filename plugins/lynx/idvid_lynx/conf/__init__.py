@@ -1,0 +1,1 @@
+"""Lynx's Hydra configs, announced as an ``idvid.configs`` entry point."""
