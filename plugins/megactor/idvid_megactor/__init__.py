@@ -14,14 +14,18 @@ entry point, exactly as a third-party method would; its configs reach the CLI th
 """
 
 from idvid_megactor.audio_attention import AudioAttention
+from idvid_megactor.drive_augmentation import DriveAugmentation
 from idvid_megactor.driven_encoder import DrivenEncoder, DrivingFrames
+from idvid_megactor.modality import ModalityControl
 from idvid_megactor.temporal_attention import TemporalAttention
 from idvid_megactor.whisper_audio import WhisperAudio, write_tiny_whisper
 
 __all__ = [
     "AudioAttention",
+    "DriveAugmentation",
     "DrivenEncoder",
     "DrivingFrames",
+    "ModalityControl",
     "TemporalAttention",
     "WhisperAudio",
     "write_tiny_whisper",

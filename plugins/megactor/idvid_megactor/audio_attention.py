@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from idvid.errors import ConfigError
 from idvid.injection import TokenInjector
 from idvid.registry import register_injector
 from idvid_megactor.frames import padded_frame_index, video_frames_per_frame
@@ -59,6 +60,7 @@ class AudioAttention(TokenInjector):
         self, backbone, site="attn_ffn", blocks="all", audio_dim: int = 384, heads: int = 2, audio_scale: float = 1.0
     ):
         super().__init__(backbone, site=site, blocks=blocks)
+        self.audio_dim = int(audio_dim)
         self.audio_scale = float(audio_scale)  # a plain attribute: `animate --audio-scale` sets it
         self.attention = nn.ModuleList(
             FrameCrossAttention(backbone.hidden_size, audio_dim, heads) for _ in self.block_indices
@@ -68,6 +70,12 @@ class AudioAttention(TokenInjector):
     def prepare(self, conditions, random):
         """``[B, token_frames, M * W, D]``: each token frame's audio, the windows of the video frames it covers."""
         audio = conditions["audio_tokens"]  # [B, F, W, D]
+        if audio.shape[-1] != self.audio_dim:
+            raise ConfigError(
+                f"megactor.audio_attention was built for audio tokens of width {self.audio_dim}; the audio "
+                f"conditioner gives {audio.shape[-1]}.",
+                f"Set injectors.<label>.audio_dim={audio.shape[-1]} (the Whisper's d_model: 384 for whisper-tiny).",
+            )
         index = padded_frame_index(video_frames_per_frame(audio.shape[1], self.backbone_info, tokens=True))
         per_frame = audio[:, index.to(audio.device)]  # [B, f, M, W, D]
         return per_frame.flatten(2, 3)
