@@ -27,7 +27,7 @@ class DrivingFrames(Conditioner):
     """``driving_frames`` ``[B, F, 3, H, W]`` in [-1, 1]: ``drive_video`` when the batch has it, else ``video``."""
 
     produces = ("driving_frames",)
-    reads = ("drive_video",)
+    reads = ("video",)  # training: the clip (the recipe derives drive_video from it); `animate` gives drive_video
 
     def forward(self, batch: Mapping[str, Any], backbone, random) -> dict[str, Any]:
         frames = batch["drive_video"] if "drive_video" in batch else batch["video"]
