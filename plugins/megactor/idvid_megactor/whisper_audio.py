@@ -18,7 +18,7 @@ from transformers import WhisperConfig, WhisperModel
 
 from idvid.backbones.info import BackboneInfo
 from idvid.conditioning import Conditioner
-from idvid.errors import ConfigError, MissingFileError
+from idvid.errors import ConfigError, MissingFileError, UserError
 from idvid.registry import register_conditioner
 
 #: Whisper's feature extractor: hop 160 at 16 kHz (``idvid.data.audio.MEL_FRAMES_PER_SECOND``)
@@ -130,6 +130,13 @@ class WhisperAudio(Conditioner):
         return tokens[rows, index.clamp(0, tokens.shape[1] - 1)] * inside.unsqueeze(-1).to(tokens)
 
     def forward(self, batch: Mapping[str, Any], backbone, random) -> dict[str, Any]:
+        missing = [key for key in self.reads if key not in batch]
+        if missing:
+            raise UserError(
+                f"megactor.whisper_audio needs the clips' audio, and the batch has no {', '.join(missing)}.",
+                "Use a manifest preprocessed with audio (each clip's audio track and its mel window), or train "
+                "without audio: experiment=megactor_stage1_visual (or conditioners.audio=null and no audio injector).",
+            )
         device = self.encoder.conv1.weight.device
         tokens = self.encode(batch["audio_mel"].float().to(device))
         per_frame = self.windows(tokens, batch["audio_frame_times"].float().to(device))

@@ -9,7 +9,7 @@ from idvid_megactor import AudioAttention, DrivenEncoder, DrivingFrames, Tempora
 from idvid_megactor.whisper_audio import write_tiny_whisper
 from transformers import WhisperModel
 
-from idvid.errors import ConfigError, MissingFileError
+from idvid.errors import ConfigError, MissingFileError, UserError
 from idvid.injection import InjectionPlan
 from idvid.randomness import BatchRandom
 from tests.backbones.test_backbone_contract import TINY_BACKBONES, make
@@ -81,13 +81,15 @@ def test_whisper_tokens_are_the_encoder_tokens_around_each_frame_time(whisper_fo
     assert not any(p.requires_grad for p in audio.parameters())  # frozen
 
 
-def test_whisper_refuses_a_missing_folder_and_a_too_long_mel(tmp_path, whisper_folder):
+def test_whisper_refuses_a_missing_folder_a_too_long_mel_and_a_batch_without_audio(tmp_path, whisper_folder):
     with pytest.raises(MissingFileError, match=str(tmp_path / "nowhere")) as error:
         WhisperAudio(TINY_INFO, pretrained=str(tmp_path / "nowhere"))
     assert "WhisperModel" in str(error.value) and "whisper-tiny" in str(error.value)
     audio = WhisperAudio(TINY_INFO, pretrained=str(whisper_folder))
     with pytest.raises(ConfigError, match="data.audio_mel_frames=200"):
         audio.encode(torch.zeros(1, 80, 201))
+    with pytest.raises(UserError, match="(?s)no audio_mel, audio_frame_times, has_audio.*megactor_stage1_visual"):
+        audio({"video": torch.zeros(1, 9, 3, 8, 8)}, None, None)
 
 
 # ------------------------------------------------------------------ audio attention
