@@ -141,7 +141,8 @@ class IdentityVideoModule(L.LightningModule):
         unknown = [label for label in labels if label not in self.plan.injectors]
         if unknown or not labels:
             raise ConfigError(
-                f"model.trainable={labels} names no injector of this plan" + (f" ({unknown})." if unknown else "."),
+                f"model.trainable={labels}: "
+                + (f"{unknown} are not labels of this plan's injectors." if unknown else "lists no injector."),
                 f"List labels of `injectors:` ({', '.join(self.plan.injectors) or 'none'}), or use one of "
                 f"{', '.join(TRAINABLE_CHOICES)}.",
             )
