@@ -215,7 +215,8 @@ def build_for_training(cfg) -> L.LightningModule:
     With ``init_from`` the architecture (backbone sizes, conditioners, injectors) and the weights
     come from the checkpoint; the training setup (recipe, loss, optimizer, schedule, what trains,
     validation, seed) comes from the config, and so do ``backbone.pretrained`` (when set) and
-    ``backbone.gradient_checkpointing``.
+    ``backbone.gradient_checkpointing``. Conditioners and in-block injectors of the config under labels
+    the checkpoint lacks are added, starting as initialised: a later training stage adds modules.
     """
     import hydra
 
@@ -240,8 +241,20 @@ def build_for_training(cfg) -> L.LightningModule:
         k: model_cfg[k]
         for k in ("recipe", "loss", "optimizer", "lr_scheduler", "trainable", "lora", "validation", "seed")
     }
+    added = {
+        group: {
+            label: node
+            for label, node in (model_cfg.get(group) or {}).items()
+            if node and not (saved.get(group) or {}).get(label)  # a label switched off (null) counts as absent
+        }
+        for group in ("conditioners", "injectors")
+    }
+    architecture = {group: {**(saved.get(group) or {}), **nodes} for group, nodes in added.items() if nodes}
     log.info("init_from %s: architecture and weights from the checkpoint, training setup from the config", path)
-    return load_module(path, backbone=backbone, **training)
+    for group, nodes in added.items():
+        if nodes:
+            log.info("init_from: the config adds %s %s (they start as initialised)", group, ", ".join(nodes))
+    return load_module(path, backbone=backbone, **architecture, **training)
 
 
 def save_module(module: L.LightningModule, path: str | Path) -> Path:

@@ -20,11 +20,13 @@ import lightning as L
 import numpy as np
 import torch
 from diffusers.optimization import get_scheduler
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 from idvid.backbones.lora import add_lora, lora_parameters
 from idvid.conditioning.base import check_sampling_inputs, run_conditioners
+from idvid.errors import ConfigError
+from idvid.injection import InputConcatInjector
 from idvid.injection.plan import InjectionPlan
 from idvid.randomness import BatchRandom
 from idvid.registry import PluginKind, build
@@ -42,7 +44,7 @@ TRAINABLE_CHOICES = ("all", "injectors", "lora")
 
 
 def _plain(config: Any) -> Any:
-    return OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else config
+    return OmegaConf.to_container(config, resolve=True) if isinstance(config, (DictConfig, ListConfig)) else config
 
 
 def _build_named(kind: PluginKind, node: Mapping[str, Any], *first: Any) -> Any:
@@ -65,7 +67,7 @@ class IdentityVideoModule(L.LightningModule):
         loss: Mapping[str, Any] | None = None,
         optimizer: Any = None,
         lr_scheduler: Mapping[str, Any] | None = None,
-        trainable: str = "all",
+        trainable: str | list[str] = "all",
         lora: Mapping[str, Any] | None = None,
         validation: Mapping[str, Any] | None = None,
         non_finite: Mapping[str, Any] | None = None,
@@ -77,7 +79,7 @@ class IdentityVideoModule(L.LightningModule):
         backbone, conditioners, injectors = _plain(backbone), _plain(conditioners) or {}, _plain(injectors) or {}
         recipe, loss, optimizer = _plain(recipe) or {}, _plain(loss) or {"name": "weighted_mse"}, _plain(optimizer)
         lr_scheduler, validation = _plain(lr_scheduler) or {"name": "constant"}, _plain(validation) or {}
-        non_finite, lora = _plain(non_finite) or {}, _plain(lora) or {}
+        non_finite, lora, trainable = _plain(non_finite) or {}, _plain(lora) or {}, _plain(trainable)
         self.save_hyperparameters()
         self.seed = seed
         self.backbone = _build_named(PluginKind.BACKBONE, backbone)
@@ -112,7 +114,9 @@ class IdentityVideoModule(L.LightningModule):
         self._set_trainable(trainable)
 
     # ------------------------------------------------------------- parameters
-    def _set_trainable(self, trainable: str) -> None:
+    def _set_trainable(self, trainable: str | list[str]) -> None:
+        if isinstance(trainable, (list, tuple)):
+            return self._train_only_injectors(list(trainable))
         if trainable not in TRAINABLE_CHOICES:
             raise ValueError(f"trainable={trainable!r}; choose one of {', '.join(TRAINABLE_CHOICES)}.")
         self.requires_grad_(False)
@@ -129,6 +133,24 @@ class IdentityVideoModule(L.LightningModule):
                 f"model.trainable={trainable} leaves nothing to train: this experiment has no injectors. "
                 f"Use model.trainable=all or model.trainable=lora, or add an injector."
             )
+
+    def _train_only_injectors(self, labels: list[str]) -> None:
+        """``trainable: [label, ...]``: only these injectors train; the backbone (its widened input layer
+        included), the other injectors and the conditioners stay as built or loaded (a later training stage
+        that adds modules to a trained model, e.g. motion modules alone)."""
+        unknown = [label for label in labels if label not in self.plan.injectors]
+        if unknown or not labels:
+            raise ConfigError(
+                f"model.trainable={labels}: "
+                + (f"{unknown} are not labels of this plan's injectors." if unknown else "lists no injector."),
+                f"List labels of `injectors:` ({', '.join(self.plan.injectors) or 'none'}), or use one of "
+                f"{', '.join(TRAINABLE_CHOICES)}.",
+            )
+        self.requires_grad_(False)
+        for label in labels:
+            self.plan.injectors[label].requires_grad_(True)
+        if not self.trainable_parameters():
+            raise ConfigError(f"model.trainable={labels}: these injectors have no parameters.", "List others.")
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -153,7 +175,7 @@ class IdentityVideoModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "state_dict" not in checkpoint:  # DeepSpeed: its engine loads the (complete) module weights itself
             return
-        prefixes, saved = tuple(self._frozen_prefixes()), checkpoint["state_dict"]
+        prefixes, saved = tuple(self._frozen_prefixes() + self._added_prefixes(checkpoint)), checkpoint["state_dict"]
         for key, value in self.state_dict().items():
             if key.startswith(prefixes):
                 saved.setdefault(key, value)
@@ -163,6 +185,32 @@ class IdentityVideoModule(L.LightningModule):
                 saved[key] = saved.pop(key.replace(".base_layer.", "."))
             elif ".lora_" in key:
                 saved.setdefault(key, value)
+
+    def _added_prefixes(self, checkpoint: Mapping[str, Any]) -> list[str]:
+        """State-dict prefixes of the injectors and conditioners this module has and the checkpoint holds no
+        weight of (``init_from`` with a config that adds them, a later training stage): they start as initialised.
+
+        Told by the weights, not the hyper-parameters: Lightning overwrites those with the overrides given."""
+        saved = checkpoint["state_dict"]
+
+        def absent(prefix: str) -> bool:
+            return not any(key.startswith(prefix) for key in saved)
+
+        added_injectors = [label for label in self.plan.injectors if absent(f"plan.injectors.{label}.")]
+        input_layer = next(name for name, module in self.named_modules() if module is self.backbone.input_layer)
+        saved_input = saved.get(f"{input_layer}.weight")
+        if saved_input is not None and saved_input.shape != self.backbone.input_layer.weight.shape:
+            widening = [label for label, i in self.plan.injectors.items() if isinstance(i, InputConcatInjector)]
+            raise ConfigError(
+                f"The checkpoint's input layer reads {saved_input.shape[1]} channels; this plan's reads "
+                f"{self.backbone.input_layer.weight.shape[1]} (input_concat injectors {widening}).",
+                "Keep the checkpoint's input_concat injectors: add them in the first training stage; a later stage "
+                "(init_from) may add in-block injectors and conditioners.",
+            )
+        added_conditioners = [label for label in self.conditioners if absent(f"conditioners.{label}.")]
+        return [f"plan.injectors.{label}." for label in added_injectors] + [
+            f"conditioners.{label}." for label in added_conditioners
+        ]
 
     # ---------------------------------------------------------------- running
     def step_generator(self, batch_idx: int) -> torch.Generator:

@@ -1,0 +1,111 @@
+"""The three MegActor-Sigma stages: each starts from the previous one's checkpoint (init_from adds its modules),
+stage 3 trains only the temporal modules, stage 1 trains on the demo and resumes exactly."""
+
+from __future__ import annotations
+
+import math
+
+import hydra
+import lightning as L
+import pytest
+import torch
+from idvid_megactor import AudioAttention, TemporalAttention, WhisperAudio
+
+from idvid.errors import ConfigError
+from idvid.interop import build_for_training, save_module
+from idvid.randomness import BatchRandom
+from tests.conftest import compose_config
+
+
+@pytest.fixture(scope="module")
+def demo_batch_with_audio():
+    """A demo batch with a synthetic audio track (the demo's own audio is the data side's)."""
+    datamodule = hydra.utils.instantiate(compose_config(["experiment=megactor_stage1_visual"]).data)
+    datamodule.setup()
+    batch = next(iter(datamodule.train_dataloader()))
+    size, frames = batch["video"].shape[:2]
+    generator = torch.Generator().manual_seed(0)
+    batch["audio_mel"] = torch.randn(size, 80, 200, generator=generator)
+    batch["audio_frame_times"] = (torch.arange(frames, dtype=torch.float32) / 8).expand(size, frames).clone()
+    batch["has_audio"] = torch.ones(size, dtype=torch.bool)
+    return batch
+
+
+def stage(experiment, init_from=None, *overrides):
+    cfg = compose_config([f"experiment={experiment}", *([f"init_from={init_from}"] if init_from else []), *overrides])
+    L.seed_everything(0)
+    return build_for_training(cfg)
+
+
+def train_steps(module, batch, steps=2):
+    module.train()
+    optimizer = torch.optim.AdamW(module.trainable_parameters(), lr=1e-2)
+    for step in range(steps):
+        loss = module.compute_loss(batch, BatchRandom(torch.Generator().manual_seed(step)))["loss"]
+        assert math.isfinite(loss.item())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def test_each_stage_starts_from_the_previous_one_and_stage_three_trains_only_the_temporal_modules(
+    tmp_path, demo_batch_with_audio
+):
+    first = stage("megactor_stage1_visual")
+    assert not first.plan.token_injectors and "audio" not in first.conditioners
+    train_steps(first, demo_batch_with_audio)
+    save_module(first, tmp_path / "stage1.ckpt")
+
+    second = stage("megactor_stage2_mixed", tmp_path / "stage1.ckpt")
+    assert isinstance(second.conditioners["audio"], WhisperAudio)
+    assert isinstance(second.plan.injectors["audio"], AudioAttention)
+    kept = {k: v for k, v in first.state_dict().items()}
+    for key, value in second.state_dict().items():
+        if key in kept:
+            assert torch.equal(value, kept[key]), key  # stage 1's weights, as trained
+    outputs = [p for n, p in second.plan.injectors["audio"].named_parameters() if "to_out" in n]
+    assert outputs and all(not p.any() for p in outputs)  # the audio attention starts as a no-op
+    train_steps(second, demo_batch_with_audio)
+    save_module(second, tmp_path / "stage2.ckpt")
+
+    third = stage("megactor_stage3_motion", tmp_path / "stage2.ckpt")
+    assert isinstance(third.plan.injectors["temporal"], TemporalAttention)
+    assert third.hparams.trainable == ["temporal"]
+    trainable = {n for n, p in third.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("plan.injectors.temporal.") for n in trainable)
+    before = {k: v.clone() for k, v in third.state_dict().items()}
+    train_steps(third, demo_batch_with_audio)
+    after = third.state_dict()
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert changed and all(k.startswith("plan.injectors.temporal.") for k in changed)  # others bit-identical
+
+
+def test_a_later_stage_cannot_widen_the_input_and_trainable_names_injectors(tmp_path):
+    save_module(stage("baseline"), tmp_path / "plain.ckpt")
+    with pytest.raises(
+        ConfigError, match=r"reads 16 channels; this plan's reads 32 \(input_concat injectors \['drive'\]\)"
+    ):
+        stage("megactor_stage1_visual", tmp_path / "plain.ckpt")
+    with pytest.raises(Exception, match=r"model.trainable=\['nope'\].*drive, audio, temporal"):
+        stage("megactor_stage3_motion", None, "model.trainable=[nope]")
+
+
+@pytest.mark.slow
+def test_stage_one_trains_on_the_demo_and_resumes_exactly(tmp_path):
+    """Modality control, face-drop and augmentations on; the resumed run's losses equal the uninterrupted run's."""
+    from tests.core.test_training import run_fit, scalars
+
+    common = [
+        "experiment=megactor_stage1_visual",
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=100",
+        "callbacks.checkpoint.every_n_train_steps=2",
+        "recipe.augmentation.resolution_probability=0.5",
+        "recipe.augmentation.resize_probability=0.5",
+    ]
+    run_fit(tmp_path / "full", *common)
+    run_fit(tmp_path / "resumed", *common, f"ckpt_path={tmp_path / 'full' / 'checkpoints' / 'step000002.ckpt'}")
+    _, full = scalars(tmp_path / "full", "train/loss")
+    _, resumed = scalars(tmp_path / "resumed", "train/loss")
+    assert [s for s, _ in full] == [0, 1, 2, 3] and all(math.isfinite(v) for _, v in full)
+    assert resumed == full[2:]
