@@ -16,11 +16,18 @@ from pathlib import Path
 
 import pytest
 
+#: every plugin package under plugins/ (its package is idvid_<name>, its distribution idvid-<name>)
+FIRST_PARTY_PLUGINS = tuple(
+    sorted(p.name for p in (Path(__file__).parents[2] / "plugins").iterdir() if (p / "pyproject.toml").is_file())
+)
+
 HIDE = """
 import importlib.metadata, sys
 
-HIDDEN_MODULES = ("idvid_consisid", "idvid_magicme", "idvid_lynx", "idvid_megactor")
-HIDDEN_DISTS = ("idvid-consisid", "idvid-magicme", "idvid-lynx", "idvid-megactor")
+FIRST_PARTY_PLUGINS = {plugins!r}
+
+HIDDEN_MODULES = tuple(f"idvid_{name}" for name in FIRST_PARTY_PLUGINS)
+HIDDEN_DISTS = tuple(f"idvid-{name}" for name in FIRST_PARTY_PLUGINS)
 
 # An editable install imports through a finder of its own on sys.meta_path (site.py has put it there
 # before it runs sitecustomize); without it the module is not importable.
@@ -45,7 +52,7 @@ importlib.metadata.entry_points = entry_points
 @pytest.fixture(scope="module")
 def core_only_env(tmp_path_factory) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("hide_consisid")
-    (folder / "sitecustomize.py").write_text(HIDE)
+    (folder / "sitecustomize.py").write_text(HIDE.replace("{plugins!r}", repr(FIRST_PARTY_PLUGINS)))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(folder), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env
@@ -59,11 +66,12 @@ def run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Completed
 
 def test_the_plugin_is_really_hidden(core_only_env, tmp_path):
     probe = "import importlib.util, importlib.metadata as m"
-    probe += "; print([importlib.util.find_spec(n) for n in ('idvid_consisid', 'idvid_magicme', 'idvid_lynx', 'idvid_megactor')])"
+    modules = tuple(f"idvid_{name}" for name in FIRST_PARTY_PLUGINS)
+    probe += f"; print([importlib.util.find_spec(n) for n in {modules!r}])"
     probe += "; print(sorted(e.name for e in m.entry_points(group='idvid.plugins')))"
     result = subprocess.run([sys.executable, "-c", probe], env=core_only_env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == ["[None, None, None]", "['idvid']"]
+    assert result.stdout.splitlines() == [str([None] * len(modules)), "['idvid']"]
 
 
 def test_plugins_lists_the_core_alone(core_only_env, tmp_path):
@@ -72,7 +80,7 @@ def test_plugins_lists_the_core_alone(core_only_env, tmp_path):
     assert "reference_latents" in result.stdout and "input_concat" in result.stdout
     # Each backbone adapter says where the sites are in its block.
     assert "Sites in each backbone" in result.stdout and "text cross-attention's residual" in result.stdout
-    for plugin in ("consisid", "magicme", "lynx", "megactor"):  # no plugin, no config package
+    for plugin in FIRST_PARTY_PLUGINS:  # no plugin, no config package
         assert f"{plugin}." not in result.stdout and f"idvid_{plugin}" not in result.stdout
 
 
