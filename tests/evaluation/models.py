@@ -48,3 +48,17 @@ def save_tiny_dino(path: Path) -> Path:
     Dinov2Model(config).save_pretrained(path)
     BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
     return path
+
+
+def save_tiny_syncnet(path: Path, seed: int = 0) -> Path:
+    """A SyncNet of the public layout with narrow layers, random weights (BatchNorm statistics too), as a state dict."""
+    from idvid.evaluation.syncnet import SyncNet
+
+    torch.manual_seed(seed)
+    model = SyncNet(audio_widths=(4, 6, 8, 6, 6, 8), lip_widths=(4, 6, 6, 6, 6, 8), embed_dim=12)
+    for module in model.modules():
+        if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    torch.save(model.state_dict(), path)
+    return path

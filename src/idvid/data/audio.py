@@ -32,7 +32,8 @@ def has_audio_stream(path: str | Path) -> bool:
 
 
 def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """The first audio stream of `path` as a mono float32 waveform at `sample_rate` (FFmpeg's resampler).
+    """The first audio stream of `path` as a mono float32 waveform at `sample_rate` (FFmpeg's resampler;
+    the mean of the channels).
 
     Raises UserError naming the file when it has no audio stream (or cannot be opened).
     """
@@ -46,11 +47,13 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
                     f"{path}: no audio stream in the file",
                     "pass a video or audio file that has sound (e.g. an mp4 with an audio track, a wav or an mp3)",
                 )
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=int(sample_rate))
+            # Resampled per channel, then averaged: FFmpeg's own downmix would scale (-3 dB per channel).
+            stream = container.streams.audio[0]
+            resampler = av.AudioResampler(format="fltp", layout=stream.layout.name, rate=int(sample_rate))
             chunks = []
-            for frame in container.decode(audio=0):
-                chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(frame)]
-            chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]  # flush
+            for frame in container.decode(stream):
+                chunks += [out.to_ndarray().mean(axis=0) for out in resampler.resample(frame)]
+            chunks += [out.to_ndarray().mean(axis=0) for out in resampler.resample(None)]  # flush
     except av.FFmpegError as err:
         raise UserError(f"{path}: the audio cannot be decoded ({err})", "pass a readable audio or video file") from err
     return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)

@@ -88,11 +88,11 @@ def write_mp4(
 AAC_FRAME_SAMPLES = 1024  # what the AAC encoder takes per frame
 
 
-def _mux_audio(container: av.container.OutputContainer, stream: av.audio.stream.AudioStream, waveform: np.ndarray) -> None:
-    rate = stream.rate
+def _mux_audio(container: av.container.OutputContainer, stream: av.audio.AudioStream, waveform: np.ndarray) -> None:
     for start in range(0, len(waveform), AAC_FRAME_SAMPLES):
-        frame = av.AudioFrame.from_ndarray(waveform[None, start : start + AAC_FRAME_SAMPLES], format="flt", layout="mono")
-        frame.sample_rate, frame.pts = rate, start
+        samples = waveform[None, start : start + AAC_FRAME_SAMPLES]
+        frame = av.AudioFrame.from_ndarray(samples, format="flt", layout="mono")
+        frame.sample_rate, frame.pts = stream.rate, start
         for packet in stream.encode(frame):
             container.mux(packet)
     for packet in stream.encode():

@@ -150,7 +150,8 @@ def mfcc(waveform: np.ndarray, num_filters: int = 26, fft_size: int = 512) -> np
     frames = padded[np.arange(window)[None, :] + step * np.arange(count)[:, None]]
     power = np.abs(np.fft.rfft(frames, fft_size)) ** 2 / fft_size
     energy = np.maximum(power.sum(axis=1), np.finfo(float).eps)
-    edges = np.floor((fft_size + 1) * _mel_to_hz(np.linspace(0, _hz_to_mel(SAMPLE_RATE / 2), num_filters + 2)) / SAMPLE_RATE)
+    mel_points = np.linspace(0, _hz_to_mel(SAMPLE_RATE / 2), num_filters + 2)
+    edges = np.floor((fft_size + 1) * _mel_to_hz(mel_points) / SAMPLE_RATE)
     bank = np.zeros((num_filters, fft_size // 2 + 1))
     for j in range(num_filters):
         lo, mid, hi = int(edges[j]), int(edges[j + 1]), int(edges[j + 2])
@@ -209,16 +210,15 @@ def sync_score(
         return None
     device = next(model.parameters()).device
     video = torch.from_numpy(crops).float().permute(3, 0, 1, 2)  # [3, N, 224, 224]
-    lips = torch.cat(
-        [model.embed_lips(torch.stack([video[:, i : i + WINDOW_FRAMES] for i in chunk]).to(device)) for chunk in
-         _chunks(range(windows), 16)]
-    )  # fmt: skip
     cc = torch.from_numpy(coefficients.T.copy())  # [13, T]
-    start = [i * MFCC_PER_FRAME for i in range(windows)]
-    audio = torch.cat(
-        [model.embed_audio(torch.stack([cc[:, s : s + WINDOW_FRAMES * MFCC_PER_FRAME] for s in chunk])[:, None].to(device))
-         for chunk in _chunks(start, 64)]
-    )  # fmt: skip
+    steps = WINDOW_FRAMES * MFCC_PER_FRAME
+    lips, audio = [], []
+    for start in range(0, windows, 16):  # batches of windows keep the 3-D convolutions' memory small
+        chunk = range(start, min(start + 16, windows))
+        lips.append(model.embed_lips(torch.stack([video[:, i : i + WINDOW_FRAMES] for i in chunk]).to(device)))
+        mfcc_windows = torch.stack([cc[:, i * MFCC_PER_FRAME : i * MFCC_PER_FRAME + steps] for i in chunk])
+        audio.append(model.embed_audio(mfcc_windows[:, None].to(device)))
+    lips, audio = torch.cat(lips), torch.cat(audio)
     padded = torch.nn.functional.pad(audio, (0, 0, max_offset, max_offset))
     # distances[i, k]: window i's lips against the audio at offset k - max_offset (zero embeddings past the ends)
     distances = torch.stack(
@@ -228,8 +228,3 @@ def sync_score(
     best = int(torch.argmin(curve))
     minimum = float(curve[best])
     return SyncScore(confidence=float(curve.median()) - minimum, distance=minimum, offset=max_offset - best)
-
-
-def _chunks(items, size: int):
-    items = list(items)
-    return [items[i : i + size] for i in range(0, len(items), size)]
