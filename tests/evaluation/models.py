@@ -62,3 +62,33 @@ def save_tiny_syncnet(path: Path, seed: int = 0) -> Path:
             module.running_var.uniform_(0.5, 2.0)
     torch.save(model.state_dict(), path)
     return path
+
+
+class TinyI3D(torch.nn.Module):
+    """The call of StyleGAN-V's TorchScript I3D (videos [N, 3, T, H, W] in [-1, 1] -> features) on a tiny net."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv3d(3, 8, kernel_size=(3, 7, 7), stride=(2, 4, 4))
+        self.head = torch.nn.Linear(8, 6)
+
+    def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False, return_features: bool = False):
+        features = torch.relu(self.conv(x)).mean(dim=(2, 3, 4))
+        return features if return_features else self.head(features)
+
+
+def save_tiny_i3d(path: Path, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    torch.jit.save(torch.jit.script(TinyI3D()), str(path))
+    return path
+
+
+def save_tiny_alexnet_features(path: Path, seed: int = 0) -> Path:
+    """torchvision's AlexNet layout with random weights; only the convolutions (`features.*`, what LPIPS reads):
+    the classifier is most of the real file's 233 MB."""
+    from torchvision.models import alexnet
+
+    torch.manual_seed(seed)
+    state = {k: v for k, v in alexnet(weights=None).state_dict().items() if k.startswith("features.")}
+    torch.save(state, path)
+    return path
