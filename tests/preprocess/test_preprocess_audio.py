@@ -124,3 +124,18 @@ def test_the_lip_sync_filter_needs_its_weights(raw, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"missing\.model.*syncnet_v2\.model"):
         Preprocessor(dataclasses.replace(base, filters=filters, syncnet_weights=tmp_path / "missing.model"),
                      CountingAnalyzer())  # fmt: skip
+
+
+def test_annotations_without_audio_arrays_give_no_audio_and_times_from_the_frame_rate(out, tmp_path):
+    # As an importer (ConsisID's annotations) or an older preprocess writes them.
+    entry = {entry["id"]: entry for entry in read_manifest(out / "manifest.jsonl")}["astronaut"]
+    ann = load_annotations(entry["annotations"])
+    np.savez(
+        tmp_path / "old.npz", **{k: v for k, v in ann.items() if k not in ("audio_mel", "has_audio", "frame_times")}
+    )
+    line = {**entry, "video": entry["video"], "annotations": str(tmp_path / "old.npz")}
+    (tmp_path / "manifest.jsonl").write_text(json.dumps(line) + "\n")
+    item = IdentityVideoDataset(tmp_path / "manifest.jsonl", num_frames=3, height=32, width=32, audio_mel_frames=40)[0]
+    assert not bool(item["has_audio"]) and item["audio_mel"].shape == (80, 40) and (item["audio_mel"] == 0).all()
+    frames = item["frame_indices"].numpy()
+    np.testing.assert_allclose(item["audio_frame_times"].numpy(), (frames - frames[0]) / 8, atol=1e-6)
