@@ -86,13 +86,12 @@ def drive_inputs(
     scale there, then centre-cropped and resized to H x W with their points. None: zero frames, no face.
     """
     if frames is None:
-        nan = np.full((num_frames, 4), np.nan, np.float32)
+        points = {"frame_boxes": 4, "frame_kps": (5, 2), "frame_landmarks": (NUM_LANDMARKS, 2),
+                  "frame_eye_boxes": 4, "frame_mouth_boxes": 4}  # fmt: skip
         return _batched({
             "video": torch.zeros(num_frames, 3, height, width),
             "frame_has_face": torch.zeros(num_frames, dtype=torch.bool),
-            "frame_boxes": nan, "frame_kps": np.full((num_frames, 5, 2), np.nan, np.float32),
-            "frame_landmarks": np.full((num_frames, NUM_LANDMARKS, 2), np.nan, np.float32),
-            "frame_eye_boxes": nan, "frame_mouth_boxes": nan,
+            **{key: np.full((num_frames, *np.atleast_1d(shape)), np.nan, np.float32) for key, shape in points.items()},
         })  # fmt: skip
     frames = frames[:num_frames]
     boxes = np.full((num_frames, 2, 2), np.nan, np.float32)
@@ -113,7 +112,10 @@ def drive_inputs(
         boxes = np.stack([boxes.min(axis=1), boxes.max(axis=1)], axis=1)
     x0, y0, crop_w, crop_h = _centre_crop(*frames.shape[1:3], height, width)
     scale = np.array([width / crop_w, height / crop_h], np.float32)
-    to_pixels = lambda points: ((points - np.array([x0, y0], np.float32)) * scale).astype(np.float32)  # noqa: E731
+
+    def to_pixels(points: np.ndarray) -> np.ndarray:  # the video's pixels -> the cropped and resized frames'
+        return ((points - np.array([x0, y0], np.float32)) * scale).astype(np.float32)
+
     landmarks = to_pixels(landmarks)
     eye_boxes, mouth_boxes = region_boxes(landmarks)
     return _batched({
