@@ -26,6 +26,7 @@ VERBS = {
     "preprocess": "data.raw=DIR data.out=DIR [face=dlib]: raw videos + captions -> training set",
     "plugins": "list registered plugins, config packages and the injection sites",
     "sample": "CKPT --image ref.jpg --prompt TEXT --out video.mp4 [--overwrite] [face=dlib|insightface ...]: a video",
+    "animate": "CKPT --image ref.jpg [--drive VIDEO] [--audio AUDIO] --out OUT.mp4: an audio/video-driven portrait",
     "convert": "--from FORMAT PATH --out CKPT [--overwrite] [overrides]: a foreign checkpoint -> kit checkpoint",
     "export": "CKPT --to FORMAT OUT [--overwrite]: kit checkpoint -> foreign layout (formats: see `plugins`)",
     "consolidate": "DEEPSPEED_CKPT_DIR OUT.ckpt [--overwrite]: ZeRO shards of every rank -> one kit checkpoint",
@@ -144,6 +145,10 @@ def _run_command(verb: str, args: list[str]) -> None:
         from idvid.verbs.sample import main as sample_main
 
         sample_main(args)
+    elif verb == "animate":
+        from idvid.verbs.animate import main as animate_main
+
+        animate_main(args)
     else:
         from idvid.verbs.convert import main as convert_main
 

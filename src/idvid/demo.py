@@ -6,6 +6,11 @@ virtual camera (pan, zoom, small roll) over the still photo, written as mp4, the
 and annotated with the same steps a real preprocessor runs (detect, landmarks, mask,
 embedding). It exercises the whole pipeline offline; it is not training data.
 
+Each clip also carries a synthetic audio track (``synth_voice``), made deterministically from the clip's
+seed: not speech, a vowel-like buzz (harmonics of a per-clip pitch shaped by two formants) whose loudness
+rises and falls in syllable-like pulses of 3-5 a second. It lets audio-driven methods train end to end
+on the demo; there is no lip motion in the clips that it could be in sync with.
+
 The clips are rendered into a raw folder with sidecar captions and then go through
 `idvid.preprocess` exactly as a user's videos do (with thresholds for 256 px synthetic clips),
 so the demo is made by the one preprocessing path there is.
@@ -27,6 +32,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from idvid.data.audio import SAMPLE_RATE
 from idvid.data.video_io import write_mp4
 from idvid.faces import DlibFaceAnalyzer, Face
 
@@ -36,7 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Bump when the output of the builder changes: the cache directory name includes it.
-DEMO_VERSION = "v3"  # v3: annotations hold landmarks and the aligned reference faces
+DEMO_VERSION = "v4"  # v3: annotations hold landmarks and the aligned reference faces; v4: an audio track per clip
 DEMO_SEED = 1234
 NUM_FRAMES = 16
 FRAME_SIZE = 256
@@ -166,8 +172,9 @@ def _build_into(out_dir: Path) -> None:
 def render_clip(photo: np.ndarray, face: Face, clip_id: str, seed: tuple[int, ...], raw: Path) -> Path:
     """Render one camera move over `face` as `<raw>/<clip_id>.mp4` with its caption in `<clip_id>.txt`."""
     camera = random_camera(np.random.default_rng(seed))
+    voice = synth_voice(np.random.default_rng((*seed, 1)), NUM_FRAMES / FPS)
     video = raw / f"{clip_id}.mp4"
-    write_mp4(video, render_frames(photo, face.box, camera), fps=FPS)
+    write_mp4(video, render_frames(photo, face.box, camera), fps=FPS, audio=voice, audio_rate=SAMPLE_RATE)
     video.with_suffix(".txt").write_text(camera.caption + "\n")
     return video
 
@@ -222,3 +229,22 @@ def render_frames(photo: np.ndarray, box: tuple[float, float, float, float], cam
         size = (FRAME_SIZE, FRAME_SIZE)
         frames.append(cv2.warpAffine(photo, matrix, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE))
     return np.stack(frames)
+
+
+def synth_voice(rng: np.random.Generator, seconds: float) -> np.ndarray:
+    """A vowel-like mono waveform at 16 kHz, float32 in [-0.5, 0.5]: not speech (see the module docstring).
+
+    Harmonics of a pitch of 100-220 Hz weighted by two resonances (formants, as in a vowel) and a loudness
+    that pulses like syllables (a raised sine of 3-5 Hz to a power, so it falls silent between pulses).
+    """
+    t = np.arange(int(round(seconds * SAMPLE_RATE))) / SAMPLE_RATE
+    pitch = rng.uniform(100.0, 220.0)
+    formants = (rng.uniform(500.0, 900.0), rng.uniform(1100.0, 2200.0))
+    wave = np.zeros_like(t)
+    for harmonic in range(1, int(3500 // pitch) + 1):
+        frequency = harmonic * pitch
+        gain = sum(np.exp(-(((frequency - f) / 150.0) ** 2)) for f in formants) + 0.05
+        wave += gain / harmonic * np.sin(2 * np.pi * frequency * t + rng.uniform(0, 2 * np.pi))
+    syllables = 0.5 - 0.5 * np.cos(2 * np.pi * rng.uniform(3.0, 5.0) * t + rng.uniform(0, 2 * np.pi))
+    wave *= syllables**2
+    return (0.5 * wave / max(np.abs(wave).max(), 1e-6)).astype(np.float32)

@@ -23,8 +23,9 @@ from idvid.registry import PluginKind, build
 from idvid.verbs.sample import reference_batch
 
 CONTRIBUTING = Path(__file__).resolve().parents[2] / "CONTRIBUTING.md"
-# Sizes that tell every symbol apart: B=2 items, F=5 frames of 48 x 80, references 32 x 32, D=128.
-SIZES = {"B": 2, "F": 5, "H": 48, "W": 80, "Rh": 32, "Rw": 32, "D": 128}
+# Sizes that tell every symbol apart: B=2 items, F=5 frames of 48 x 80, references 32 x 32, D=128,
+# audio windows of M=80 mel bins x L=120 mel frames.
+SIZES = {"B": 2, "F": 5, "H": 48, "W": 80, "Rh": 32, "Rw": 32, "D": 128, "M": 80, "L": 120}
 DTYPES = {"float32": torch.float32, "int64": torch.int64, "bool": torch.bool}
 
 
@@ -56,7 +57,9 @@ def check_batch_against_rows(batch: dict, rows: dict[str, tuple[str, str, str]],
 
 @pytest.fixture(scope="module")
 def dataset(demo_manifest) -> IdentityVideoDataset:
-    return IdentityVideoDataset(demo_manifest, num_frames=5, frame_stride=3, height=48, width=80, reference_size=32)
+    return IdentityVideoDataset(
+        demo_manifest, num_frames=5, frame_stride=3, height=48, width=80, reference_size=32, audio_mel_frames=120
+    )
 
 
 @pytest.fixture(scope="module")

@@ -100,3 +100,15 @@ def test_clip_rebuild_is_identical(demo_manifest, tmp_path):
     assert set(new) == set(old)
     for key in new:
         np.testing.assert_array_equal(new[key], old[key])
+
+
+def test_every_clip_has_its_synthetic_voice_track(demo_manifest):
+    from idvid.data.audio import load_audio
+    from idvid.demo import FPS, NUM_FRAMES
+
+    for entry in read_manifest(demo_manifest):
+        ann = load_annotations(entry["annotations"], with_images=False)
+        assert bool(ann["has_audio"]) and ann["audio_mel"].shape == (80, NUM_FRAMES * 100 // FPS), entry["id"]
+        waveform = load_audio(entry["video"])
+        loudness = np.sqrt(np.convolve(waveform**2, np.ones(800) / 800, mode="valid"))  # 50 ms RMS
+        assert loudness.max() > 0.1 and loudness.min() < 0.02 * loudness.max(), entry["id"]  # syllable-like pulses

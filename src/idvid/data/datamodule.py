@@ -39,6 +39,8 @@ class IdentityVideoDataModule(lightning.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         num_val_items: int = 2,
+        audio_mel_bins: int = 80,
+        audio_mel_frames: int = 3000,
     ):
         super().__init__()
         self.manifest = manifest
@@ -46,6 +48,7 @@ class IdentityVideoDataModule(lightning.LightningDataModule):
         self.height, self.width = height, width
         self.batch_size, self.num_workers = batch_size, num_workers
         self.seed, self.num_val_items = seed, num_val_items
+        self.audio_mel_bins, self.audio_mel_frames = audio_mel_bins, audio_mel_frames
         self.dataset: IdentityVideoDataset | None = None
 
     def prepare_data(self) -> None:
@@ -64,7 +67,14 @@ class IdentityVideoDataModule(lightning.LightningDataModule):
 
             manifest = build_demo()  # returns at once when already built
         self.dataset = IdentityVideoDataset(
-            manifest, self.num_frames, self.frame_stride, self.height, self.width, seed=self.seed
+            manifest,
+            self.num_frames,
+            self.frame_stride,
+            self.height,
+            self.width,
+            seed=self.seed,
+            audio_mel_bins=self.audio_mel_bins,
+            audio_mel_frames=self.audio_mel_frames,
         )
 
     def sampler_start(self) -> tuple[int, int, int]:

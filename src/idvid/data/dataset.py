@@ -46,6 +46,15 @@ other key can train but cannot sample. The recipe adds ``used_cross_ref`` and
     cross_ref_box        [B, 4]           float32  no        as ref_box, from the cross-face frame
     cross_ref_frame      [B]              int64    no        the cross-face frame's number in the clip
     has_cross_ref        [B]              bool     no        the clip has a face frame outside the window
+    frame_eye_boxes      [B, F, 4]        float32  no        both eyes' landmark box x0, y0, x1, y1, video pixels
+    frame_mouth_boxes    [B, F, 4]        float32  no        the mouth's landmark box x0, y0, x1, y1, video pixels
+    audio_mel            [B, M, L]        float32  no        Whisper log-mel from the first frame on (no audio: 0)
+    audio_frame_times    [B, F]           float32  no        seconds of each frame from audio_mel's start
+    has_audio            [B]              bool     no        the clip has an audio track (else audio_mel is 0)
+
+Audio (idvid.data.audio): M mel bins (``audio_mel_bins``, 80 for Whisper up to large-v2) and L mel frames
+(``audio_mel_frames``, 100 a second; 3000 = Whisper's 30 s) cut from the clip's cached log-mel, which
+preprocess stores in the annotations; eye and mouth boxes are NaN where a frame has no 68 landmarks.
 
 Prepared clips (frames and masks already at H x W, annotations already loaded) are kept in a
 small per-instance LRU cache: fine for short clips; large datasets should train from latent
@@ -63,9 +72,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from idvid.data.audio import mel_window
 from idvid.data.manifest import load_annotations, read_manifest
-from idvid.data.video_io import read_mp4
+from idvid.data.video_io import probe_video, read_mp4
 from idvid.faces.reference import NUM_LANDMARKS, reference_annotations, sized_reference
+from idvid.faces.regions import region_boxes
 
 
 @dataclass
@@ -73,8 +84,9 @@ class PreparedClip:
     """One clip at the dataset's sizes, made when it is loaded so that an item only indexes it.
 
     video [T, H, W, 3] and masks [T, H, W] uint8; boxes [T, 4], kps [T, 5, 2], landmarks [T, 68, 2]
-    float32 in the video's pixels; the annotations file's other arrays (``annotations``; landmarks as
-    [T, 68, 2], no full-size masks);
+    float32 in the video's pixels; eye_boxes, mouth_boxes [T, 4] from the landmarks, in the video's pixels;
+    audio_mel [M, T_mel] (M x 0 without audio), has_audio, frame_times [T] seconds of each frame;
+    the annotations file's other arrays (``annotations``; landmarks as [T, 68, 2], no full-size masks);
     ``references``: frame t's reference (image, keypoint drawing, points) at the reference size, made
     the first time an item uses that frame (most frames never serve as a reference in a large data set).
     """
@@ -84,6 +96,11 @@ class PreparedClip:
     boxes: np.ndarray
     kps: np.ndarray
     landmarks: np.ndarray
+    eye_boxes: np.ndarray
+    mouth_boxes: np.ndarray
+    audio_mel: np.ndarray
+    has_audio: bool
+    frame_times: np.ndarray
     annotations: dict[str, np.ndarray]
     references: dict[int, tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]] = field(default_factory=dict)
 
@@ -101,8 +118,11 @@ class IdentityVideoDataset(Dataset):
         reference_size: int | None = None,
         seed: int = 0,
         max_cached_clips: int = 32,
+        audio_mel_bins: int = 80,
+        audio_mel_frames: int = 3000,
     ):
         sizes = {"num_frames": num_frames, "frame_stride": frame_stride, "height": height, "width": width}
+        sizes.update(audio_mel_bins=audio_mel_bins, audio_mel_frames=audio_mel_frames)
         if reference_size is not None:
             sizes["reference_size"] = reference_size
         for name, value in sizes.items():
@@ -115,6 +135,7 @@ class IdentityVideoDataset(Dataset):
         self.height, self.width = int(height), int(width)
         self.ref_hw = (int(reference_size),) * 2 if reference_size else (self.height, self.width)
         self.seed = int(seed)
+        self.audio_mel_bins, self.audio_mel_frames = int(audio_mel_bins), int(audio_mel_frames)
         self.span = (self.num_frames - 1) * self.frame_stride + 1
         self.max_cached_clips = max(1, int(max_cached_clips))
         self._cache: OrderedDict[int, PreparedClip] = OrderedDict()
@@ -164,6 +185,7 @@ class IdentityVideoDataset(Dataset):
         outside = np.flatnonzero(valid & ~in_span)
         has_cross = len(outside) > 0
         cross_t = int(rng.choice(outside)) if has_cross else int(rng.choice(inside))
+        mel, frame_times = mel_window(clip.audio_mel, clip.frame_times[frame_ids], self.audio_mel_frames)
 
         return {
             "video": _to_unit_range(clip.video[frame_ids]),
@@ -182,6 +204,11 @@ class IdentityVideoDataset(Dataset):
             **self._reference("cross_ref", clip, cross_t),
             "cross_ref_frame": torch.tensor(cross_t),
             "has_cross_ref": torch.tensor(has_cross),
+            "frame_eye_boxes": torch.from_numpy(clip.eye_boxes[frame_ids]),
+            "frame_mouth_boxes": torch.from_numpy(clip.mouth_boxes[frame_ids]),
+            "audio_mel": torch.from_numpy(mel),
+            "audio_frame_times": torch.from_numpy(frame_times),
+            "has_audio": torch.tensor(clip.has_audio),
         }
 
     def _reference(self, prefix: str, clip: PreparedClip, t: int) -> dict[str, torch.Tensor]:
@@ -239,14 +266,38 @@ class IdentityVideoDataset(Dataset):
 
         # Full-resolution masks are not kept: the cache holds them at H x W only.
         masks = np.stack([_fit(mask, self.height, self.width, cv2.INTER_NEAREST) for mask in ann.pop("masks")])
+        landmarks = to_video_pixels(ann["landmarks"])
+        eye_boxes, mouth_boxes = region_boxes(landmarks)
         return PreparedClip(
             video=np.stack([_fit(frame, self.height, self.width, cv2.INTER_AREA) for frame in frames]),
             masks=masks,
             boxes=to_video_pixels(ann["boxes"].reshape(-1, 2, 2)).reshape(-1, 4),
             kps=to_video_pixels(ann["kps"]),
-            landmarks=to_video_pixels(ann["landmarks"]),
+            landmarks=landmarks,
+            eye_boxes=eye_boxes,
+            mouth_boxes=mouth_boxes,
+            **self._audio(entry, ann, len(frames)),
             annotations=ann,
         )
+
+    def _audio(self, entry: dict, ann: dict[str, np.ndarray], num_frames: int) -> dict:
+        """The clip's cached log-mel, has_audio and frame times (annotations without audio: none, times from fps)."""
+        has_audio = bool(ann.pop("has_audio", False))
+        mel = ann.pop("audio_mel", np.zeros((self.audio_mel_bins, 0), np.float32)).astype(np.float32)
+        if has_audio and mel.shape[0] != self.audio_mel_bins:
+            raise ValueError(
+                f"clip {entry['id']!r}: its cached log-mel has {mel.shape[0]} mel bins but data.audio_mel_bins="
+                f"{self.audio_mel_bins}; set data.audio_mel_bins={mel.shape[0]} or re-run preprocess with "
+                f"audio_mel_bins={self.audio_mel_bins}"
+            )
+        if "frame_times" in ann:
+            frame_times = ann.pop("frame_times").astype(np.float32)
+        else:  # made before audio was kept: the container's frame rate
+            fps = probe_video(entry["video"]).fps or 25.0
+            frame_times = (np.arange(num_frames) / fps).astype(np.float32)
+        if not has_audio:
+            mel = np.zeros((self.audio_mel_bins, 0), np.float32)
+        return {"audio_mel": mel, "has_audio": has_audio, "frame_times": frame_times}
 
 
 def _landmarks68(landmarks: np.ndarray) -> np.ndarray:

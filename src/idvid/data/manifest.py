@@ -33,6 +33,13 @@ Each line is an object with these keys (paths are relative to the manifest's dir
     cross_face_frames  [K] int64     face frames of the same person outside the clip
     reference_crop     [S, S, 3] uint8  the reference face aligned by 5-point similarity (S = 512)
     source_frames      [2] int64     first and last frame of this clip in the raw video
+    eye_boxes          [T, 4] float32  both eyes' box x0, y0, x1, y1 from the 68 landmarks (NaN without them)
+    mouth_boxes        [T, 4] float32  the mouth's box from the 68 landmarks (NaN without them)
+    has_audio          scalar bool   the raw video had an audio track (then muxed into `video` as AAC)
+    audio_mel          [M, T_mel] float32  Whisper's log-mel of the clip's audio (idvid.data.audio, 100 frames a
+                       second from the clip's first frame; M x 0 without audio)
+    frame_times        [T] float32   seconds of each frame from the clip's first frame
+  The dataset reads the audio arrays when present (clips without them have no audio).
 - identity: the person; clips that share it show the same person.
 
 A whole example: `python -m idvid preprocess data.raw=raw/ data.out=ds/` on `raw/talk.mp4` with

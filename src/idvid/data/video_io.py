@@ -35,9 +35,18 @@ class VideoInfo:
 
 
 def write_mp4(
-    path: str | Path, frames: np.ndarray, fps: int = 8, display_rotation: int = 0, display_mirror: bool = False
+    path: str | Path,
+    frames: np.ndarray,
+    fps: int = 8,
+    display_rotation: int = 0,
+    display_mirror: bool = False,
+    audio: np.ndarray | None = None,
+    audio_rate: int = 16000,
 ) -> str:
     """Write [T, H, W, 3] RGB uint8 frames as near-lossless yuv420p mp4; returns the codec used.
+
+    audio: a mono float32 waveform at `audio_rate` muxed as an AAC track (FFmpeg's native encoder,
+    deterministic), starting with the first frame; None writes a silent file (no audio stream).
 
     libx264 (crf 10, one thread so the bytes are reproducible) when available, else mpeg4
     at a high bit rate. display_rotation: a counter-clockwise angle stored in the display matrix
@@ -61,12 +70,33 @@ def write_mp4(
         else:
             stream.bit_rate = 8_000_000  # mpeg4 has no crf; a high bit rate keeps it near-lossless
             stream.thread_count = 1
+        # Every stream is added before the first packet: the header is written then.
+        audio_stream = None
+        if audio is not None:
+            audio_stream = container.add_stream("aac", rate=int(audio_rate))
+            audio_stream.layout = "mono"
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+        if audio_stream is not None:
+            _mux_audio(container, audio_stream, np.asarray(audio, dtype=np.float32).reshape(-1))
     return codec
+
+
+AAC_FRAME_SAMPLES = 1024  # what the AAC encoder takes per frame
+
+
+def _mux_audio(container: av.container.OutputContainer, stream: av.audio.AudioStream, waveform: np.ndarray) -> None:
+    for start in range(0, len(waveform), AAC_FRAME_SAMPLES):
+        samples = waveform[None, start : start + AAC_FRAME_SAMPLES]
+        frame = av.AudioFrame.from_ndarray(samples, format="flt", layout="mono")
+        frame.sample_rate, frame.pts = stream.rate, start
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
 
 
 def read_mp4(path: str | Path) -> np.ndarray:

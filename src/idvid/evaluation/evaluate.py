@@ -2,7 +2,8 @@
 
 ``python -m idvid evaluate videos=DIR refs=DIR prompts=FILE out=DIR [metrics=[...]]`` writes
 ``per_video.csv``, ``aggregate.md`` / ``aggregate.csv``, ``skipped.csv`` and the frequency
-pictures to ``out`` (and TensorBoard scalars when ``tensorboard_dir`` is set). A metric whose
+pictures to ``out`` (and TensorBoard scalars when ``tensorboard_dir`` is set). ``targets=DIR`` gives
+ground-truth videos ``NAME.mp4`` for the metrics that compare with one (LPIPS, FVD). A metric whose
 model is not on disk is reported unavailable with the path it expected; the others still run.
 """
 
@@ -51,6 +52,14 @@ def read_rgb(path: Path) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+def read_target(targets: str | None, name: str) -> np.ndarray | None:
+    """The ground-truth video ``<targets>/NAME.mp4`` (for LPIPS and FVD), or None without one."""
+    if not targets:
+        return None
+    path = Path(targets) / f"{name}.mp4"
+    return read_mp4(path) if path.is_file() else None
+
+
 def evaluate(cfg: Mapping[str, Any] | DictConfig) -> EvaluationResult:
     """Run the configured metrics (see ``hydra_conf/evaluate.yaml``) and write the reports."""
     if isinstance(cfg, DictConfig):
@@ -91,7 +100,8 @@ def evaluate(cfg: Mapping[str, Any] | DictConfig) -> EvaluationResult:
         indices = evenly_sampled_indices(len(frames), int(cfg.get("num_frames", 16)))
         sampled = [frames[i] for i in indices]
         faces = largest_faces(detector, sampled)
-        context = VideoContext(item.name, frames, sampled, faces, found[0], found[1], item.prompt)
+        target = read_target(cfg.get("targets"), item.name)
+        context = VideoContext(item.name, frames, sampled, faces, found[0], found[1], item.prompt, item.video, target)
         row: dict[str, Any] = {"video": item.name, "frames_sampled": len(sampled)}
         row["frames_with_face"] = sum(face is not None for face in faces)
         for group in groups:

@@ -48,6 +48,8 @@ class VideoContext:
     reference_image: np.ndarray  # RGB (grey-padded when the face was only found that way)
     reference_face: Face
     prompt: str
+    video_path: Path | None = None  # the file (its audio track, frame rate)
+    target: np.ndarray | None = None  # the ground-truth video [T', H', W', 3] RGB uint8 (evaluate's targets=DIR)
 
 
 class Metric:

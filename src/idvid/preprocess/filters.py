@@ -1,8 +1,9 @@
 """Quality metrics of a video's main face track and the filters that keep or drop the video.
 
 The filters follow MegActor-Sigma's data curation (effective face resolution, a single face,
-head rotation from landmarks with a 30 degree mean limit, distance to the frame edge, motion)
-and ConsisID's (a face in most frames, clips long enough for the training window).
+head rotation from landmarks with a 30 degree mean limit, distance to the frame edge, motion, and
+lip sync: SyncNet's Sync-C > 6 and Sync-D < 8.5, see idvid.evaluation.syncnet) and ConsisID's (a face
+in most frames, clips long enough for the training window).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ class FilterSettings:
     max_rotation_deg: mean head rotation (largest of |yaw|, |pitch|, |roll|) over the main face.
     min_edge_distance: median distance of the face box from the nearest frame edge / shorter frame side.
     min_motion_ratio, max_motion_ratio: mean face-centre speed per frame / face width.
+    min_sync_confidence, max_sync_distance: SyncNet's Sync-C and Sync-D of the kept clip against its audio
+    (MegActor-Sigma: 6 and 8.5); they need SyncNet's weights (preprocess's syncnet_weights) and skip clips
+    without audio (kept for visual-only training).
     """
 
     min_face_size: float | None = 128.0
@@ -36,6 +40,12 @@ class FilterSettings:
     min_edge_distance: float | None = 0.0
     min_motion_ratio: float | None = None
     max_motion_ratio: float | None = 0.5
+    min_sync_confidence: float | None = None
+    max_sync_distance: float | None = None
+
+    @property
+    def checks_lip_sync(self) -> bool:
+        return self.min_sync_confidence is not None or self.max_sync_distance is not None
 
 
 def head_pose_deg(kps: np.ndarray) -> tuple[float, float, float]:
@@ -113,7 +123,6 @@ def track_metrics(analysis: FaceAnalysis, track: int) -> dict[str, float]:
 
 def failed_filters(metrics: dict[str, float], filters: FilterSettings, min_length: int) -> list[tuple[str, str]]:
     """(skip reason, detail) for every violated threshold, most fundamental first; [] keeps the video."""
-    limits = {**asdict(filters), "min_length": min_length}
     checks = [
         ("several_faces", "second_face_ratio", "max_second_face_ratio"),
         ("few_face_frames", "valid_fraction", "min_valid_fraction"),
@@ -124,6 +133,17 @@ def failed_filters(metrics: dict[str, float], filters: FilterSettings, min_lengt
         ("too_static", "motion_ratio", "min_motion_ratio"),
         ("too_much_motion", "motion_ratio", "max_motion_ratio"),
     ]
+    return _violations(metrics, {**asdict(filters), "min_length": min_length}, checks)
+
+
+def failed_sync_filters(metrics: dict[str, float], filters: FilterSettings) -> list[tuple[str, str]]:
+    """(skip reason, detail) for the violated lip-sync thresholds (metrics: sync_confidence, sync_distance)."""
+    checks = [("lip_sync_confidence", "sync_confidence", "min_sync_confidence"),
+              ("lip_sync_distance", "sync_distance", "max_sync_distance")]  # fmt: skip
+    return _violations(metrics, asdict(filters), checks)
+
+
+def _violations(metrics: dict[str, float], limits: dict, checks: list[tuple[str, str, str]]) -> list[tuple[str, str]]:
     failed = []
     for reason, metric, setting in checks:
         limit, value = limits[setting], metrics[metric]

@@ -34,8 +34,10 @@ from idvid.atomic_files import read_json, remove_leftovers, write_atomic, write_
 from idvid.data.manifest import write_manifest
 from idvid.data.video_io import VideoReadError, iter_frames, probe_video, read_mp4, write_mp4
 from idvid.errors import ConfigError
+from idvid.evaluation.syncnet import SyncNet, load_syncnet, sync_score
 from idvid.faces import FaceAnalyzer, face_analyzer_from_config
 from idvid.faces.parsing import FaceParser
+from idvid.faces.regions import region_boxes
 from idvid.output_paths import OutputExistsError
 from idvid.preprocess.annotate import (
     ClipSettings,
@@ -45,8 +47,9 @@ from idvid.preprocess.annotate import (
     reference_arrays,
     track_frames,
 )
+from idvid.preprocess.audio_track import audio_arrays, source_clip_audio
 from idvid.preprocess.captions import Captions
-from idvid.preprocess.filters import FilterSettings, failed_filters, main_track, track_metrics
+from idvid.preprocess.filters import FilterSettings, failed_filters, failed_sync_filters, main_track, track_metrics
 from idvid.preprocess.records import file_fingerprint, settings_key
 from idvid.preprocess.summary import print_summary
 from idvid.preprocess.tracking import FaceAnalysis, TrackingSettings, analyze_video
@@ -55,7 +58,7 @@ log = logging.getLogger(__name__)
 
 # Bump when the same inputs and settings would give different detections / outputs.
 ANALYSIS_VERSION = 1
-OUTPUT_VERSION = 2  # 2: landmarks, reference_faces and reference_matrices in the .npz
+OUTPUT_VERSION = 3  # 2: landmarks, reference_faces and reference_matrices in the .npz; 3: audio, eye/mouth boxes
 OUTPUT_FOLDERS = ("videos", "annotations", "records", "cache", "logs")
 
 
@@ -70,6 +73,9 @@ class PreprocessSettings:
     detector on every k-th frame (faces in between are interpolated). rank/world_size: this
     process takes inputs rank, rank + world_size, ... of the sorted list. overwrite: write into an
     `out` that holds a data set preprocess did not write (else refused; its own output is resumed).
+    audio_mel_bins: mel bins of the cached Whisper input features (80: Whisper up to large-v2; 128: large-v3).
+    syncnet_weights: SyncNet's weights file for the lip-sync filter (filters.min_sync_confidence /
+    max_sync_distance); None when that filter is off.
     """
 
     raw: Path
@@ -85,6 +91,8 @@ class PreprocessSettings:
     rank: int = 0
     world_size: int = 1
     overwrite: bool = False
+    audio_mel_bins: int = 80
+    syncnet_weights: Path | None = None
 
 
 @dataclass
@@ -229,6 +237,14 @@ class Preprocessor:
         self.parser = None
         if settings.mask.parser_weights is not None:
             self.parser = parser if parser is not None else build_parser(settings.mask)
+        self.syncnet: SyncNet | None = None
+        if settings.filters.checks_lip_sync:
+            if settings.syncnet_weights is None:
+                raise ConfigError(
+                    "filters.min_sync_confidence / max_sync_distance are set but syncnet_weights is null",
+                    "pass syncnet_weights=/path/to/syncnet_v2.model, or set both lip-sync thresholds to null",
+                )
+            self.syncnet = load_syncnet(settings.syncnet_weights)
         self.out = settings.out
 
     # ------------------------------------------------------------------ run
@@ -341,8 +357,9 @@ class Preprocessor:
 
     def record_key(self, job: Job, has_caption: bool) -> str:
         s = self.settings
+        syncnet = file_fingerprint(s.syncnet_weights) if self.syncnet is not None else None
         outputs = (asdict(s.filters), asdict(s.clip), s.align_size, self.mask_key(), OUTPUT_VERSION, has_caption)
-        return settings_key(self.analysis_key(job), *outputs)
+        return settings_key(self.analysis_key(job), *outputs, s.audio_mel_bins, syncnet)
 
     def mask_key(self) -> dict[str, Any] | None:
         """What the masks depend on: None for the landmark fallback, else the parser's weights and classes."""
@@ -386,9 +403,23 @@ class Preprocessor:
         frames = frames[:, : frames.shape[1] // 2 * 2, : frames.shape[2] // 2 * 2]
         arrays = annotate_clip(frames, faces, s.clip, s.align_size, self.parser)
         arrays["source_frames"] = np.array([first, last], dtype=np.int64)
+        arrays["eye_boxes"], arrays["mouth_boxes"] = region_boxes(arrays["landmarks"])
+        source_fps = analysis.fps if analysis.fps > 0 else 25.0
+        audio = source_clip_audio(job.source, first, len(frames), source_fps)
+        arrays.update(audio_arrays(audio, len(frames), source_fps, s.audio_mel_bins))
+        record["has_audio"] = audio is not None
+        if self.syncnet is not None and audio is not None:
+            score = sync_score(self.syncnet, frames, arrays["boxes"], audio, source_fps)
+            if score is not None:  # None: shorter than SyncNet's 0.2 s window, nothing to judge
+                metrics.update(sync_confidence=score.confidence, sync_distance=score.distance, sync_offset=score.offset)
+                failed = failed_sync_filters(metrics, s.filters)
+                if failed:
+                    record["failed"] = [reason for reason, _ in failed]
+                    self.skip(record, *failed[0])
+                    return
         video = self.out / "videos" / f"{job.clip_id}.mp4"
         fps = max(1, int(round(analysis.fps))) if analysis.fps > 0 else 25
-        write_atomic(video, lambda tmp: write_mp4(tmp, frames, fps=fps))
+        write_atomic(video, lambda tmp: write_mp4(tmp, frames, fps=fps, audio=audio))
         # Aligned from the frames as training will decode them, so the reference pixels are unchanged.
         arrays.update(reference_arrays(read_mp4(video), arrays["kps"], arrays["masks"], arrays["valid"]))
         write_npz_atomic(self.out / "annotations" / f"{job.clip_id}.npz", arrays)

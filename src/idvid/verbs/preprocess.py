@@ -49,6 +49,8 @@ def settings_from_config(cfg: DictConfig) -> PreprocessSettings:
         rank=int(rank if rank is not None else os.environ.get("RANK", 0)),
         world_size=int(world_size if world_size is not None else os.environ.get("WORLD_SIZE", 1)),
         overwrite=bool(plain.get("overwrite", False)),
+        audio_mel_bins=int(plain.get("audio_mel_bins", 80)),
+        syncnet_weights=Path(plain["syncnet_weights"]).expanduser() if plain.get("syncnet_weights") else None,
     )
 
 
