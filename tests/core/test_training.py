@@ -30,6 +30,7 @@ EXPECTED_PLANS = {
     "plan_g": (0, {Site.PRE_ATTN: [0, 2]}),
     "consisid_preview": (16, {Site.POST_ATTN: [0, 2]}),
     "magicme_id": (0, {}),  # identity enters as learned text tokens (site text_tokens)
+    "lynx": (0, {Site.ATTN_FFN: [0, 1, 2, 3]}),  # ID-adapter and Ref-adapter, both in every block
     # MegActor-Sigma: driven encoder (16 channels); stage 2 adds audio attention in every block, stage 3 temporal
     # attention in odd blocks (both at attn_ffn: the mapping below keeps the last injector of a site)
     "megactor_stage1_visual": (16, {}),
