@@ -255,7 +255,8 @@ class Backbone(nn.Module):
                         f"The prompt {caption!r} names {word}, but this model has no text tokens for it "
                         f"(its placeholders: {sorted(self.text_placeholders) or 'none'}).",
                         "Use a model trained with learned text tokens for that placeholder (a text_tokens "
-                        "injector, e.g. an ID-token experiment), load them into it, or remove it from the prompt.",
+                        "injector, e.g. an ID-token experiment), load exported ones into it (sample --load "
+                        "FORMAT=FILE), or remove it from the prompt.",
                     )
         return captions
 
