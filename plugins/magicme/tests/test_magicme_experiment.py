@@ -42,7 +42,7 @@ def test_magicme_id_fits_two_steps_and_learns_only_the_id_tokens(tmp_path, caplo
     with caplog.at_level("INFO"):
         loss = fit(cfg)
     assert loss is not None and math.isfinite(loss)
-    assert "using the batch's face masks" in caplog.text  # which mask the run used
+    assert "using the head mask (landmark hull grown 1.5x)" in caplog.text  # which mask the run used
     # validation sampled the placeholder caption (a model without the tokens would refuse "a <id> person ...")
     assert (tmp_path / "samples" / "step000002_astronaut-0.mp4").is_file()
     trained = load_module(tmp_path / "checkpoints" / "last.ckpt")
