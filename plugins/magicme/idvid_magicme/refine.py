@@ -39,7 +39,7 @@ class SDEditDenoiser:
     ``make_batch(height, width)`` gives the model's sampling inputs for clips of that size (the caption and,
     for methods with reference conditions, the reference photo's). A clip longer than the model's default
     frame count goes through in windows of it; a shorter (last) window is padded with its last frame
-    to the next frame count the backbone takes.
+    to the next frame count the backbone takes. ``progress``: a bar of the denoising steps of each window.
     """
 
     def __init__(
@@ -51,8 +51,9 @@ class SDEditDenoiser:
         guidance: float = 6.0,
         seed: int = 0,
         noise_prior: Mapping[str, Any] | str | None = None,
+        progress: bool = False,
     ):
-        self.module, self.make_batch, self.strength = module, make_batch, strength
+        self.module, self.make_batch, self.strength, self.progress = module, make_batch, strength, progress
         self.steps, self.guidance, self.seed, self.noise_prior = steps, guidance, seed, noise_prior
         self.window = module.backbone.default_video_size[0]
         self.temporal = module.backbone.info.vae_temporal_compression
@@ -83,6 +84,7 @@ class SDEditDenoiser:
                 noise_prior=self.noise_prior,
                 init_video=part[None],
                 strength=self.strength,
+                progress=self.progress,
             )
             refined.append(out[0, :taken].float().cpu())
         return torch.cat(refined)
@@ -268,7 +270,7 @@ def refine_tiled(
     total = torch.zeros_like(upscaled)
     weight_sum = torch.zeros(height, width)
     positions = [(y, x) for y in ys for x in xs]
-    for y, x in tqdm(positions, desc="tiles", disable=not progress):
+    for y, x in tqdm(positions, desc=f"tiles of {tile_h}x{tile_w}", disable=not progress):
         refined = denoise(upscaled[:, :, y : y + tile_h, x : x + tile_w])
         total[:, :, y : y + tile_h, x : x + tile_w] += refined * weights
         weight_sum[y : y + tile_h, x : x + tile_w] += weights

@@ -67,7 +67,7 @@ def refine(
             return {"caption": [prompt]}
         return reference_batch(Path(image), prompt, height, width, face)
 
-    denoise = SDEditDenoiser(module, make_batch, strength, steps, guidance, seed, noise_prior)
+    denoise = SDEditDenoiser(module, make_batch, strength, steps, guidance, seed, noise_prior, progress)
     if mode == "face":
         _, model_h, model_w = module.backbone.default_video_size
         refined, _ = refine_face(frames, denoise, face_analyzer_from_config(face), (model_h, model_w))
