@@ -53,6 +53,8 @@ def refine(
     if mode not in MODES:
         raise ConfigError(f"refine --mode {mode!r} is not one of {MODES}.", "Give --mode face or --mode tiled.")
     first_step_at_strength(steps, strength)  # refuses a strength outside [0, 1]
+    if mode == "tiled" and not scale >= 1.0:
+        raise ConfigError(f"refine --scale {scale} is below 1.", "Tiled VCD upscales the video: give e.g. --scale 2.")
     out_path = check_output_file(out, overwrite)
     if not Path(video).is_file():
         raise MissingFileError(f"refine: the video {video} does not exist.", "Give the path of an mp4 to refine.")
@@ -62,10 +64,14 @@ def refine(
     module = load_module(checkpoint).eval()
     load_into(module, load)
 
+    batches: dict[tuple[int, int], dict[str, Any]] = {}  # the reference is read once per clip size (tiles share one)
+
     def make_batch(height: int, width: int) -> dict[str, Any]:
-        if image is None:
-            return {"caption": [prompt]}
-        return reference_batch(Path(image), prompt, height, width, face)
+        if (height, width) not in batches:
+            batches[height, width] = (
+                {"caption": [prompt]} if image is None else reference_batch(Path(image), prompt, height, width, face)
+            )
+        return batches[height, width]
 
     denoise = SDEditDenoiser(module, make_batch, strength, steps, guidance, seed, noise_prior, progress)
     if mode == "face":

@@ -125,3 +125,7 @@ def test_refine_verb_keeps_frame_count_and_rate_in_both_modes(tmp_path, astronau
     assert (tiled.width, tiled.height, tiled.fps, len(read_mp4(tmp_path / "tiled.mp4"))) == (128, 128, 8, 5)
     with pytest.raises(ConfigError, match=r"strength=1.5 is not in \[0, 1\]"):
         refine_main([checkpoint, str(small), "--mode", "tiled", "--out", str(tmp_path / "x.mp4"), "--strength", "1.5"])
+    with pytest.raises(ConfigError, match="refine --scale 0.5 is below 1"):
+        refine_main(
+            [checkpoint, str(small), "--mode", "tiled", "--out", str(tmp_path / "x.mp4"), *common, "--scale", "0.5"]
+        )
