@@ -63,6 +63,12 @@ def refine(
     frames = read_mp4(video)
     module = load_module(checkpoint).eval()
     load_into(module, load)
+    if image is None and len(module.conditioners):
+        raise ConfigError(
+            f"refine: this checkpoint's method conditions on a reference photo (conditioners "
+            f"{sorted(module.conditioners)}), and no --image was given.",
+            "Give --image REF, the photo of the person the video was made with.",
+        )
 
     batches: dict[tuple[int, int], dict[str, Any]] = {}  # the reference is read once per clip size (tiles share one)
 

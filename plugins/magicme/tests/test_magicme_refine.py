@@ -7,9 +7,11 @@ import hydra
 import lightning as L
 import numpy as np
 import pytest
+import skimage.data
 import torch
 from idvid_magicme.refine import SDEditDenoiser, feathered_mask, refine_face, refine_tiled
 from idvid_magicme.refine_verb import main as refine_main
+from idvid_magicme.refine_verb import refine
 
 from idvid.data.manifest import read_manifest
 from idvid.data.video_io import probe_video, read_mp4, write_mp4
@@ -17,6 +19,7 @@ from idvid.demo import build_demo
 from idvid.errors import ConfigError, UserError
 from idvid.faces import face_analyzer_from_config
 from idvid.interop import save_module
+from idvid.verbs.sample import reference_batch
 from tests.conftest import compose_config
 
 BACKBONES = ["cogvideox_tiny", "wan_tiny"]
@@ -129,3 +132,24 @@ def test_refine_verb_keeps_frame_count_and_rate_in_both_modes(tmp_path, astronau
         refine_main(
             [checkpoint, str(small), "--mode", "tiled", "--out", str(tmp_path / "x.mp4"), *common, "--scale", "0.5"]
         )
+
+
+@pytest.mark.needs_plugin("idvid_consisid")
+def test_a_method_with_reference_conditions_refines_with_the_reference_photo(tmp_path):
+    photo = tmp_path / "astronaut.png"
+    cv2.imwrite(str(photo), cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR))
+    L.seed_everything(0)
+    plan_c = hydra.utils.instantiate(compose_config(["experiment=plan_c", "backbone=cogvideox_tiny"]).model).eval()
+    sizes = []
+
+    def make_batch(height, width):
+        sizes.append((height, width))
+        return reference_batch(photo, "a person", height, width)
+
+    frames = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
+    out = refine_tiled(frames, SDEditDenoiser(plan_c, make_batch, strength=0.5, steps=2), multiple=16)
+    assert out.shape == (3, 64, 64, 3) and sizes == [(48, 48)] * 4  # the reference at each tile's size
+    video = tmp_path / "in.mp4"
+    write_mp4(video, frames)
+    with pytest.raises(ConfigError, match=r"(?s)conditions on a reference photo.*no --image.*Give --image REF"):
+        refine(str(save_module(plan_c, tmp_path / "c.ckpt")), str(video), "tiled", 0.5, str(tmp_path / "out.mp4"))
