@@ -6,7 +6,8 @@
   learned embedding rows, named in prompts by ``<id>``; ``magicme-id-tokens`` (format) exports them
   as a small safetensors file (``idvid_magicme.id_tokens``).
 * ``magicme.subject_mask_loss`` (recipe step): prompt-to-segmentation masked loss, the subject's
-  mask from a local CLIPSeg folder or, offline, the batch's face masks (``idvid_magicme.masked_loss``).
+  mask from a local CLIPSeg folder or, offline, the head mask (landmark hull grown to the head), the
+  BiSeNet parser or the clips' face masks (``idvid_magicme.masked_loss``, ``idvid_magicme.head_masks``).
 * ``refine`` (verb): Face VCD and Tiled VCD, video-to-video refinement by partial re-denoising
   (``idvid_magicme.refine``, ``idvid_magicme.refine_verb``).
 
