@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
 from idvid import config_packages
-from idvid.verbs.ablate import ablate, failure_reason, prepare_eval_set
+from idvid.verbs.ablate import ablate, failure_reason, prepare_eval_set, rewrite_prompt, table_rows
 
 from .conftest import run_cli, write_png
 
@@ -133,3 +133,24 @@ def compose_ablate(overrides: list[str]):
 )
 def test_failure_reason_is_the_line_that_says_what_happened(log_text, expected):
     assert expected in failure_reason(log_text, 9)
+
+
+def test_any_aggregate_is_a_column_marked_unavailable_with_its_metric_group():
+    columns = [
+        {"title": "CLIP-I", "metric": "clip_i"},
+        {"title": "DINO smoothness", "metric": "smoothness_dino"},
+        {"title": "FaceSim-dlib", "metric": "facesim_dlib"},
+        {"title": "Mine", "metric": "my_score", "group": "my_lab.metric"},
+    ]
+    result = {"status": "ok", "metrics": {"clip_i": 0.7, "facesim_dlib": 0.3, "my_score": 1.0}}
+    result["unavailable"] = {"dino": "no DINO folder"}
+    (row,) = table_rows({"magicme_id": result}, columns)
+    assert (row["CLIP-I"], row["DINO smoothness"], row["FaceSim-dlib"], row["Mine"]) == (0.7, "unavailable", 0.3, 1.0)
+    result["unavailable"] = {"my_lab.metric": "no model"}
+    assert table_rows({"magicme_id": result}, columns)[0]["Mine"] == "unavailable"
+
+
+def test_prompt_rewrites_change_the_first_whole_word_only():
+    assert rewrite_prompt("a person and a person", {"person": "<id> person"}) == "a <id> person and a person"
+    assert rewrite_prompt("a personal car", {"person": "<id> person"}) == "a personal car"
+    assert compose_ablate(["+prompt_rewrites.x={person: '<id> person'}"]).prompt_rewrites.x.person == "<id> person"

@@ -155,8 +155,34 @@ def read_id_tokens(path: str | Path, width: int) -> tuple[list[str], str, torch.
 class IdTokensFormat:
     """``export CKPT --to magicme-id-tokens OUT/``: each ID-token injector as ``OUT/<label>.safetensors``.
 
-    (Reading one is the injector's ``file=`` option.)
+    Reading one: the injector's ``file=`` option when training, ``sample CKPT --load magicme-id-tokens=FILE``
+    (``load_into``) to sample any checkpoint of the same text encoder with them.
     """
+
+    def load_into(self, module: Any, path: Path) -> None:
+        """Give ``module`` the file's ID tokens: new rows for a model without them, else its own rows replaced."""
+        backbone = module.backbone
+        tokens, placeholder, vectors = read_id_tokens(path, backbone.info.text_hidden_size)
+        present = {label: i for label, i in module.plan.injectors.items() if isinstance(i, ExtendedIdTokens)}
+        same = [i for i in present.values() if i.tokens == tokens]
+        if same:  # e.g. a magicme_id checkpoint sampled with the tokens of another run
+            with torch.no_grad():
+                same[0].vectors.copy_(vectors)
+            backbone.text_placeholders.pop(same[0].placeholder, None)
+            same[0].placeholder = placeholder
+            backbone.text_placeholders[placeholder] = " ".join(tokens)
+            return
+        if present:
+            label, injector = next(iter(present.items()))
+            raise ConfigError(
+                f"{path} holds ID tokens {tokens}; this checkpoint already has others ({label}: {injector.tokens}).",
+                "Load a file exported from a run with the same token strings, or sample a checkpoint without ID "
+                "tokens (one set of ID tokens per model).",
+            )
+        injector = ExtendedIdTokens(backbone.info, num_tokens=len(tokens), file=str(path))
+        injector.to(backbone.text_token_embeddings.weight.device)
+        injector.attach(backbone)
+        module.plan.injectors[path.stem if path.stem not in module.plan.injectors else "id_tokens_loaded"] = injector
 
     def write(self, module: Any, out: Path) -> None:
         found = {label: i for label, i in module.plan.injectors.items() if isinstance(i, ExtendedIdTokens)}

@@ -6,8 +6,11 @@ frame and masks the loss with it, so the ID tokens learn the person and not the 
 
 * ``segmenter``: a local folder of transformers' text-prompted ``CLIPSegForImageSegmentation`` with
   its tokenizer (e.g. a copy of CIDAS/clipseg-rd64-refined), prompted with ``prompt``;
-* offline fallback (``segmenter: null``): the face masks the batch already carries (``face_mask``,
-  made by preprocessing: landmark hull, box ellipse or the BiSeNet parser).
+* offline fallbacks (``segmenter: null``), by ``fallback``:
+  ``head`` (default): the face backend's landmark hull grown ``head_scale`` times to the head, from the
+  batch's face points (``idvid_magicme.head_masks.HeadMasks``);
+  ``parser``: facexlib's BiSeNet face parser (``parser_weights``), its face and hair classes;
+  ``face_mask``: the face masks preprocessing stored with the clips (the face alone).
 
 The run log says which one is used, and every batch records it as ``subject_mask_source``. The mask
 is resized trilinearly to the latent grid, as ConsisID's dynamic mask loss does; a sample whose mask
@@ -28,8 +31,11 @@ from idvid.errors import ConfigError, MissingFileError
 from idvid.randomness import BatchRandom
 from idvid.registry import register_recipe_step
 from idvid.training.recipe import RecipeStep
+from idvid_magicme.head_masks import HeadMasks, ParsedHeadMasks
 
 log = logging.getLogger(__name__)
+
+FALLBACKS = ("head", "parser", "face_mask")
 
 # CLIPSeg's image preprocessing (its preprocessor_config.json), used when the folder has none.
 CLIPSEG_IMAGE_SIZE = 352
@@ -80,31 +86,58 @@ class ClipSegSegmenter:
 
 @register_recipe_step("magicme.subject_mask_loss")
 class SubjectMaskLoss(RecipeStep):
-    """The loss only inside the subject's mask: CLIPSeg prompted with ``prompt``, else the batch's face masks."""
+    """The loss only inside the subject's mask: CLIPSeg prompted with ``prompt``, else an offline ``fallback``."""
 
-    def __init__(self, segmenter: str | None = None, prompt: str = "person", threshold: float = 0.5):
+    def __init__(
+        self,
+        segmenter: str | None = None,
+        prompt: str = "person",
+        threshold: float = 0.5,
+        fallback: str = "head",
+        head_scale: float = 1.5,
+        parser_weights: str | None = None,
+        parser_width: int = 64,
+    ):
         if not 0.0 < threshold < 1.0:
             raise ConfigError(
                 f"recipe step magicme.subject_mask_loss: threshold={threshold} is not in (0, 1).",
                 "It is the segmenter's probability above which a pixel belongs to the subject (e.g. 0.5).",
             )
-        self.segmenter = ClipSegSegmenter(segmenter, prompt, threshold) if segmenter else None
-        self.source = f"clipseg:{prompt}" if segmenter else "face_mask"
+        if fallback not in FALLBACKS:
+            raise ConfigError(
+                f"recipe step magicme.subject_mask_loss: fallback={fallback!r} is not one of {FALLBACKS}.",
+                "head: landmark hull grown to the head; parser: BiSeNet (parser_weights); face_mask: the clips' masks.",
+            )
+        self.segmenter: Any = None
         if segmenter:
+            self.segmenter = ClipSegSegmenter(segmenter, prompt, threshold)
+            self.source = f"clipseg:{prompt}"
             log.info("subject mask loss: CLIPSeg from %s, prompted with %r", segmenter, prompt)
+            return
+        if fallback == "head":
+            self.segmenter = HeadMasks(head_scale)
+            self.source = self.segmenter.source
+            log.info("subject mask loss: no segmenter given, using the head mask (landmark hull grown %gx)", head_scale)
+        elif fallback == "parser":
+            self.segmenter = ParsedHeadMasks(parser_weights, parser_width)
+            self.source = self.segmenter.source
+            log.info("subject mask loss: no segmenter given, using the BiSeNet face parser (%s)", parser_weights)
         else:
+            self.source = "face_mask"
             log.info("subject mask loss: no segmenter given, using the batch's face masks (face_mask)")
 
     def on_batch(self, batch: dict[str, Any], random: BatchRandom) -> dict[str, Any]:
-        if self.segmenter is not None:
+        if isinstance(self.segmenter, ClipSegSegmenter):
             batch["subject_mask"] = self.segmenter(batch["video"])
+        elif self.segmenter is not None:
+            batch["subject_mask"] = self.segmenter(batch)
         elif "face_mask" in batch:
             batch["subject_mask"] = batch["face_mask"].float()
         else:
             raise ConfigError(
-                "recipe step magicme.subject_mask_loss has no segmenter and the batch carries no face_mask.",
-                "Give recipe.<label>.segmenter=CLIPSEG_FOLDER, or train on a data set whose manifest has face masks "
-                "(python -m idvid preprocess writes them).",
+                "recipe step magicme.subject_mask_loss has fallback=face_mask and the batch carries no face_mask.",
+                "Give recipe.<label>.segmenter=CLIPSEG_FOLDER, fallback=head, or train on a data set whose manifest "
+                "has face masks (python -m idvid preprocess writes them).",
             )
         batch["subject_mask_source"] = self.source
         return batch

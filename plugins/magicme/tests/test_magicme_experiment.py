@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import hydra
 import lightning as L
 import pytest
+import skimage.data
 import torch
 from idvid_magicme.data import OnePersonDataModule, placeholder_caption
+from omegaconf import OmegaConf
 
+from idvid import config_packages
 from idvid.errors import ConfigError
-from idvid.interop import load_module
+from idvid.interop import load_module, save_module
 from idvid.randomness import BatchRandom
+from idvid.training.module import IdentityVideoModule
+from idvid.verbs import ablate
 from idvid.verbs.fit import fit
 from tests.conftest import compose_config
 
@@ -42,7 +48,7 @@ def test_magicme_id_fits_two_steps_and_learns_only_the_id_tokens(tmp_path, caplo
     with caplog.at_level("INFO"):
         loss = fit(cfg)
     assert loss is not None and math.isfinite(loss)
-    assert "using the batch's face masks" in caplog.text  # which mask the run used
+    assert "using the head mask (landmark hull grown 1.5x)" in caplog.text  # which mask the run used
     # validation sampled the placeholder caption (a model without the tokens would refuse "a <id> person ...")
     assert (tmp_path / "samples" / "step000002_astronaut-0.mp4").is_file()
     trained = load_module(tmp_path / "checkpoints" / "last.ckpt")
@@ -74,3 +80,33 @@ def test_lora_trains_with_the_id_tokens_and_text_is_never_cached(tmp_path, monke
     loss = module.compute_loss(batch, BatchRandom(torch.Generator().manual_seed(0)))["loss"]
     loss.backward()
     assert module.plan.injectors["id_tokens"].vectors.grad.abs().sum() > 0
+
+
+def test_the_magicme_sweep_has_its_metrics_as_columns_and_samples_with_the_id_tokens(tmp_path, monkeypatch):
+    cfg = config_packages.compose("ablate", ["sweep=magicme_vcd"])
+    assert list(cfg.experiments) == ["baseline", "magicme_id"]
+    metrics = [column.metric for column in cfg.report.columns]
+    assert metrics[:5] == ["clip_i", "dino", "clip_t", "smoothness_clip", "smoothness_dino"]
+    cfg = OmegaConf.to_container(cfg, resolve=True)
+    cfg["eval_set"].update(steps=1, frames=9, height=32, width=32)
+    folder = tmp_path / "magicme_id"
+    L.seed_everything(0)
+    save_module(
+        hydra.utils.instantiate(compose_config(["experiment=magicme_id"]).model),
+        folder / "fit" / "checkpoints" / "last.ckpt",
+    )
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    cv2.imwrite(str(refs / "astronaut_s0.png"), cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR))
+    prompts = tmp_path / "prompts.tsv"
+    prompts.write_text("astronaut_s0\ta person smiles\n")
+    sampled = []
+    generate = IdentityVideoModule.generate
+    monkeypatch.setattr(
+        IdentityVideoModule,
+        "generate",
+        lambda self, batch, *a, **k: sampled.append(batch["caption"]) or generate(self, batch, *a, **k),
+    )
+    ablate.sample_eval_set(folder, refs, prompts, ["astronaut_s0"], cfg, cfg["prompt_rewrites"]["magicme_id"])
+    assert sampled == [["a <id> person smiles"]]  # the ID tokens sampled; the metrics read prompts.tsv as it is
+    assert (folder / "videos" / "astronaut_s0.mp4").is_file()

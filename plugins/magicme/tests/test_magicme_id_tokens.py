@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import cv2
 import hydra
 import lightning as L
 import pytest
+import skimage.data
 import torch
 from hydra.errors import InstantiationException
-from idvid_magicme.id_tokens import ExtendedIdTokens, TableWithLearnedRows, read_id_tokens
+from idvid_magicme.id_tokens import ExtendedIdTokens, TableWithLearnedRows, read_id_tokens, save_id_tokens
 from safetensors.torch import save_file
 
 from idvid.errors import ConfigError
 from idvid.interop import load_module, save_module
 from idvid.randomness import BatchRandom
-from idvid.verbs.convert import export
+from idvid.verbs.convert import export, load_into
+from idvid.verbs.sample import sample
 from tests.conftest import compose_config
 
 BACKBONES = ["cogvideox_tiny", "wan_tiny"]  # T5 and UMT5 text encoders, each with the demo's word-level tokenizer
@@ -123,3 +126,52 @@ def test_a_placeholder_prompt_without_id_tokens_is_refused(backbone):
     with pytest.raises(ConfigError, match=expected):
         plain.backbone.encode_text([PROMPT])
     assert plain.backbone.encode_text(["a person <unk>"]).shape[0] == 1  # the tokenizer's own <...> tokens pass
+
+
+@pytest.fixture(scope="module")
+def exported_id_tokens(tmp_path_factory):
+    """(an ID-token file with random rows, the text embeddings of PROMPT it gives) on cogvideox_tiny."""
+    module = id_token_model("cogvideox_tiny")
+    with torch.no_grad():
+        module.plan.injectors["id_tokens"].vectors.normal_()
+    path = save_id_tokens(module.plan.injectors["id_tokens"], tmp_path_factory.mktemp("tokens") / "person.safetensors")
+    return path, module.backbone.encode_text([PROMPT])
+
+
+def test_sample_loads_an_id_token_file_into_a_checkpoint_trained_without_them(exported_id_tokens, tmp_path):
+    path, expected = exported_id_tokens
+    L.seed_everything(0)  # the same random backbone as id_token_model's
+    plain = hydra.utils.instantiate(compose_config(["experiment=baseline", "backbone=cogvideox_tiny"]).model)
+    load_into(plain, [f"magicme-id-tokens={path}"])
+    assert torch.equal(plain.backbone.encode_text([PROMPT]), expected)
+    assert "person" in plain.plan.injectors and plain.backbone.encode_text(["a person"]).shape[0] == 1
+    # a model that has the same tokens gets its rows replaced
+    trained = id_token_model("cogvideox_tiny")
+    load_into(trained, [f"magicme-id-tokens={path}"])
+    assert torch.equal(trained.backbone.encode_text([PROMPT]), expected)
+    # through the verb: the checkpoint samples the placeholder prompt only with --load
+    astronaut = tmp_path / "astronaut.png"
+    cv2.imwrite(str(astronaut), cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR))
+    checkpoint = str(save_module(_plain_model(), tmp_path / "p.ckpt"))
+    options = dict(checkpoint=checkpoint, image=str(astronaut), prompt=PROMPT, num_frames=9, height=32, width=32)
+    with pytest.raises(ConfigError, match=r"(?s)names <id>, but this model has no text tokens.*--load FORMAT=FILE"):
+        sample(**options, out=str(tmp_path / "a.mp4"), steps=1)
+    written = sample(**options, out=str(tmp_path / "b.mp4"), steps=1, load=[f"magicme-id-tokens={path}"])
+    assert written.is_file()
+
+
+def _plain_model():
+    L.seed_everything(0)
+    return hydra.utils.instantiate(compose_config(["experiment=baseline", "backbone=cogvideox_tiny"]).model)
+
+
+def test_loading_a_file_of_another_width_or_format_is_a_named_error(tmp_path):
+    wide = tmp_path / "wide.safetensors"
+    save_file({"vectors": torch.zeros(3, 4096)}, str(wide), metadata={"tokens": '["<a>", "<b>", "<c>"]'})
+    plain = _plain_model()
+    with pytest.raises(ConfigError, match="learned for a text encoder 4096 wide; this backbone's is 32"):
+        load_into(plain, [f"magicme-id-tokens={wide}"])
+    with pytest.raises(ConfigError, match="(?s)Format 'idvid' cannot be loaded into a model.*magicme-id-tokens"):
+        load_into(plain, [f"idvid={wide}"])
+    with pytest.raises(ConfigError, match="is not FORMAT=FILE"):
+        load_into(plain, [str(wide)])

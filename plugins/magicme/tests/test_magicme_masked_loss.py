@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pytest
 import torch
+from idvid_magicme.data import OnePersonDataModule
 from idvid_magicme.masked_loss import ClipSegSegmenter, SubjectMaskLoss
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, PreTrainedTokenizerFast
 
 from idvid.errors import ConfigError, MissingFileError
+from idvid.faces import Face
+from idvid.faces.parsing import BiSeNet, FaceParser
 from idvid.randomness import BatchRandom
 from idvid.training.losses import WeightedMSELoss
 from idvid.training.recipe import Recipe
@@ -68,7 +72,7 @@ def tiny_clipseg(tmp_path_factory):
 
 def test_a_loss_change_outside_the_mask_does_not_move_the_loss(caplog):
     with caplog.at_level(logging.INFO, logger="idvid_magicme.masked_loss"):
-        recipe = Recipe({"subject": SubjectMaskLoss()})  # no segmenter: the batch's face masks
+        recipe = Recipe({"subject": SubjectMaskLoss(fallback="face_mask")})  # no segmenter: the batch's face masks
     assert "using the batch's face masks" in caplog.text
     random = BatchRandom(torch.Generator().manual_seed(0))
     batch = recipe.on_batch(video_batch(), random)
@@ -105,7 +109,53 @@ def test_clipseg_from_a_local_folder_gives_the_mask(tiny_clipseg, caplog):
 def test_a_missing_segmenter_folder_and_a_batch_without_masks_are_named(tmp_path):
     with pytest.raises(MissingFileError, match=rf"(?s)CLIPSeg folder not found.*{tmp_path / 'nope'}.*segmenter=null"):
         SubjectMaskLoss(segmenter=str(tmp_path / "nope"))
-    with pytest.raises(ConfigError, match="no segmenter and the batch carries no face_mask"):
-        SubjectMaskLoss().on_batch({"video": torch.zeros(1, 9, 3, 8, 8)}, BatchRandom(torch.Generator()))
+    no_masks = {"video": torch.zeros(1, 9, 3, 8, 8)}
+    with pytest.raises(ConfigError, match="fallback=face_mask and the batch carries no face_mask"):
+        SubjectMaskLoss(fallback="face_mask").on_batch(no_masks, BatchRandom(torch.Generator()))
+    with pytest.raises(ConfigError, match=r"(?s)head fallback needs the batch's face points.*preprocess"):
+        SubjectMaskLoss().on_batch(no_masks, BatchRandom(torch.Generator()))
+    with pytest.raises(ConfigError, match="(?s)fallback=parser needs parser_weights.*parsing_bisenet.pth"):
+        SubjectMaskLoss(fallback="parser")
+    with pytest.raises(ConfigError, match="fallback='sam' is not one of"):
+        SubjectMaskLoss(fallback="sam")
     with pytest.raises(ConfigError, match=r"threshold=1.5 is not in \(0, 1\)"):
         SubjectMaskLoss(threshold=1.5)
+
+
+@pytest.fixture(scope="module")
+def astronaut_batch():
+    """A demo batch of the astronaut's clip with its face points (9 frames, 64x64)."""
+    data = OnePersonDataModule(identity="astronaut-0", num_frames=9, height=64, width=64)
+    data.setup()
+    return next(iter(data.train_dataloader()))
+
+
+def test_head_fallback_grows_the_landmark_hull_to_the_head(astronaut_batch, caplog):
+    with caplog.at_level(logging.INFO, logger="idvid_magicme.masked_loss"):
+        step = SubjectMaskLoss()  # the default offline fallback
+    assert "using the head mask (landmark hull grown 1.5x)" in caplog.text
+    out = step.on_batch(dict(astronaut_batch), BatchRandom(torch.Generator().manual_seed(0)))
+    assert out["subject_mask_source"] == "head_mask:landmark_hull_x1.5"
+    head, face = out["subject_mask"], astronaut_batch["face_mask"]
+    assert head.shape == face.shape and set(head.unique().tolist()) <= {0.0, 1.0}
+    has_face = astronaut_batch["frame_has_face"].bool()
+    assert (head.flatten(2).sum(-1)[has_face] > 0).all()
+    assert head.sum() > 1.5 * face.sum()  # the head, not the face alone
+    assert (head * face).sum() >= 0.9 * face.sum()  # around the face
+    assert head.mean() < 0.9  # and not the whole frame
+
+
+def test_parser_fallback_parses_every_frame_with_bisenet(astronaut_batch, tmp_path, caplog):
+    weights = tmp_path / "parsing_bisenet.pth"
+    torch.manual_seed(0)
+    torch.save(BiSeNet(width=8).state_dict(), weights)
+    with caplog.at_level(logging.INFO, logger="idvid_magicme.masked_loss"):
+        step = SubjectMaskLoss(fallback="parser", parser_weights=str(weights), parser_width=8)
+    assert "using the BiSeNet face parser" in caplog.text
+    out = step.on_batch(dict(astronaut_batch), BatchRandom(torch.Generator().manual_seed(0)))
+    assert out["subject_mask_source"] == "bisenet:parsing_bisenet.pth"
+    parser = FaceParser(weights, network=BiSeNet(width=8))
+    frame = ((astronaut_batch["video"][0, 0] + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    box, kps = astronaut_batch["frame_boxes"][0, 0].numpy(), astronaut_batch["frame_kps"][0, 0].numpy()
+    expected = parser.parse_mask(frame, Face(box=tuple(map(float, box)), score=1.0, kps=kps))
+    assert np.array_equal(out["subject_mask"][0, 0, 0].numpy(), expected.astype(np.float32))

@@ -91,6 +91,15 @@ class DenoisingSchedule:
         """The latents after step ``step_index``, from the (guided) ``prediction`` at ``timesteps[step_index]``."""
         raise _not_implemented(self, "step", "turn a prediction into the next, less noisy latents")
 
+    def noise_to_step(self, clean: torch.Tensor, noise: torch.Tensor, step_index: int) -> torch.Tensor:
+        """Clean latents noised to the level of ``timesteps[step_index]``; the run then begins at that step.
+
+        Partial denoising (SDEdit, video-to-video refinement) starts here instead of at
+        ``prepare_initial_noise``: ``noise`` is standard normal, shaped like ``clean`` ``[B, f, C, h, w]``,
+        and the sampler runs the steps ``step_index, ..., len(timesteps) - 1``.
+        """
+        raise _not_implemented(self, "noise_to_step", "noise clean latents to one of its steps (partial denoising)")
+
 
 class DiffusersSchedule(DenoisingSchedule):
     """A diffusers scheduler whose ``step(model_output, timestep, sample)`` needs nothing else.
@@ -246,7 +255,8 @@ class Backbone(nn.Module):
                         f"The prompt {caption!r} names {word}, but this model has no text tokens for it "
                         f"(its placeholders: {sorted(self.text_placeholders) or 'none'}).",
                         "Use a model trained with learned text tokens for that placeholder (a text_tokens "
-                        "injector, e.g. an ID-token experiment), load them into it, or remove it from the prompt.",
+                        "injector, e.g. an ID-token experiment), load exported ones into it (sample --load "
+                        "FORMAT=FILE), or remove it from the prompt.",
                     )
         return captions
 

@@ -454,6 +454,12 @@ class CogVideoXDPMSchedule(DiffusersSchedule):
         )
         return latents
 
+    def noise_to_step(self, clean: torch.Tensor, noise: torch.Tensor, step_index: int) -> torch.Tensor:
+        # DDPM forward process at that timestep; the first step then runs first-order (no previous x0 estimate).
+        self.old_pred_original_sample = None
+        timesteps = self.timesteps[step_index].expand(clean.shape[0])
+        return self.scheduler.add_noise(clean, noise.to(clean), timesteps)
+
 
 def _nearest_multiples(value: int, step: int) -> str:
     below = max(step, value // step * step)

@@ -63,3 +63,9 @@ class FlowMatchingSchedule(DiffusersSchedule):
     def __init__(self, scheduler, num_inference_steps: int, device: torch.device | str | None = None):
         super().__init__(scheduler, num_inference_steps, device)
         self.scheduler.set_begin_index(0)
+
+    def noise_to_step(self, clean: torch.Tensor, noise: torch.Tensor, step_index: int) -> torch.Tensor:
+        # The flow at that step's sigma, (1 - sigma) x_0 + sigma noise, and the solver begins there.
+        self.scheduler.set_begin_index(step_index)
+        sigma = self.scheduler.sigmas[step_index].expand(clean.shape[0])
+        return flow_matching_noise(clean, noise.to(clean), sigma)

@@ -414,12 +414,26 @@ class IdentityVideoModule(L.LightningModule):
         seed: int = 0,
         progress: bool = False,
         noise_prior: Mapping[str, Any] | str | None = None,
+        init_video: torch.Tensor | None = None,
+        strength: float = 1.0,
     ) -> torch.Tensor:
         """Videos ``[B, num_frames, 3, height, width]`` in [-1, 1] for the batch's references and captions.
 
         ``noise_prior``: ``{name: <registered noise prior>, ...options}`` for the initial noise (default gaussian).
+        ``init_video`` (``[B, num_frames, 3, height, width]`` in [-1, 1]): re-denoise it partially instead
+        (SDEdit): encoded, noised to ``strength`` in [0, 1] of the schedule, denoised with the same
+        prompt and conditions; ``strength=0`` returns it through the VAE round trip.
         """
         shape = self.backbone.latent_shape(len(batch["caption"]), num_frames, height, width)  # refuses bad sizes
+        start_latents = None
+        if init_video is not None:
+            if tuple(init_video.shape) != (shape[0], num_frames, 3, height, width):
+                raise ValueError(
+                    f"init_video is {tuple(init_video.shape)}; generate was asked for "
+                    f"{(shape[0], num_frames, 3, height, width)} (batch, frames, 3, height, width)."
+                )
+            vae_dtype = next(self.backbone.vae.parameters()).dtype
+            start_latents = self.backbone.encode_video(init_video.to(self.device, vae_dtype))  # the posterior mean
         check_sampling_inputs(self.conditioners, batch)
         generator = torch.Generator().manual_seed(seed)
         conditions = self.conditions_for(batch, BatchRandom(generator))
@@ -437,6 +451,8 @@ class IdentityVideoModule(L.LightningModule):
             generator=generator,
             progress=progress,
             noise_prior=build_noise_prior(noise_prior),
+            start_latents=start_latents,
+            strength=strength,
         )
         return self.backbone.decode_latents(latents)
 

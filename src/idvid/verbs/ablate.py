@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import cv2
 import numpy as np
@@ -45,8 +45,17 @@ from idvid.evaluation.report import markdown_table, write_csv
 log = logging.getLogger(__name__)
 
 # The metric group (evaluate's ``metrics=[...]``) that reports each aggregate, where the names differ: a
-# group whose model is missing is "unavailable", and so are its columns.
-METRIC_GROUPS = {"clipscore": "clip", "fid_face": "fid", "fid_face_per_frame": "fid"}
+# group whose model is missing is "unavailable", and so are its columns. A column of a plugin's metric
+# names its group in the config: {title: ..., metric: <aggregate>, group: <metric group>}.
+METRIC_GROUPS = {
+    "clipscore": "clip",
+    "clip_t": "clip",
+    "clip_i": "clip",
+    "smoothness_clip": "clip",
+    "smoothness_dino": "dino",
+    "fid_face": "fid",
+    "fid_face_per_frame": "fid",
+}
 DEMO_STATEMENT = (
     "DEMO SCALE: these runs use the bundled demo (tiny random backbone, a few training steps); their numbers "
     "show that the fit -> sample -> evaluate machinery works and are NOT paper results."
@@ -169,8 +178,19 @@ def _face(cfg: dict) -> dict[str, Any]:
     return face_backend_node({"face": cfg.get("face"), "models": cfg["evaluate"]["models"]})
 
 
-def sample_eval_set(folder: Path, refs_dir: Path, prompts_file: Path, names: list[str], cfg: dict) -> Path:
-    """One video per evaluation-set entry from the fit's last.ckpt, in ``<folder>/videos``."""
+def sample_eval_set(
+    folder: Path,
+    refs_dir: Path,
+    prompts_file: Path,
+    names: list[str],
+    cfg: dict,
+    rewrites: Mapping[str, str] | None = None,
+) -> Path:
+    """One video per evaluation-set entry from the fit's last.ckpt, in ``<folder>/videos``.
+
+    ``rewrites`` (word -> text, the experiment's ``prompt_rewrites``) change the prompts it samples with,
+    e.g. to name learned text tokens; the metrics read ``prompts_file`` as it is.
+    """
     from idvid.evaluation.inputs import read_prompts
     from idvid.interop import load_module
     from idvid.training.visuals import write_video
@@ -186,7 +206,8 @@ def sample_eval_set(folder: Path, refs_dir: Path, prompts_file: Path, names: lis
     videos = folder / "videos"
     for name in names:
         seed = int(name.rsplit("_s", 1)[1])
-        batch = reference_batch(refs_dir / f"{name}.png", prompts[name], height, width, _face(cfg))
+        prompt = rewrite_prompt(prompts[name], rewrites or {})
+        batch = reference_batch(refs_dir / f"{name}.png", prompt, height, width, _face(cfg))
         video = module.generate(
             batch,
             frames,
@@ -199,6 +220,16 @@ def sample_eval_set(folder: Path, refs_dir: Path, prompts_file: Path, names: lis
         )
         write_video(videos / f"{name}.mp4", video[0])
     return videos
+
+
+def rewrite_prompt(prompt: str, rewrites: Mapping[str, str]) -> str:
+    """``prompt`` with the first whole-word match of each key replaced by its text (unchanged when absent)."""
+    for word, text in rewrites.items():
+        literal = text.replace("\\", "\\\\")  # the replacement is text, not a pattern
+        prompt, found = re.subn(rf"\b{re.escape(word)}\b", literal, prompt, count=1)
+        if not found:
+            log.warning("prompt_rewrites: %r is not in the prompt %r; it is sampled unchanged", word, prompt)
+    return prompt
 
 
 def evaluate_experiment(folder: Path, refs_dir: Path, prompts_file: Path, cfg: dict) -> dict[str, Any]:
@@ -230,7 +261,7 @@ def table_rows(results: dict[str, dict], columns: list[dict[str, str]]) -> list[
         row: dict[str, Any] = {"plan": name, "status": result["status"]}
         for column in columns:
             metric = column["metric"]
-            group = METRIC_GROUPS.get(metric, metric)
+            group = column.get("group") or METRIC_GROUPS.get(metric, metric)
             row[column["title"]] = "unavailable" if group in unavailable else metrics.get(metric, "")
         notes = [result.get("reason", "")]
         if metrics.get("frames_with_face") == 0:
@@ -324,7 +355,8 @@ def ablate(cfg: dict | DictConfig) -> dict[str, dict]:
         result = {**status}
         if status["status"] == "ok":
             try:
-                sample_eval_set(folder, refs_dir, prompts_file, names, cfg)
+                rewrites = (cfg.get("prompt_rewrites") or {}).get(name)
+                sample_eval_set(folder, refs_dir, prompts_file, names, cfg, rewrites)
                 result.update(evaluate_experiment(folder, refs_dir, prompts_file, cfg))
             except Exception as error:  # one experiment's failure must not lose the rest of the sweep
                 log.exception("%s: sampling or evaluation failed", name)

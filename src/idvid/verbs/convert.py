@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 from omegaconf import OmegaConf
@@ -65,6 +66,26 @@ def export(checkpoint: str, format_name: str, out: str, ema: bool = False, overw
     out_path = check_output_folder(out, overwrite, protected=(Path(checkpoint),))
     module = load_module(checkpoint, ema=ema)
     return replace_folder(out_path, lambda folder: writer.write(module, folder))
+
+
+def load_into(module: Any, loads: Sequence[str]) -> None:
+    """Load exported files into a built model, each ``FORMAT=FILE`` with that format's ``load_into(module, path)``.
+
+    (E.g. learned text tokens exported from another run, before sampling.) Checked in full before any loads.
+    """
+    readers, loadable = [], f"Formats that load: {_formats('load_into')}."
+    for spec in loads:
+        format_name, sep, file = spec.partition("=")
+        if not sep or not format_name or not file:
+            raise ConfigError(f"--load {spec!r} is not FORMAT=FILE.", loadable)
+        if format_name not in REGISTRIES[PluginKind.FORMAT]:
+            raise ConfigError(f"--load {spec!r}: no format {format_name!r}.", loadable)
+        reader = REGISTRIES[PluginKind.FORMAT].get(format_name)()
+        if not hasattr(reader, "load_into"):
+            raise ConfigError(f"Format {format_name!r} cannot be loaded into a model.", loadable)
+        readers.append((reader, Path(file)))
+    for reader, file in readers:
+        reader.load_into(module, file)
 
 
 def _formats(method: str) -> str:

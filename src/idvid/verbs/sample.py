@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -28,6 +28,7 @@ from idvid.interop import load_module
 from idvid.output_paths import check_output_file
 from idvid.sampling.noise_priors import build_noise_prior
 from idvid.training.visuals import write_video
+from idvid.verbs.convert import load_into
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +95,17 @@ def sample(
     face: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     noise_prior: Mapping[str, Any] | str | None = None,
+    load: Sequence[str] = (),
 ) -> Path:
     """Generate one video to `out` (an existing `out` only with `overwrite`, checked before any work).
 
     ``noise_prior``: ``{name: <registered noise prior>, ...options}`` for the initial noise (default gaussian).
+    ``load``: ``FORMAT=FILE`` files loaded into the model first (e.g. text tokens exported from another run).
     """
     out_path = check_output_file(out, overwrite)
     build_noise_prior(noise_prior)  # refused before the checkpoint loads
     module = load_module(checkpoint, ema=ema).eval()
+    load_into(module, load)
     default_frames, default_height, default_width = module.backbone.default_video_size
     num_frames = num_frames or default_frames
     height = height or default_height
@@ -136,6 +140,14 @@ def main(args: list[str]) -> None:
         help="an option of the noise prior (repeatable; VALUE is read as YAML, e.g. gamma=0.1)",
     )
     parser.add_argument(
+        "--load",
+        action="append",
+        default=[],
+        metavar="FORMAT=FILE",
+        help="load an exported file into the model first with a format plugin (repeatable; formats that load: "
+        "python -m idvid plugins), e.g. learned text tokens",
+    )
+    parser.add_argument(
         "overrides",
         nargs="*",
         help="the face backend, as in every verb: face=dlib|insightface face.options.<name>=<value> "
@@ -158,6 +170,7 @@ def main(args: list[str]) -> None:
         face_node(options.overrides),
         options.overwrite,
         noise_prior_node(options.noise_prior, options.noise_prior_option),
+        options.load,
     )
     print(f"wrote {path}")
 
