@@ -87,6 +87,7 @@ class IdentityVideoModule(L.LightningModule):
         )
         self.plan = InjectionPlan.from_config(injectors, info)
         self.plan.check_conditions(InjectionPlan.produced_conditions(self.conditioners))
+        self.plan.check_backbone(self.backbone)  # a sequence_concat policy the backbone cannot run is refused here
         self.backbone.set_input_channels(self.plan.extra_input_channels)
         self.plan.attach(self.backbone)  # text_tokens injectors add their tokens to the text encoder
         self.recipe = Recipe.from_config(recipe)
