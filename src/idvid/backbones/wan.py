@@ -667,7 +667,6 @@ class WanBackbone(Backbone):
             cache[id(model)] = cached
         return injection.with_reference(dataclasses.replace(prepared, cache=cache))
 
-
     # ---------------------------------------------------------- training objective
     @property
     def flow_shift(self) -> float:
