@@ -127,8 +127,8 @@ class IdentityVideoModule(L.LightningModule):
             self.backbone.input_layer.requires_grad_(True)
         if not self.trainable_parameters():
             raise ValueError(
-                f"model.trainable={trainable} leaves nothing to train: this experiment has no injectors. "
-                f"Use model.trainable=all or model.trainable=lora, or add an injector."
+                f"model.trainable={trainable} leaves nothing to train: this experiment has no injectors with "
+                f"parameters of their own. Use model.trainable=all or model.trainable=lora, or add an injector."
             )
 
     def trainable_parameters(self) -> list[nn.Parameter]:
