@@ -456,6 +456,8 @@ class CogVideoXBackbone(Backbone):
         prepared = injection.reference
         if prepared is None:
             return None
+        if prepared.cache is not None:  # the blocks read cached keys and values: nothing to embed
+            return ReferenceStream(prepared.injector, None, None, None, prepared.cache)
         model, injector = self.transformer, prepared.injector
         grid = None
         if prepared.is_latent:
@@ -479,8 +481,7 @@ class CogVideoXBackbone(Backbone):
         if model.config.use_rotary_positional_embeddings:
             rotary = self.rotary_at(*reference_grid_positions(injector, video_frames, grid, tokens.shape[1]))
             rotary = tuple(r.to(tokens.device) for r in rotary)
-        cached = prepared.cache
-        return ReferenceStream(injector, None if cached else tokens, rotary, modulation, cached)
+        return ReferenceStream(injector, tokens, rotary, modulation)
 
     def rotary_at(self, frame: torch.Tensor, row: torch.Tensor, column: torch.Tensor):
         """CogVideoX's 3D RoPE (cos, sin) ``[N, head_dim]`` at explicit (frame, row, column) positions.

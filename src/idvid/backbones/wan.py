@@ -602,6 +602,8 @@ class WanBackbone(Backbone):
         prepared = injection.reference
         if prepared is None:
             return None
+        if prepared.cache is not None:  # the blocks read cached keys and values: nothing to embed
+            return ReferenceStream(prepared.injector, None, None, None, prepared.cache[id(model)])
         injector, grid = prepared.injector, None
         dtype = model.patch_embedding.weight.dtype
         if prepared.is_latent:
@@ -625,8 +627,7 @@ class WanBackbone(Backbone):
             modulation = modulation.unflatten(1, (6, -1))
         positions = reference_grid_positions(injector, video_frames, grid, tokens.shape[1])
         rotary = tuple(r.to(tokens.device) for r in self.rotary_at(model, *positions))
-        cached = None if prepared.cache is None else prepared.cache[id(model)]
-        return ReferenceStream(injector, None if cached else tokens, rotary, modulation, cached)
+        return ReferenceStream(injector, tokens, rotary, modulation)
 
     @staticmethod
     def rotary_at(model: WanTransformer3DModel, frame: torch.Tensor, row: torch.Tensor, column: torch.Tensor):
