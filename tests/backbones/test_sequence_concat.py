@@ -136,20 +136,21 @@ def test_rotary_positions_and_timestep_are_what_the_config_says(tiny, timestep, 
     time_input = getattr(backbone.transformer, TIME_INPUT[tiny.config])
     time_input.register_forward_pre_hook(lambda module, args: times.append(args[0].detach().clone()))
     latents, timestep_values, text = backbone_inputs(backbone)
-    options = {"attention": "full", "timestep": timestep, "positions": {"frame": -1, "height_offset": 2}}
+    positions = {"frame": -1, "height_offset": 2, "width_offset": "after"}  # after: past the video's last column
+    options = {"attention": "full", "timestep": timestep, "positions": positions}
     run_backbone(backbone, plan_with(backbone, **options), face_for(latents), inputs=(latents, timestep_values, text))
 
     (stream,) = _RecordingStream.made
     rows, columns = (n // backbone.info.patch_size for n in latents.shape[3:])
     frame = torch.full((rows * columns,), -1.0)
     row = (torch.arange(rows).repeat_interleave(columns) + 2).float()
-    column = torch.arange(columns).repeat(rows).float()
+    column = (torch.arange(columns).repeat(rows) + columns).float()
     expected = _rotary_at(tiny, backbone, frame, row, column)
     for got, want in zip(stream.rotary, expected):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
     # The family's own video RoPE at frame 0 is what its reference RoPE gives for frame 0 without offsets.
     video_rotary = _video_rotary(tiny, backbone, latents)
-    for got, want in zip(_rotary_at(tiny, backbone, frame + 1, row - 2, column), video_rotary):
+    for got, want in zip(_rotary_at(tiny, backbone, frame + 1, row - 2, column - columns), video_rotary):
         torch.testing.assert_close(got.squeeze(), want.squeeze()[: rows * columns], rtol=0, atol=1e-6)
 
     video_time = torch.as_tensor(timestep_values).float()

@@ -54,7 +54,9 @@ class StandInReference(SequenceConcatInjector):
         attention: str = "reference_isolated",
         kv_cache: bool = True,
     ):
-        super().__init__(backbone, positions or {"frame": -1}, timestep, attention, kv_cache)
+        # Stand-In's RoPE: one frame before the video, rows and columns past the video's last ones.
+        default_positions = {"frame": -1, "height_offset": "after", "width_offset": "after"}
+        super().__init__(backbone, positions or default_positions, timestep, attention, kv_cache)
         if int(rank) < 1:
             raise ValueError(f"standin.reference: rank={rank}; the LoRA rank must be >= 1 (Stand-In: 128).")
         self.condition = condition

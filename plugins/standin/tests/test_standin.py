@@ -35,7 +35,11 @@ def test_only_the_reference_lora_trains_and_the_video_path_stays_the_base_models
     model, cfg = build_model("standin", f"backbone={backbone}")
     injector = model.plan.injectors["reference"]
     assert (injector.reference_timestep, injector.attention.value, injector.kv_cache) == (0, "reference_isolated", True)
-    assert injector.positions.frame == -1
+    assert (injector.positions.frame, injector.positions.height_offset, injector.positions.width_offset) == (
+        -1,
+        "after",
+        "after",
+    )
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     layers = model.backbone.info.num_layers
     assert len(trainable) == 2 * (3 * layers - 1)  # q, k, v per block (not the last block's q), down + up each

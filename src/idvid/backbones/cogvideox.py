@@ -381,7 +381,7 @@ class CogVideoXBackbone(Backbone):
         tokens = model.embedding_dropout(model.patch_embed(text_embeddings, latents))
         text_length = text_embeddings.shape[1]
         text_tokens, video_tokens = tokens[:, :text_length], tokens[:, text_length:]
-        reference = self._reference_stream(injection, frames, temb, timestep_cond)
+        reference = self._reference_stream(injection, (frames, height // p, width // p), temb, timestep_cond)
         reference_tokens = reference.tokens if reference is not None else None
 
         for index, block in enumerate(model.transformer_blocks):
@@ -448,7 +448,7 @@ class CogVideoXBackbone(Backbone):
     def _reference_stream(
         self,
         injection: PreparedInjection,
-        video_frames: int,
+        video_grid: tuple[int, int, int],
         temb: torch.Tensor,
         timestep_cond: torch.Tensor | None = None,
     ) -> ReferenceStream | None:
@@ -479,7 +479,7 @@ class CogVideoXBackbone(Backbone):
             modulation = model.time_embedding(model.time_proj(clean).to(temb.dtype), timestep_cond)
         rotary = None
         if model.config.use_rotary_positional_embeddings:
-            rotary = self.rotary_at(*reference_grid_positions(injector, video_frames, grid, tokens.shape[1]))
+            rotary = self.rotary_at(*reference_grid_positions(injector, video_grid, grid, tokens.shape[1]))
             rotary = tuple(r.to(tokens.device) for r in rotary)
         return ReferenceStream(injector, tokens, rotary, modulation)
 
@@ -510,7 +510,8 @@ class CogVideoXBackbone(Backbone):
         # The video's time embedding is not read by a static reference (it has its own, at timestep 0).
         temb = model.time_embedding(model.time_proj(torch.zeros(prepared.value.shape[0], device=device)))
         uncached = injection.with_reference(dataclasses.replace(prepared, cache=None))
-        stream = self._reference_stream(uncached, latent_shape[1], temb)
+        p = model.config.patch_size
+        stream = self._reference_stream(uncached, (latent_shape[1], latent_shape[3] // p, latent_shape[4] // p), temb)
         tokens, cached = stream.tokens, []
         for index, block in enumerate(model.transformer_blocks):
             query, key, value, gate_msa = _reference_heads(index, block, tokens, stream)

@@ -84,17 +84,20 @@ def attend_with_reference(
 
 
 def reference_grid_positions(
-    stream_injector: SequenceConcatInjector, video_frames: int, grid: tuple[int, int, int] | None, num_tokens: int
+    injector: SequenceConcatInjector,
+    video_grid: tuple[int, int, int],
+    grid: tuple[int, int, int] | None,
+    num_tokens: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(frame, row, column) of each reference token, in tokens, as the injector's ``positions`` say.
 
-    ``grid`` is the reference's token grid (frames, rows, columns), frame-major; ready tokens (no grid) sit
-    in one row of one frame.
+    ``video_grid`` is the video tokens' (frames, rows, columns), ``grid`` the reference's, frame-major;
+    ready tokens (no grid) sit in one row of one frame.
     """
-    positions = stream_injector.positions
     frames, rows, columns = grid if grid is not None else (1, 1, num_tokens)
-    frame = positions.frame_indices(video_frames, frames).float()
-    row = torch.arange(rows, dtype=torch.float32) + positions.height_offset
-    column = torch.arange(columns, dtype=torch.float32) + positions.width_offset
+    frame, row, column = (
+        torch.arange(size, dtype=torch.float32) + first
+        for size, first in zip((frames, rows, columns), injector.positions.start(video_grid))
+    )
     frame, row, column = torch.meshgrid(frame, row, column, indexing="ij")
     return frame.flatten(), row.flatten(), column.flatten()

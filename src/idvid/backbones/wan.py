@@ -528,7 +528,9 @@ class WanBackbone(Backbone):
         timestep_proj = timestep_proj.unflatten(1, (6, -1))
         p_t, p_h, p_w = model.config.patch_size
         injection = injection.with_token_grid((frames // p_t, height // p_h, width // p_w))
-        reference = self._reference_stream(model, injection, frames // p_t, timestep_proj)
+        reference = self._reference_stream(
+            model, injection, (frames // p_t, height // p_h, width // p_w), timestep_proj
+        )
         reference_tokens = reference.tokens if reference is not None else None
 
         for index, block in enumerate(model.blocks):
@@ -595,7 +597,7 @@ class WanBackbone(Backbone):
         self,
         model: WanTransformer3DModel,
         injection: PreparedInjection,
-        video_frames: int,
+        video_grid: tuple[int, int, int],
         timestep_proj: torch.Tensor | None,
     ) -> ReferenceStream | None:
         """The reference tokens, their rotary embedding and their modulation (site sequence_concat)."""
@@ -625,7 +627,7 @@ class WanBackbone(Backbone):
             no_text = tokens.new_zeros(tokens.shape[0], 0, model.config.text_dim)
             _, modulation, _, _ = model.condition_embedder(clean, no_text, None)
             modulation = modulation.unflatten(1, (6, -1))
-        positions = reference_grid_positions(injector, video_frames, grid, tokens.shape[1])
+        positions = reference_grid_positions(injector, video_grid, grid, tokens.shape[1])
         rotary = tuple(r.to(tokens.device) for r in self.rotary_at(model, *positions))
         return ReferenceStream(injector, tokens, rotary, modulation)
 
@@ -655,10 +657,11 @@ class WanBackbone(Backbone):
                 "(sequence_concat with attention=reference_isolated and timestep=0)."
             )
         uncached = injection.with_reference(dataclasses.replace(prepared, cache=None))
-        frames = latent_shape[1] // self.info.patch_size_t
+        info = self.info
+        video_grid = (latent_shape[1] // info.patch_size_t, *(n // info.patch_size for n in latent_shape[3:]))
         cache = {}
         for model in self.experts:
-            stream = self._reference_stream(model, uncached, frames, None)
+            stream = self._reference_stream(model, uncached, video_grid, None)
             tokens, cached = stream.tokens, []
             for index, block in enumerate(model.blocks):
                 query, key, value, modulation = _reference_heads(index, block, tokens, stream)

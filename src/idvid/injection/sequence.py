@@ -10,7 +10,8 @@ backbone that supports the site:
 - ``positions``: the rotary positions of the reference tokens, in tokens: ``frame`` (an integer
   frame index, e.g. ``-1`` = just before the video, or ``after`` = just after its last frame; a
   reference of several frames takes consecutive indices) and ``height_offset`` / ``width_offset``
-  added to the reference's own row and column indices.
+  added to the reference's own row and column indices (an integer, or ``after``: the video's token
+  height / width, so the reference sits past the video's last row / column).
 - ``timestep``: ``0`` (the reference is clean: its tokens are modulated with the embedding of
   timestep 0) or ``video`` (the video's timestep).
 - ``attention``: ``full`` (every token attends to every token) or ``reference_isolated`` (video
@@ -52,26 +53,28 @@ class ReferencePositions:
     """Where the reference tokens sit in the rotary embedding's (frame, row, column) grid, in tokens."""
 
     frame: int | str = "after"  # an integer frame index, or "after" (the frame after the video's last)
-    height_offset: int = 0
-    width_offset: int = 0
+    height_offset: int | str = 0  # tokens, or "after" (the video's token height)
+    width_offset: int | str = 0  # tokens, or "after" (the video's token width)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | None) -> "ReferencePositions":
         config = dict(config or {})
         unknown = set(config) - {"frame", "height_offset", "width_offset"}
-        frame = config.get("frame", "after")
-        if unknown or not (frame == "after" or isinstance(frame, int)):
+        values = [config.get("frame", "after"), config.get("height_offset", 0), config.get("width_offset", 0)]
+        if unknown or not all(v == "after" or (isinstance(v, int) and not isinstance(v, bool)) for v in values):
             raise ConfigError(
                 f"sequence_concat positions={config} is not a reference position.",
-                "Use {frame: <integer frame index, e.g. -1> or after, height_offset: <tokens>, "
-                "width_offset: <tokens>}.",
+                "Use {frame: <integer frame index, e.g. -1> or after, height_offset: <tokens> or after, "
+                "width_offset: <tokens> or after}.",
             )
-        return cls(frame, int(config.get("height_offset", 0)), int(config.get("width_offset", 0)))
+        return cls(*values)
 
-    def frame_indices(self, video_frames: int, reference_frames: int) -> torch.Tensor:
-        """The frame index of each reference frame (consecutive, starting at ``frame``)."""
-        first = video_frames if self.frame == "after" else int(self.frame)
-        return torch.arange(reference_frames) + first
+    def start(self, video_grid: tuple[int, int, int]) -> tuple[int, int, int]:
+        """The (frame, row, column) of the reference's first token, for video tokens laid out as ``video_grid``."""
+        return tuple(
+            size if value == "after" else int(value)
+            for value, size in zip((self.frame, self.height_offset, self.width_offset), video_grid)
+        )
 
 
 class SequenceConcatInjector(Injector):
