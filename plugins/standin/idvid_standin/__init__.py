@@ -7,11 +7,13 @@
   and a LoRA (rank 128) on the reference tokens' own q, k, v projections: the video tokens' path
   through the backbone is the base model's, bit for bit (``idvid_standin.injector``).
 * The experiment ``standin`` trains only that LoRA (``model.trainable=injectors``).
+* ``convert --from standin FILE`` reads Stand-In's released LoRA file (``idvid_standin.weights``).
 
 Installed as a separate distribution (``idvid-standin``) that registers through the ``idvid.plugins``
 entry point, exactly as a third-party method would.
 """
 
 from idvid_standin.injector import StandInReference
+from idvid_standin.weights import StandInLoraFormat, read_standin_lora
 
-__all__ = ["StandInReference"]
+__all__ = ["StandInLoraFormat", "StandInReference", "read_standin_lora"]
