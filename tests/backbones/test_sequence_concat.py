@@ -226,6 +226,14 @@ def test_a_reference_the_patching_cannot_tile_is_refused(tiny):  # noqa: F811
         run_backbone(backbone, plan_with(backbone), odd, inputs=(latents, timestep, text))
 
 
+def test_reference_images_the_patching_cannot_tile_are_refused_at_start_up(tiny):  # noqa: F811
+    plan = plan_with(make(tiny))
+    plan.check_reference_image_size(64, 48)  # latents 8 x 6: tiled by 2 x 2 patches
+    with pytest.raises(ConfigError, match=r"(?s)1 x 8 x 7.*multiples of 16 pixels"):
+        plan.check_reference_image_size(64, 56)
+    InjectionPlan({}).check_reference_image_size(64, 56)  # no reference: nothing to refuse
+
+
 def test_a_backbone_that_cannot_isolate_the_reference_is_refused_at_start_up(tiny):  # noqa: F811
     backbone = make(tiny)
     plan_with(backbone, attention="reference_isolated").check_backbone(backbone)  # both adapters can

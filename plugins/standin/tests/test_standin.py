@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from idvid.errors import ConfigError
 from idvid.randomness import BatchRandom
 from idvid.sampling.sampler import sample_latents
 from idvid.verbs.fit import fit
@@ -102,3 +103,10 @@ def test_standin_trains_two_steps_and_samples(backbone, tmp_path):
     assert loss is not None and math.isfinite(loss)
     assert list((tmp_path / "samples").glob("step000002_*.mp4"))
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_fit_refuses_references_the_patching_cannot_tile_before_training(tmp_path):
+    cfg = compose_config(["experiment=standin", "data.width=56", "trainer.max_steps=1"], run_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"(?s)reference latent is 1 x 8 x 7.*multiples of 16 pixels"):
+        fit(cfg)
+    assert not (tmp_path / "checkpoints").exists()

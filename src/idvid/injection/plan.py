@@ -17,7 +17,13 @@ from torch import nn
 from idvid.backbones.info import BackboneInfo
 from idvid.errors import ConfigError
 from idvid.injection.injector import Conditions, Injector, InputConcatInjector, TextTokenInjector, TokenInjector
-from idvid.injection.sequence import PreparedReference, ReferenceAttention, SequenceConcatInjector, check_reference
+from idvid.injection.sequence import (
+    PreparedReference,
+    ReferenceAttention,
+    SequenceConcatInjector,
+    check_reference,
+    check_reference_latent_size,
+)
 from idvid.injection.sites import BLOCK_SITES, Site
 from idvid.randomness import BatchRandom
 from idvid.registry import PluginKind, build
@@ -108,6 +114,14 @@ class InjectionPlan(nn.Module):
                 ),
                 fix,
             )
+
+    def check_reference_image_size(self, height: int, width: int) -> None:
+        """At start-up: refuse reference images of ``height x width`` pixels whose latent the patching cannot tile."""
+        injector = self.sequence_injector
+        if injector is not None:
+            info = injector.backbone_info
+            compression = info.vae_spatial_compression
+            check_reference_latent_size(injector, info, info.patch_size_t, height // compression, width // compression)
 
     def attach(self, backbone: Any) -> None:
         """Let each ``text_tokens`` injector install its tokens on the built backbone (once)."""

@@ -169,12 +169,18 @@ def check_reference(injector: SequenceConcatInjector, value: torch.Tensor, info:
             f"{name} returned a reference of shape {tuple(value.shape)}; expected latents [B, f_ref, "
             f"{info.latent_channels}, h, w] (the backbone's latent channels) or tokens [B, N_ref, {info.hidden_size}]."
         )
-    frames, height, width = value.shape[1], value.shape[3], value.shape[4]
+    check_reference_latent_size(injector, info, *value.shape[1:2], *value.shape[3:])
+
+
+def check_reference_latent_size(
+    injector: SequenceConcatInjector, info: BackboneInfo, frames: int, height: int, width: int
+) -> None:
+    """Refuse a reference latent ``frames x height x width`` that the backbone's patching does not tile."""
     patch, patch_t = info.patch_size, info.patch_size_t
     if height % patch or width % patch or frames % patch_t:
         raise ConfigError(
-            f"{name}: the reference latent is {frames} x {height} x {width} (frames x height x width), which the "
-            f"backbone's patching ({patch_t} x {patch} x {patch}) does not tile.",
+            f"{type(injector).__name__}: the reference latent is {frames} x {height} x {width} (frames x height x "
+            f"width), which the backbone's patching ({patch_t} x {patch} x {patch}) does not tile.",
             f"Give references whose latent height and width are multiples of {patch} (images whose sides are "
             f"multiples of {patch * info.vae_spatial_compression} pixels), e.g. the video's own size.",
         )
