@@ -18,7 +18,7 @@ from idvid.randomness import BatchRandom
 from idvid.sampling.sampler import sample_latents
 
 from ..core.helpers import backbone_inputs, run_backbone
-from .test_backbone_contract import make, tiny  # noqa: F401  (tiny: the fixture over both tiny backbones)
+from .test_backbone_contract import TINY_BACKBONES, make, tiny  # noqa: F401  (tiny: the fixture over both backbones)
 
 #: the submodule each family's timestep enters through (its first argument is the timestep), for the spy
 TIME_INPUT = {"cogvideox_tiny": "time_proj", "wan_tiny": "condition_embedder"}
@@ -261,3 +261,23 @@ def test_the_prepared_reference_travels_with_the_token_grid(tiny):  # noqa: F811
     prepared = plan.prepare(face_for(latents), BatchRandom(torch.Generator().manual_seed(0)))
     assert prepared.reference is not None and prepared.reference.is_latent
     assert prepared.with_token_grid((1, 2, 2)).reference is prepared.reference
+
+
+@pytest.mark.parametrize("expert", ["high_noise", "both"])
+def test_two_expert_wan_caches_the_reference_of_each_expert(expert):
+    wan = next(t for t in TINY_BACKBONES if t.config == "wan_tiny")
+    backbone = make(wan, boundary_ratio=0.5, expert=expert)
+    plan = plan_with(backbone, kv_cache=True, **ISOLATED)
+    shape = backbone.latent_shape(1, *backbone.default_video_size)
+    latents, text = torch.randn(shape), torch.randn(backbone.encode_text([""]).shape)
+    face = face_for(latents)
+    injection = plan.prepare(face, BatchRandom(torch.Generator().manual_seed(0)))
+    assert len(backbone.cache_reference(injection, shape).reference.cache) == 2  # one per expert
+    cached, uncached = (
+        sample_latents(
+            backbone, plan, face, text, text * 0, shape, num_inference_steps=4,
+            generator=torch.Generator().manual_seed(0), use_reference_cache=use_cache,
+        )
+        for use_cache in (True, False)
+    )  # fmt: skip
+    assert torch.equal(cached, uncached)
