@@ -1,6 +1,6 @@
 """The core alone: with the first-party plugins uninstalled, the kit lists, trains and explains what is missing.
 
-The plugins (ConsisID, Magic-Me) are hidden from a child process as an uninstall would leave them:
+The plugins (ConsisID, Magic-Me, Concat-ID, Stand-In) are hidden from a child process as an uninstall would leave them:
 their distributions' entry points are gone and their modules cannot be imported. A ``sitecustomize``
 on the child's path does both, so the test needs no second environment: it drops the editable
 installs' import finders and the distributions' entry points (``test_the_plugin_is_really_hidden``
@@ -19,7 +19,8 @@ import pytest
 HIDE = """
 import importlib.metadata, sys
 
-HIDDEN_MODULES, HIDDEN_DISTS = ("idvid_consisid", "idvid_magicme"), ("idvid-consisid", "idvid-magicme")
+HIDDEN_MODULES = ("idvid_consisid", "idvid_magicme", "idvid_concatid", "idvid_standin")
+HIDDEN_DISTS = ("idvid-consisid", "idvid-magicme", "idvid-concatid", "idvid-standin")
 
 # An editable install imports through a finder of its own on sys.meta_path (site.py has put it there
 # before it runs sitecustomize); without it the module is not importable.
@@ -58,11 +59,12 @@ def run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Completed
 
 def test_the_plugin_is_really_hidden(core_only_env, tmp_path):
     probe = "import importlib.util, importlib.metadata as m"
-    probe += "; print([importlib.util.find_spec(n) for n in ('idvid_consisid', 'idvid_magicme')])"
+    probe += "; print([importlib.util.find_spec(n) for n in ('idvid_consisid', 'idvid_magicme', 'idvid_concatid',"
+    probe += " 'idvid_standin')])"
     probe += "; print(sorted(e.name for e in m.entry_points(group='idvid.plugins')))"
     result = subprocess.run([sys.executable, "-c", probe], env=core_only_env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == ["[None, None]", "['idvid']"]
+    assert result.stdout.splitlines() == ["[None, None, None, None]", "['idvid']"]
 
 
 def test_plugins_lists_the_core_alone(core_only_env, tmp_path):
@@ -71,7 +73,7 @@ def test_plugins_lists_the_core_alone(core_only_env, tmp_path):
     assert "reference_latents" in result.stdout and "input_concat" in result.stdout
     # Each backbone adapter says where the sites are in its block.
     assert "Sites in each backbone" in result.stdout and "text cross-attention's residual" in result.stdout
-    for plugin in ("consisid", "magicme"):  # no plugin, no config package
+    for plugin in ("consisid", "magicme", "concatid", "standin"):  # no plugin, no config package
         assert f"{plugin}." not in result.stdout and f"idvid_{plugin}" not in result.stdout
 
 
