@@ -19,7 +19,6 @@ from idvid.errors import ConfigError
 from idvid.injection.injector import Conditions, Injector, InputConcatInjector, TextTokenInjector, TokenInjector
 from idvid.injection.sequence import (
     PreparedReference,
-    ReferenceAttention,
     SequenceConcatInjector,
     check_reference,
     check_reference_latent_size,
@@ -288,4 +287,4 @@ class PreparedInjection:
 
 NO_INJECTION = PreparedInjection([])
 
-__all__ = ["InjectionPlan", "PreparedInjection", "NO_INJECTION", "BLOCK_SITES", "ReferenceAttention"]
+__all__ = ["InjectionPlan", "PreparedInjection", "NO_INJECTION", "BLOCK_SITES"]
