@@ -48,6 +48,9 @@ class ConvertedModel:
     injectors: dict[str, Any]  # replaces the experiment's injectors
     state_dict: dict[str, torch.Tensor]  # keys of IdentityVideoModule's state dict
     notes: list[str] = field(default_factory=list)  # said to the user after converting
+    # True: the source holds only the method's own weights (e.g. an adapter file); the backbone's come
+    # from the experiment's config or `backbone.pretrained`, so they are not expected in state_dict
+    adapter_only: bool = False
 
 
 def read_json_file(path: str | Path) -> Any:

@@ -229,7 +229,14 @@ def test_plugins_lists_sites_and_every_registered_plugin(tmp_path):
     assert "Injection sites" in sites_text and plugins_text, result.stdout
 
     assert table_rows(sites_text) == [[site.value, SITE_DESCRIPTIONS[site]] for site in Site]
-    assert [site.value for site in Site] == ["input_concat", "pre_attn", "attn_ffn", "post_attn", "text_tokens"]
+    assert [site.value for site in Site] == [
+        "input_concat",
+        "pre_attn",
+        "attn_ffn",
+        "post_attn",
+        "text_tokens",
+        "sequence_concat",
+    ]
 
     rows = table_rows(plugins_text)
     assert all(len(row) == 6 for row in rows), rows

@@ -15,13 +15,30 @@ import torch
 from idvid.errors import ConfigError, ConfigKeyError
 from idvid.randomness import BatchRandom
 from idvid.registry import REGISTRIES, PluginKind, register_recipe_step
-from idvid.training.recipe import ImageLatentDropout, Recipe, RecipeStep, TextDrop
+from idvid.training.recipe import CrossReference, ImageLatentDropout, Recipe, RecipeStep, TextDrop
 
 from ..conftest import compose_config
 
 
 def gen(seed: int = 0) -> BatchRandom:
     return BatchRandom(torch.Generator().manual_seed(seed))
+
+
+def test_cross_reference_swaps_every_reference_key_where_the_clip_has_a_cross_reference():
+    batch = {
+        "ref_image": torch.zeros(3, 3, 2, 2),
+        "cross_ref_image": torch.ones(3, 3, 2, 2),
+        "ref_kps": torch.zeros(3, 5, 2),
+        "cross_ref_kps": torch.ones(3, 5, 2),
+        "has_cross_ref": torch.tensor([True, False, True]),
+    }
+    out = CrossReference(1.0).on_batch(dict(batch), gen())
+    assert out["used_cross_ref"].tolist() == [True, False, True]
+    assert out["ref_image"].flatten(1).mean(1).tolist() == [1.0, 0.0, 1.0]
+    assert out["ref_kps"].flatten(1).mean(1).tolist() == [1.0, 0.0, 1.0]
+    assert not CrossReference(0.0).on_batch(dict(batch), gen())["used_cross_ref"].any()
+    with pytest.raises(ConfigError, match="cross_reference: probability=2"):
+        CrossReference(2.0)
 
 
 def test_text_drop():

@@ -22,32 +22,15 @@ import torch
 from idvid.errors import ConfigError
 from idvid.randomness import BatchRandom
 from idvid.registry import register_recipe_step
-from idvid.training.recipe import RecipeStep, check_probability
+from idvid.training.recipe import CrossReference, RecipeStep, check_probability
 from idvid_consisid.injectors import LocalFaceCrossAttention
 
 
 @register_recipe_step("consisid.cross_face_reference")
-class CrossFaceReference(RecipeStep):
-    """With ``probability`` per sample, swap ``ref_*`` for ``cross_ref_*`` (where the clip has one).
+class CrossFaceReference(CrossReference):
+    """ConsisID's dynamic cross-face (beta): the core's ``cross_reference`` step under ConsisID's name."""
 
-    Records the choice as ``used_cross_ref`` ``[B]`` in the batch.
-    """
-
-    def __init__(self, probability: float = 0.5):
-        self.probability = check_probability("consisid.cross_face_reference", "probability", probability)
-
-    def on_batch(self, batch: dict[str, Any], random: BatchRandom) -> dict[str, Any]:
-        use_cross = random.coin(self.probability, batch["ref_image"].shape[0])
-        if "has_cross_ref" in batch:
-            use_cross &= batch["has_cross_ref"].bool().cpu()
-        # Every reference key (image, drawing, embedding, points, frame) switches together with its cross_ twin.
-        for cross_key in [key for key in batch if key.startswith("cross_ref_")]:
-            key = cross_key.removeprefix("cross_")
-            if key in batch:
-                choose = use_cross.to(batch[key].device).view(-1, *([1] * (batch[key].dim() - 1)))
-                batch[key] = torch.where(choose, batch[cross_key], batch[key])
-        batch["used_cross_ref"] = use_cross
-        return batch
+    step_name = "consisid.cross_face_reference"
 
 
 @register_recipe_step("consisid.reference_noise")

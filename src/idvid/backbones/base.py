@@ -154,6 +154,9 @@ class Backbone(nn.Module):
     lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")  # default LoRA target module names
     #: site name -> where that site is in this family's block, in words (``python -m idvid plugins`` prints it)
     site_locations: dict[str, str] = {}
+    #: the attention policies of reference tokens (site ``sequence_concat``) the forward honours; empty: the
+    #: backbone does not implement the site (a plan with a sequence_concat injector is refused at start-up)
+    reference_attention: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ shape
     @property
@@ -315,8 +318,20 @@ class Backbone(nn.Module):
         ``C_in`` includes any input_concat channels. The block loop calls
         ``injection.apply(Site.X, block_index, video_tokens)`` at each in-block site (the adapter's
         docstring says where each site is in its block) and honours ``gradient_checkpointing``.
+        With ``injection.reference`` (site ``sequence_concat``) it appends the reference tokens, with their
+        positions, timestep and attention policy, and drops them before the output head
+        (``idvid.backbones.reference_tokens``).
         """
         raise _not_implemented(self, "forward", "run its transformer with the injection sites")
+
+    def cache_reference(self, injection: PreparedInjection, latent_shape: tuple[int, ...]) -> PreparedInjection:
+        """The same injection with the reference's per-block keys and values computed once, for sampling.
+
+        ``latent_shape`` is the sampled video's ``(B, f, C, h, w)`` (reference positions may follow its frames).
+        Only for a reference that cannot depend on the noisy video (``reference_is_static``); the blocks
+        then read the cached keys and values at every step, and the result equals the uncached forward.
+        """
+        raise _not_implemented(self, "cache_reference", "cache a static reference's keys and values")
 
     # ------------------------------------------------------ training objective
     def add_training_noise(

@@ -27,6 +27,7 @@ The family's side of the backbone contract (``idvid.backbones.base``):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -34,7 +35,7 @@ from typing import Any
 
 import torch
 from diffusers import AutoencoderKLCogVideoX, CogVideoXDPMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
-from diffusers.models.embeddings import get_3d_rotary_pos_embed
+from diffusers.models.embeddings import apply_rotary_emb, get_1d_rotary_pos_embed, get_3d_rotary_pos_embed
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import AutoTokenizer, T5Config, T5EncoderModel
@@ -42,6 +43,12 @@ from transformers import AutoTokenizer, T5Config, T5EncoderModel
 from idvid.backbones.base import Backbone, BackboneInfo, DiffusersSchedule, NoisedLatents
 from idvid.backbones.demo_tokenizer import build_demo_tokenizer
 from idvid.backbones.lora import LORA_WEIGHTS_FILE, lora_adapter_metadata, lora_layers
+from idvid.backbones.reference_tokens import (
+    ReferenceStream,
+    attend_with_reference,
+    project_reference,
+    reference_grid_positions,
+)
 from idvid.injection.plan import NO_INJECTION, PreparedInjection
 from idvid.injection.sites import Site
 from idvid.randomness import BatchRandom
@@ -109,7 +116,10 @@ class CogVideoXBackbone(Backbone):
         "attn_ffn": "after the attention's gated residual, before norm2 and the FFN",
         "post_attn": "block output, after the FFN's gated residual",
         "text_tokens": "T5 input embeddings of added tokens (the encoder's own table stays frozen)",
+        "sequence_concat": "reference tokens (patch_embed.proj) after the video tokens in the joint attention; "
+        "own AdaLN modulation for their timestep; text queries see what video queries see",
     }
+    reference_attention = ("full", "reference_isolated")
 
     def __init__(
         self,
@@ -371,25 +381,19 @@ class CogVideoXBackbone(Backbone):
         tokens = model.embedding_dropout(model.patch_embed(text_embeddings, latents))
         text_length = text_embeddings.shape[1]
         text_tokens, video_tokens = tokens[:, :text_length], tokens[:, text_length:]
+        reference = self._reference_stream(injection, (frames, height // p, width // p), temb, timestep_cond)
+        reference_tokens = reference.tokens if reference is not None else None
 
         for index, block in enumerate(model.transformer_blocks):
+            arguments = (index, block, video_tokens, text_tokens, temb, image_rotary_emb, injection)
             if torch.is_grad_enabled() and self.gradient_checkpointing:
-                video_tokens, text_tokens = checkpoint(
-                    self._run_block,
-                    index,
-                    block,
-                    video_tokens,
-                    text_tokens,
-                    temb,
-                    image_rotary_emb,
-                    injection,
-                    use_reentrant=False,
+                video_tokens, text_tokens, reference_tokens = checkpoint(
+                    self._run_block, *arguments, reference, reference_tokens, use_reentrant=False
                 )
             else:
-                video_tokens, text_tokens = self._run_block(
-                    index, block, video_tokens, text_tokens, temb, image_rotary_emb, injection
-                )
+                video_tokens, text_tokens, reference_tokens = self._run_block(*arguments, reference, reference_tokens)
 
+        # The reference tokens end here: the output head sees the video tokens only.
         video_tokens = model.norm_final(video_tokens)
         video_tokens = model.norm_out(video_tokens, temb=temb)
         video_tokens = model.proj_out(video_tokens)
@@ -405,15 +409,28 @@ class CogVideoXBackbone(Backbone):
         temb: torch.Tensor,
         rotary: tuple[torch.Tensor, torch.Tensor] | None,
         injection: PreparedInjection,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """diffusers' CogVideoXBlock.forward, with the three in-block sites called explicitly."""
+        reference: ReferenceStream | None = None,
+        reference_tokens: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """diffusers' CogVideoXBlock.forward, with the three in-block sites called explicitly.
+
+        With ``reference`` (site sequence_concat) the reference tokens join the joint attention
+        (``_attention_with_reference``) and run norm/FFN with their own modulation; in-block sites see video only.
+        """
         text_length = text.shape[1]
         video = injection.apply(Site.PRE_ATTN, index, video)
 
         norm_video, norm_text, gate_msa, text_gate_msa = block.norm1(video, text, temb)
-        attn_video, attn_text = block.attn1(
-            hidden_states=norm_video, encoder_hidden_states=norm_text, image_rotary_emb=rotary
-        )
+        if reference is None:
+            attn_video, attn_text = block.attn1(
+                hidden_states=norm_video, encoder_hidden_states=norm_text, image_rotary_emb=rotary
+            )
+        else:
+            attn_video, attn_text, attn_reference = _attention_with_reference(
+                index, block, norm_video, norm_text, rotary, reference, reference_tokens
+            )
+            if reference_tokens is not None:
+                reference_tokens = _reference_ffn(block, reference_tokens, *attn_reference, reference.modulation)
         video = video + gate_msa * attn_video
         text = text + text_gate_msa * attn_text
 
@@ -425,7 +442,147 @@ class CogVideoXBackbone(Backbone):
         text = text + text_gate_ff * ff_output[:, :text_length]
 
         video = injection.apply(Site.POST_ATTN, index, video)
-        return video, text
+        return video, text, reference_tokens
+
+    # ------------------------------------------------------- sequence_concat
+    def _reference_stream(
+        self,
+        injection: PreparedInjection,
+        video_grid: tuple[int, int, int],
+        temb: torch.Tensor,
+        timestep_cond: torch.Tensor | None = None,
+    ) -> ReferenceStream | None:
+        """The reference tokens, their rotary embedding and their time embedding (site sequence_concat)."""
+        prepared = injection.reference
+        if prepared is None:
+            return None
+        if prepared.cache is not None:  # the blocks read cached keys and values: nothing to embed
+            return ReferenceStream(prepared.injector, None, None, None, prepared.cache)
+        model, injector = self.transformer, prepared.injector
+        grid = None
+        if prepared.is_latent:
+            reference = prepared.value.to(temb.dtype)
+            batch, frames, channels, height, width = reference.shape
+            extra = model.patch_embed.proj.in_channels - channels  # input_concat channels: zero for the reference
+            if extra:
+                reference = torch.cat([reference, reference.new_zeros(batch, frames, extra, height, width)], dim=2)
+            embedded = model.patch_embed.proj(reference.flatten(0, 1))  # [B * f, D, h', w'] as CogVideoXPatchEmbed
+            grid = (frames, *embedded.shape[-2:])
+            tokens = embedded.unflatten(0, (batch, frames)).flatten(3).transpose(2, 3).flatten(1, 2)
+            tokens = model.embedding_dropout(tokens)
+        else:
+            tokens = prepared.value.to(temb.dtype)
+        if injector.reference_timestep is None:
+            modulation = temb
+        else:
+            clean = torch.full((tokens.shape[0],), injector.reference_timestep, device=temb.device)
+            modulation = model.time_embedding(model.time_proj(clean).to(temb.dtype), timestep_cond)
+        rotary = None
+        if model.config.use_rotary_positional_embeddings:
+            rotary = self.rotary_at(*reference_grid_positions(injector, video_grid, grid, tokens.shape[1]))
+            rotary = tuple(r.to(tokens.device) for r in rotary)
+        return ReferenceStream(injector, tokens, rotary, modulation)
+
+    def rotary_at(self, frame: torch.Tensor, row: torch.Tensor, column: torch.Tensor):
+        """CogVideoX's 3D RoPE (cos, sin) ``[N, head_dim]`` at explicit (frame, row, column) positions.
+
+        The same frequencies as ``get_3d_rotary_pos_embed`` (a quarter of the head for time, 3/8 each
+        for rows and columns), at any position, e.g. frame -1 for a reference before the video.
+        """
+        dim = self.transformer.config.attention_head_dim
+        parts = [
+            get_1d_rotary_pos_embed(size, positions, use_real=True)
+            for size, positions in ((dim // 4, frame), (dim // 8 * 3, row), (dim // 8 * 3, column))
+        ]
+        return torch.cat([cos for cos, _ in parts], dim=-1), torch.cat([sin for _, sin in parts], dim=-1)
+
+    @torch.no_grad()
+    def cache_reference(self, injection: PreparedInjection, latent_shape: tuple[int, ...]) -> PreparedInjection:
+        """Run the static reference through every block once, keeping each block's keys and values."""
+        prepared = injection.reference
+        if prepared is None or not prepared.injector.reference_is_static:
+            raise ValueError(
+                "cache_reference needs a reference that cannot depend on the noisy video "
+                "(sequence_concat with attention=reference_isolated and timestep=0)."
+            )
+        model = self.transformer
+        device = model.patch_embed.proj.weight.device
+        # The video's time embedding is not read by a static reference (it has its own, at timestep 0).
+        temb = model.time_embedding(model.time_proj(torch.zeros(prepared.value.shape[0], device=device)))
+        uncached = injection.with_reference(dataclasses.replace(prepared, cache=None))
+        p = model.config.patch_size
+        stream = self._reference_stream(uncached, (latent_shape[1], latent_shape[3] // p, latent_shape[4] // p), temb)
+        tokens, cached = stream.tokens, []
+        for index, block in enumerate(model.transformer_blocks):
+            query, key, value, gate_msa = _reference_heads(index, block, tokens, stream)
+            cached.append((key, value))
+            attended = attend_with_reference(None, (key, value), query, isolated=True)[1]
+            tokens = _reference_ffn(block, tokens, attended, gate_msa, stream.modulation)
+        return injection.with_reference(dataclasses.replace(prepared, cache=cached))
+
+
+def _heads(attn: nn.Module, projected: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v ``[B, N, heads * d]`` -> ``[B, heads, N, d]`` with CogVideoX's QK LayerNorm."""
+    query, key, value = (projected[n].unflatten(2, (attn.heads, -1)).transpose(1, 2) for n in ("q", "k", "v"))
+    if attn.norm_q is not None:
+        query = attn.norm_q(query)
+    if attn.norm_k is not None:
+        key = attn.norm_k(key)
+    return query, key, value
+
+
+def _reference_heads(index: int, block: nn.Module, tokens: torch.Tensor, reference: ReferenceStream):
+    """The reference tokens' modulated norm1, q/k/v (with the injector's residuals), QK norm and RoPE."""
+    attn = block.attn1
+    # CogVideoXLayerNormZero on the reference alone (no text), with the reference's own time embedding.
+    normed, _, gate_msa, _ = block.norm1(tokens, tokens[:, :0], reference.modulation)
+    projections = {"q": attn.to_q, "k": attn.to_k, "v": attn.to_v}
+    query, key, value = _heads(attn, project_reference(reference, index, projections, normed))
+    if reference.rotary is not None:
+        query, key = apply_rotary_emb(query, reference.rotary), apply_rotary_emb(key, reference.rotary)
+    return query, key, value, gate_msa
+
+
+def _reference_ffn(
+    block: nn.Module, tokens: torch.Tensor, attended: torch.Tensor, gate_msa: torch.Tensor, modulation: torch.Tensor
+) -> torch.Tensor:
+    """The reference tokens after the attention's gated residual, norm2, the FFN and its gated residual."""
+    attention = block.attn1.to_out[1](block.attn1.to_out[0](attended.transpose(1, 2).flatten(2)))
+    tokens = tokens + gate_msa * attention
+    normed, _, gate_ff, _ = block.norm2(tokens, tokens[:, :0], modulation)
+    return tokens + gate_ff * block.ff(normed)
+
+
+def _attention_with_reference(
+    index: int,
+    block: nn.Module,
+    norm_video: torch.Tensor,
+    norm_text: torch.Tensor,
+    rotary: tuple[torch.Tensor, torch.Tensor] | None,
+    reference: ReferenceStream,
+    reference_tokens: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """CogVideoX's joint attention over (text, video) plus the reference tokens.
+
+    Text and video queries read every key; the reference's queries read every key (``full``) or only the
+    reference's (``reference_isolated``). Returns the attention outputs of video, text and reference (the
+    latter before ``to_out``, with its attention gate; None when its keys and values come from the cache).
+    """
+    attn, text_length = block.attn1, norm_text.shape[1]
+    joint = torch.cat([norm_text, norm_video], dim=1)
+    query, key, value = _heads(attn, {"q": attn.to_q(joint), "k": attn.to_k(joint), "v": attn.to_v(joint)})
+    if rotary is not None:  # RoPE on the video tokens only, as diffusers' CogVideoX attention processor
+        query = torch.cat([query[:, :, :text_length], apply_rotary_emb(query[:, :, text_length:], rotary)], dim=2)
+        key = torch.cat([key[:, :, :text_length], apply_rotary_emb(key[:, :, text_length:], rotary)], dim=2)
+    if reference_tokens is None:
+        reference_query, reference_key_value, gate_msa = None, reference.cached[index], None
+    else:
+        reference_query, *reference_key_value, gate_msa = _reference_heads(index, block, reference_tokens, reference)
+    joint_out, reference_out = attend_with_reference(
+        (query, key, value), tuple(reference_key_value), reference_query, reference.isolated
+    )
+    joint_out = attn.to_out[1](attn.to_out[0](joint_out.transpose(1, 2).flatten(2)))
+    return joint_out[:, text_length:], joint_out[:, :text_length], (reference_out, gate_msa)
 
 
 class CogVideoXDPMSchedule(DiffusersSchedule):

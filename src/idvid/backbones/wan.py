@@ -39,6 +39,7 @@ local diffusers Wan pipeline folder (``pretrained``).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -52,6 +53,7 @@ from diffusers import (
     WanPipeline,
     WanTransformer3DModel,
 )
+from diffusers.models.embeddings import get_1d_rotary_pos_embed
 from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -61,6 +63,12 @@ from idvid.backbones.base import Backbone, BackboneInfo, NoisedLatents
 from idvid.backbones.demo_tokenizer import build_demo_tokenizer
 from idvid.backbones.flow_matching import FlowMatchingSchedule, draw_sigmas, flow_matching_noise, unshift_sigma
 from idvid.backbones.lora import LORA_WEIGHTS_FILE, lora_layers
+from idvid.backbones.reference_tokens import (
+    ReferenceStream,
+    attend_with_reference,
+    project_reference,
+    reference_grid_positions,
+)
 from idvid.injection.plan import NO_INJECTION, PreparedInjection
 from idvid.injection.sites import Site
 from idvid.randomness import BatchRandom
@@ -206,7 +214,10 @@ class WanBackbone(Backbone):
         "attn_ffn": "after the text cross-attention's residual, before norm3 and the FFN",
         "post_attn": "block output, after the FFN's gated residual",
         "text_tokens": "UMT5 input embeddings of added tokens (the encoder's own table stays frozen)",
+        "sequence_concat": "reference tokens (patch_embedding) after the video tokens in the self-attention; "
+        "own timestep modulation (per-token timesteps); they skip the text cross-attention",
     }
+    reference_attention = ("full", "reference_isolated")
 
     def __init__(
         self,
@@ -517,15 +528,19 @@ class WanBackbone(Backbone):
         timestep_proj = timestep_proj.unflatten(1, (6, -1))
         p_t, p_h, p_w = model.config.patch_size
         injection = injection.with_token_grid((frames // p_t, height // p_h, width // p_w))
+        reference = self._reference_stream(
+            model, injection, (frames // p_t, height // p_h, width // p_w), timestep_proj
+        )
+        reference_tokens = reference.tokens if reference is not None else None
 
         for index, block in enumerate(model.blocks):
+            arguments = (index, block, tokens, text, timestep_proj, rotary, injection, reference, reference_tokens)
             if torch.is_grad_enabled() and self.gradient_checkpointing:
-                tokens = checkpoint(
-                    self._run_block, index, block, tokens, text, timestep_proj, rotary, injection, use_reentrant=False
-                )
+                tokens, reference_tokens = checkpoint(self._run_block, *arguments, use_reentrant=False)
             else:
-                tokens = self._run_block(index, block, tokens, text, timestep_proj, rotary, injection)
+                tokens, reference_tokens = self._run_block(*arguments)
 
+        # The reference tokens end here: the output head sees the video tokens only.
         shift, scale = (model.scale_shift_table.to(temb.device) + temb.unsqueeze(1)).chunk(2, dim=1)
         tokens = (model.norm_out(tokens.float()) * (1 + scale) + shift).type_as(tokens)
         tokens = model.proj_out(tokens)
@@ -542,15 +557,28 @@ class WanBackbone(Backbone):
         timestep_proj: torch.Tensor,
         rotary: tuple[torch.Tensor, torch.Tensor],
         injection: PreparedInjection,
-    ) -> torch.Tensor:
-        """diffusers' ``WanTransformerBlock.forward`` (per-sample timestep), with the three sites called explicitly."""
+        reference: ReferenceStream | None = None,
+        reference_tokens: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """diffusers' ``WanTransformerBlock.forward`` (per-sample timestep), with the three sites called explicitly.
+
+        With ``reference`` (site sequence_concat) the reference tokens join the self-attention with their own
+        modulation (Wan's per-token timesteps) and skip the text cross-attention; in-block sites see video only.
+        """
         video = injection.apply(Site.PRE_ATTN, index, video)
         shift_msa, scale_msa, gate_msa, c_shift_msa, c_scale_msa, c_gate_msa = (
             block.scale_shift_table + timestep_proj.float()
         ).chunk(6, dim=1)
 
         normed = (block.norm1(video.float()) * (1 + scale_msa) + shift_msa).type_as(video)
-        attention = block.attn1(normed, None, None, rotary)
+        if reference is None:
+            attention = block.attn1(normed, None, None, rotary)
+        else:
+            attention, reference_attention = _self_attention_with_reference(
+                index, block, normed, rotary, reference, reference_tokens
+            )
+            if reference_tokens is not None:
+                reference_tokens = _reference_after_attention(block, reference_tokens, *reference_attention)
         video = (video.float() + attention * gate_msa).type_as(video)
 
         normed = block.norm2(video.float()).type_as(video)
@@ -562,7 +590,86 @@ class WanBackbone(Backbone):
         ff_output = block.ffn(normed)
         video = (video.float() + ff_output.float() * c_gate_msa).type_as(video)
 
-        return injection.apply(Site.POST_ATTN, index, video)
+        return injection.apply(Site.POST_ATTN, index, video), reference_tokens
+
+    # ------------------------------------------------------- sequence_concat
+    def _reference_stream(
+        self,
+        model: WanTransformer3DModel,
+        injection: PreparedInjection,
+        video_grid: tuple[int, int, int],
+        timestep_proj: torch.Tensor | None,
+    ) -> ReferenceStream | None:
+        """The reference tokens, their rotary embedding and their modulation (site sequence_concat)."""
+        prepared = injection.reference
+        if prepared is None:
+            return None
+        if prepared.cache is not None:  # the blocks read cached keys and values: nothing to embed
+            return ReferenceStream(prepared.injector, None, None, None, prepared.cache[id(model)])
+        injector, grid = prepared.injector, None
+        dtype = model.patch_embedding.weight.dtype
+        if prepared.is_latent:
+            reference = prepared.value.to(dtype)
+            batch, frames, channels, height, width = reference.shape
+            extra = model.patch_embedding.in_channels - channels  # input_concat channels: zero for the reference
+            if extra:
+                reference = torch.cat([reference, reference.new_zeros(batch, frames, extra, height, width)], dim=2)
+            embedded = model.patch_embedding(reference.permute(0, 2, 1, 3, 4))  # [B, D, f', h', w']
+            grid = tuple(embedded.shape[2:])
+            tokens = embedded.flatten(2).transpose(1, 2).contiguous()
+        else:
+            tokens = prepared.value.to(dtype)
+        if injector.reference_timestep is None:
+            modulation = timestep_proj
+        else:
+            clean = torch.full((tokens.shape[0],), float(injector.reference_timestep), device=tokens.device)
+            # Wan's per-token timestep: the reference tokens' own modulation (no text: an empty sequence).
+            no_text = tokens.new_zeros(tokens.shape[0], 0, model.config.text_dim)
+            _, modulation, _, _ = model.condition_embedder(clean, no_text, None)
+            modulation = modulation.unflatten(1, (6, -1))
+        positions = reference_grid_positions(injector, video_grid, grid, tokens.shape[1])
+        rotary = tuple(r.to(tokens.device) for r in self.rotary_at(model, *positions))
+        return ReferenceStream(injector, tokens, rotary, modulation)
+
+    @staticmethod
+    def rotary_at(model: WanTransformer3DModel, frame: torch.Tensor, row: torch.Tensor, column: torch.Tensor):
+        """Wan's 3D RoPE (cos, sin) ``[1, N, 1, head_dim]`` at explicit (frame, row, column) positions.
+
+        The frequencies of diffusers' ``WanRotaryPosEmbed`` (theta 10000, float64), at any position, e.g.
+        frame -1 for a reference before the video (its table only holds positions 0..max_seq_len-1).
+        """
+        rope = model.rope
+        cos, sin = zip(
+            *(
+                get_1d_rotary_pos_embed(size, positions.double(), 10000.0, use_real=True, freqs_dtype=torch.float64)
+                for size, positions in ((rope.t_dim, frame), (rope.h_dim, row), (rope.w_dim, column))
+            )
+        )
+        return torch.cat(cos, dim=-1)[None, :, None], torch.cat(sin, dim=-1)[None, :, None]
+
+    @torch.no_grad()
+    def cache_reference(self, injection: PreparedInjection, latent_shape: tuple[int, ...]) -> PreparedInjection:
+        """Run the static reference through every block of every expert once, keeping their keys and values."""
+        prepared = injection.reference
+        if prepared is None or not prepared.injector.reference_is_static:
+            raise ValueError(
+                "cache_reference needs a reference that cannot depend on the noisy video "
+                "(sequence_concat with attention=reference_isolated and timestep=0)."
+            )
+        uncached = injection.with_reference(dataclasses.replace(prepared, cache=None))
+        info = self.info
+        video_grid = (latent_shape[1] // info.patch_size_t, *(n // info.patch_size for n in latent_shape[3:]))
+        cache = {}
+        for model in self.experts:
+            stream = self._reference_stream(model, uncached, video_grid, None)
+            tokens, cached = stream.tokens, []
+            for index, block in enumerate(model.blocks):
+                query, key, value, modulation = _reference_heads(index, block, tokens, stream)
+                cached.append((key, value))
+                attended = attend_with_reference(None, (key, value), query, isolated=True)[1]
+                tokens = _reference_after_attention(block, tokens, attended, modulation)
+            cache[id(model)] = cached
+        return injection.with_reference(dataclasses.replace(prepared, cache=cache))
 
     # ---------------------------------------------------------- training objective
     @property
@@ -651,3 +758,69 @@ class WanBackbone(Backbone):
             transformer_lora_layers=lora_layers(model),
             transformer_lora_adapter_metadata=model.peft_config["default"].to_dict(),
         )
+
+
+def _apply_rotary(hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Wan's rotary embedding on ``[B, N, heads, d]`` (interleaved pairs), as its attention processor applies it."""
+    x1, x2 = hidden.unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = cos[..., 0::2], sin[..., 1::2]
+    rotated = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+    return rotated.type_as(hidden)
+
+
+def _heads(attn: nn.Module, projected: dict[str, torch.Tensor], rotary) -> tuple[torch.Tensor, ...]:
+    """Wan self-attention q, k, v ``[B, N, heads * d]`` -> ``[B, heads, N, d]``: RMS QK norm, then RoPE."""
+    query, key = attn.norm_q(projected["q"]), attn.norm_k(projected["k"])
+    query, key, value = (t.unflatten(2, (attn.heads, -1)) for t in (query, key, projected["v"]))
+    query, key = _apply_rotary(query, *rotary), _apply_rotary(key, *rotary)
+    return tuple(t.transpose(1, 2) for t in (query, key, value))
+
+
+def _attention_output(attn: nn.Module, attended: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return attn.to_out[1](attn.to_out[0](attended.transpose(1, 2).flatten(2).type_as(like)))
+
+
+def _reference_heads(index: int, block: nn.Module, tokens: torch.Tensor, reference: ReferenceStream):
+    """The reference tokens' modulated norm1, q/k/v (with the injector's residuals), QK norm and RoPE."""
+    modulation = (block.scale_shift_table + reference.modulation.float()).chunk(6, dim=1)
+    shift, scale = modulation[0], modulation[1]
+    normed = (block.norm1(tokens.float()) * (1 + scale) + shift).type_as(tokens)
+    attn = block.attn1
+    projected = project_reference(reference, index, {"q": attn.to_q, "k": attn.to_k, "v": attn.to_v}, normed)
+    return (*_heads(attn, projected, reference.rotary), modulation)
+
+
+def _reference_after_attention(
+    block: nn.Module, tokens: torch.Tensor, attended: torch.Tensor, modulation: tuple[torch.Tensor, ...]
+) -> torch.Tensor:
+    """The reference tokens after the self-attention's gated residual, norm3, the FFN and its gated residual."""
+    _, _, gate, c_shift, c_scale, c_gate = modulation
+    tokens = (tokens.float() + _attention_output(block.attn1, attended, tokens) * gate).type_as(tokens)
+    normed = (block.norm3(tokens.float()) * (1 + c_scale) + c_shift).type_as(tokens)
+    return (tokens.float() + block.ffn(normed).float() * c_gate).type_as(tokens)
+
+
+def _self_attention_with_reference(
+    index: int,
+    block: nn.Module,
+    normed: torch.Tensor,
+    rotary: tuple[torch.Tensor, torch.Tensor],
+    reference: ReferenceStream,
+    reference_tokens: torch.Tensor | None,
+):
+    """Wan's self-attention of the video tokens plus the reference tokens.
+
+    Video queries read video + reference keys; reference queries read every key (``full``) or only the
+    reference's (``reference_isolated``). Returns the video's attention output and the reference's
+    (before ``to_out``, with its modulation; None when the reference's keys and values come from the cache).
+    """
+    attn = block.attn1
+    main = _heads(attn, {"q": attn.to_q(normed), "k": attn.to_k(normed), "v": attn.to_v(normed)}, rotary)
+    if reference_tokens is None:
+        reference_query, reference_key_value, modulation = None, reference.cached[index], None
+    else:
+        reference_query, *reference_key_value, modulation = _reference_heads(index, block, reference_tokens, reference)
+    video_out, reference_out = attend_with_reference(
+        main, tuple(reference_key_value), reference_query, reference.isolated
+    )
+    return _attention_output(attn, video_out, normed), (reference_out, modulation)

@@ -2,6 +2,12 @@
 
 from idvid.injection.injector import Conditions, Injector, InputConcatInjector, TextTokenInjector, TokenInjector
 from idvid.injection.plan import NO_INJECTION, InjectionPlan, PreparedInjection
+from idvid.injection.sequence import (
+    PreparedReference,
+    ReferenceAttention,
+    ReferencePositions,
+    SequenceConcatInjector,
+)
 from idvid.injection.sites import BLOCK_SITES, SITE_DESCRIPTIONS, BlockSelection, Site, parse_site
 
 __all__ = [
@@ -14,6 +20,10 @@ __all__ = [
     "InputConcatInjector",
     "NO_INJECTION",
     "PreparedInjection",
+    "PreparedReference",
+    "ReferenceAttention",
+    "ReferencePositions",
+    "SequenceConcatInjector",
     "Site",
     "TextTokenInjector",
     "TokenInjector",

@@ -17,6 +17,12 @@ from torch import nn
 from idvid.backbones.info import BackboneInfo
 from idvid.errors import ConfigError
 from idvid.injection.injector import Conditions, Injector, InputConcatInjector, TextTokenInjector, TokenInjector
+from idvid.injection.sequence import (
+    PreparedReference,
+    SequenceConcatInjector,
+    check_reference,
+    check_reference_latent_size,
+)
 from idvid.injection.sites import BLOCK_SITES, Site
 from idvid.randomness import BatchRandom
 from idvid.registry import PluginKind, build
@@ -29,13 +35,23 @@ class InjectionPlan(nn.Module):
     def __init__(self, injectors: Mapping[str, Injector]):
         super().__init__()
         for label, injector in injectors.items():
-            if not isinstance(injector, (InputConcatInjector, TokenInjector, TextTokenInjector)):
+            if not isinstance(
+                injector, (InputConcatInjector, TokenInjector, TextTokenInjector, SequenceConcatInjector)
+            ):
                 raise TypeError(
                     f"Injector {label!r} is a {type(injector).__name__}; injectors must derive from "
-                    f"idvid.injection.InputConcatInjector, TokenInjector or TextTokenInjector."
+                    f"idvid.injection.InputConcatInjector, TokenInjector, TextTokenInjector or SequenceConcatInjector."
                 )
             if isinstance(injector, TokenInjector):
                 _check_prepare_signature(label, injector)
+        references = [label for label, i in injectors.items() if isinstance(i, SequenceConcatInjector)]
+        if len(references) > 1:
+            raise ConfigError(
+                f"Injectors {', '.join(references)} all append reference tokens (site sequence_concat); a plan "
+                "holds one reference sequence.",
+                "Keep one sequence_concat injector (set the others to null, e.g. "
+                f"injectors.{references[-1]}=null), or have one injector return all references as one sequence.",
+            )
         self.injectors = nn.ModuleDict(dict(injectors))
         # Coarse-to-fine training switches the in-block (high-frequency) path off for a while.
         self.in_block_enabled = True
@@ -69,6 +85,42 @@ class InjectionPlan(nn.Module):
     @property
     def text_token_injectors(self) -> list[TextTokenInjector]:
         return [i for i in self.injectors.values() if isinstance(i, TextTokenInjector)]
+
+    @property
+    def sequence_injector(self) -> SequenceConcatInjector | None:
+        """The plan's ``sequence_concat`` injector (at most one), or None."""
+        return next((i for i in self.injectors.values() if isinstance(i, SequenceConcatInjector)), None)
+
+    def check_backbone(self, backbone: Any) -> None:
+        """Refuse a ``sequence_concat`` injector whose attention policy the backbone cannot honour."""
+        injector = self.sequence_injector
+        if injector is None:
+            return
+        supported = tuple(getattr(backbone, "reference_attention", ()))
+        if injector.attention.value not in supported:
+            fix = (
+                "Use attention=full, or a backbone whose adapter can isolate the reference (cogvideox, wan)."
+                if supported
+                else "Use a backbone whose adapter implements sequence_concat (cogvideox, wan)."
+            )
+            raise ConfigError(
+                f"{type(injector).__name__} asks for attention={injector.attention.value}, but the "
+                f"{type(backbone).__name__} backbone "
+                + (
+                    f"can only run {', '.join(supported)} attention with reference tokens (it cannot mask them)."
+                    if supported
+                    else "does not implement the sequence_concat site (reference tokens)."
+                ),
+                fix,
+            )
+
+    def check_reference_image_size(self, height: int, width: int) -> None:
+        """At start-up: refuse reference images of ``height x width`` pixels whose latent the patching cannot tile."""
+        injector = self.sequence_injector
+        if injector is not None:
+            info = injector.backbone_info
+            compression = info.vae_spatial_compression
+            check_reference_latent_size(injector, info, info.patch_size_t, height // compression, width // compression)
 
     def attach(self, backbone: Any) -> None:
         """Let each ``text_tokens`` injector install its tokens on the built backbone (once)."""
@@ -157,7 +209,13 @@ class InjectionPlan(nn.Module):
         for injector in active:
             state = injector.prepare(conditions, random)
             prepared.append((injector, adjust_state(injector, state) if adjust_state else state))
-        return PreparedInjection(prepared)
+        reference = None
+        if self.sequence_injector is not None:
+            injector = self.sequence_injector
+            value = injector.reference(conditions, random)
+            check_reference(injector, value, injector.backbone_info)
+            reference = PreparedReference(injector, value)
+        return PreparedInjection(prepared, reference=reference)
 
 
 def _check_prepare_signature(label: str, injector: TokenInjector) -> None:
@@ -179,9 +237,16 @@ class PreparedInjection:
     that they can regroup ``[B, N, D]`` video tokens by frame or by position.
     """
 
-    def __init__(self, prepared: list[tuple[TokenInjector, Any]], token_grid: tuple[int, int, int] | None = None):
+    def __init__(
+        self,
+        prepared: list[tuple[TokenInjector, Any]],
+        token_grid: tuple[int, int, int] | None = None,
+        reference: PreparedReference | None = None,
+    ):
         self._prepared = prepared
         self.token_grid = token_grid
+        #: the reference tokens' source (site sequence_concat), or None
+        self.reference = reference
         self._by_site_block: dict[tuple[Site, int], list[tuple[TokenInjector, Any]]] = {}
         for injector, state in prepared:
             for block_index in injector.block_indices:
@@ -190,7 +255,11 @@ class PreparedInjection:
     def with_token_grid(self, token_grid: tuple[int, int, int]) -> "PreparedInjection":
         """The same prepared states, for video tokens laid out as ``token_grid`` (a new object: the
         prepared injection of a sampling run is shared by all its steps)."""
-        return PreparedInjection(self._prepared, tuple(int(n) for n in token_grid))
+        return PreparedInjection(self._prepared, tuple(int(n) for n in token_grid), self.reference)
+
+    def with_reference(self, reference: PreparedReference | None) -> "PreparedInjection":
+        """The same in-block states with another reference (e.g. one whose keys and values are cached)."""
+        return PreparedInjection(self._prepared, self.token_grid, reference)
 
     def apply(self, site: Site, block_index: int, hidden_states: torch.Tensor) -> torch.Tensor:
         entries = self._by_site_block.get((site, block_index))

@@ -18,6 +18,7 @@ class Site(str, Enum):
     ATTN_FFN = "attn_ffn"
     POST_ATTN = "post_attn"
     TEXT_TOKENS = "text_tokens"
+    SEQUENCE_CONCAT = "sequence_concat"
 
     @property
     def description(self) -> str:
@@ -25,7 +26,7 @@ class Site(str, Enum):
 
     @property
     def in_block(self) -> bool:
-        return self not in (Site.INPUT_CONCAT, Site.TEXT_TOKENS)
+        return self not in (Site.INPUT_CONCAT, Site.TEXT_TOKENS, Site.SEQUENCE_CONCAT)
 
 
 SITE_DESCRIPTIONS = {
@@ -36,6 +37,9 @@ SITE_DESCRIPTIONS = {
     Site.POST_ATTN: "added to a block's output, after the FFN (where the released ConsisID weights act)",
     Site.TEXT_TOKENS: "new tokens of the text encoder's vocabulary with learned embedding rows, named in prompts "
     "through a placeholder (textual inversion); the rest of the table stays as loaded",
+    Site.SEQUENCE_CONCAT: "reference tokens appended to the video tokens (a reference latent patch-embedded by the "
+    "backbone's own embedding), with their own rotary positions, timestep and attention policy (full or "
+    "reference_isolated); dropped before the output head, so the prediction covers the video only",
 }
 
 # Sites in the order a block visits them.

@@ -2,7 +2,9 @@
 
 Classifier-free guidance is text-only, as in ConsisID's pipeline: identity
 conditions go to both branches. Injectors' timestep-independent work (e.g. the
-identity tokens of a Q-Former) is prepared once per video, not once per step.
+identity tokens of a Q-Former) is prepared once per video, not once per step; so are
+the per-block keys and values of a static reference (site ``sequence_concat`` with
+``kv_cache``), shared by every step and both guidance branches.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ def sample_latents(
     noise_prior: Any = None,
     start_latents: torch.Tensor | None = None,
     strength: float = 1.0,
+    use_reference_cache: bool = True,
 ) -> torch.Tensor:
     """Return denoised latents ``[B, f, C, h, w]`` with the backbone's own denoising schedule.
 
@@ -41,6 +44,7 @@ def sample_latents(
     ``start_latents`` (clean latents of ``latent_shape``) makes it a partial denoising (SDEdit): they are
     noised to the schedule's step at ``strength`` in [0, 1] and only the remaining steps run, so
     ``strength=1`` denoises from (almost) pure noise and ``strength=0`` returns ``start_latents``.
+    ``use_reference_cache=False`` recomputes a cacheable reference at every step (the cache's reference).
     """
     device = text_embeddings.device
     schedule = backbone.sampling_schedule(num_inference_steps, device)  # fresh: holds this run's solver state
@@ -61,6 +65,9 @@ def sample_latents(
     text = torch.cat([negative_text_embeddings, text_embeddings]) if use_cfg else text_embeddings
     random = BatchRandom(generator if generator is not None else torch.default_generator)
     injection = plan.prepare(branch_conditions, random)  # once per video
+    reference = plan.sequence_injector
+    if reference is not None and reference.kv_cache and use_reference_cache:
+        injection = backbone.cache_reference(injection, (branches * latent_shape[0], *latent_shape[1:]))
     extra_latents = plan.concat_latents(branch_conditions, latents.repeat(branches, 1, 1, 1, 1))
 
     steps = range(first_step, len(schedule.timesteps))

@@ -89,6 +89,7 @@ class IdentityVideoModule(L.LightningModule):
         )
         self.plan = InjectionPlan.from_config(injectors, info)
         self.plan.check_conditions(InjectionPlan.produced_conditions(self.conditioners))
+        self.plan.check_backbone(self.backbone)  # a sequence_concat policy the backbone cannot run is refused here
         self.backbone.set_input_channels(self.plan.extra_input_channels)
         self.plan.attach(self.backbone)  # text_tokens injectors add their tokens to the text encoder
         self.recipe = Recipe.from_config(recipe)
@@ -130,8 +131,8 @@ class IdentityVideoModule(L.LightningModule):
             self.backbone.input_layer.requires_grad_(True)
         if not self.trainable_parameters():
             raise ValueError(
-                f"model.trainable={trainable} leaves nothing to train: this experiment has no injectors. "
-                f"Use model.trainable=all or model.trainable=lora, or add an injector."
+                f"model.trainable={trainable} leaves nothing to train: this experiment has no injectors with "
+                f"parameters of their own. Use model.trainable=all or model.trainable=lora, or add an injector."
             )
 
     def _train_only_injectors(self, labels: list[str]) -> None:

@@ -163,4 +163,33 @@ class ImageLatentDropout(RecipeStep):
         return latents * keep
 
 
-__all__ = ["Recipe", "RecipeStep", "ImageLatentDropout", "TextDrop", "check_probability"]
+@register_recipe_step("cross_reference")
+class CrossReference(RecipeStep):
+    """With ``probability`` per sample, swap every ``ref_*`` for its ``cross_ref_*`` twin (where the clip has one).
+
+    The reference then comes from a frame outside the training window (same identity), so the model
+    cannot copy the reference's pose and lighting into the video (ConsisID's dynamic cross-face,
+    Concat-ID's cross-video pairing as far as the data offers it). Records the choice as
+    ``used_cross_ref`` ``[B]`` in the batch.
+    """
+
+    step_name = "cross_reference"
+
+    def __init__(self, probability: float = 0.5):
+        self.probability = check_probability(self.step_name, "probability", probability)
+
+    def on_batch(self, batch: dict[str, Any], random: BatchRandom) -> dict[str, Any]:
+        use_cross = random.coin(self.probability, batch["ref_image"].shape[0])
+        if "has_cross_ref" in batch:
+            use_cross &= batch["has_cross_ref"].bool().cpu()
+        # Every reference key (image, drawing, embedding, points, frame) switches together with its cross_ twin.
+        for cross_key in [key for key in batch if key.startswith("cross_ref_")]:
+            key = cross_key.removeprefix("cross_")
+            if key in batch:
+                choose = use_cross.to(batch[key].device).view(-1, *([1] * (batch[key].dim() - 1)))
+                batch[key] = torch.where(choose, batch[cross_key], batch[key])
+        batch["used_cross_ref"] = use_cross
+        return batch
+
+
+__all__ = ["CrossReference", "Recipe", "RecipeStep", "ImageLatentDropout", "TextDrop", "check_probability"]

@@ -39,9 +39,13 @@ def convert(format_name: str, source: str, out: str, overrides: list[str], overw
     model_cfg["injectors"] = converted.injectors
     torch.manual_seed(0)  # parts not in the source (e.g. demo-scale encoders) are built reproducibly
     module = hydra.utils.instantiate(model_cfg)
+    if converted.adapter_only:
+        _check_adapter_fits(module, converted.state_dict, format_name)
     missing, unexpected = module.load_state_dict(converted.state_dict, strict=False)
     # A foreign checkpoint brings the trained parts; frozen encoders come from config or `pretrained`.
     frozen = tuple(f"backbone.{name}." for name in module.backbone.frozen_modules) + ("conditioners.",)
+    if converted.adapter_only:  # the backbone's own weights come from config or backbone.pretrained
+        frozen += ("backbone.",)
     missing = [k for k in missing if not k.startswith(frozen)]
     if missing or unexpected:
         raise ValueError(
@@ -52,6 +56,25 @@ def convert(format_name: str, source: str, out: str, overrides: list[str], overw
     for note in converted.notes:
         log.warning(note)
     return path, converted.experiment
+
+
+def _check_adapter_fits(module, state_dict: dict[str, torch.Tensor], format_name: str) -> None:
+    """Refuse adapter weights made for another backbone (other width or depth), naming the difference."""
+    own = module.state_dict()
+    wrong = [
+        f"{key} {tuple(value.shape)} (this model: {tuple(own[key].shape) if key in own else 'no such weight'})"
+        for key, value in state_dict.items()
+        if key not in own or own[key].shape != value.shape
+    ]
+    missing = [key for key in own if key.startswith("plan.") and key not in state_dict]
+    if wrong or missing:
+        info = module.backbone.info
+        raise ConfigError(
+            f"The {format_name!r} weights do not fit this backbone ({info.num_layers} blocks of width "
+            f"{info.hidden_size}): {'; '.join(wrong[:3]) or 'missing ' + ', '.join(missing[:3])}.",
+            "Convert onto the backbone the adapter was trained for: backbone.pretrained=<its diffusers folder> "
+            "(or a backbone config of the same size).",
+        )
 
 
 def export(checkpoint: str, format_name: str, out: str, ema: bool = False, overwrite: bool = False) -> Path:

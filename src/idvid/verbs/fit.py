@@ -88,6 +88,8 @@ def fit(cfg: DictConfig) -> float | None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     datamodule = hydra.utils.instantiate(cfg.data)
     model = build_for_training(cfg)
+    if hasattr(datamodule, "height") and hasattr(datamodule, "width"):  # references are the video's size
+        model.plan.check_reference_image_size(datamodule.height, datamodule.width)
     callbacks = [hydra.utils.instantiate(node) for node in cfg.callbacks.values() if node is not None]
     loggers = [hydra.utils.instantiate(node) for node in cfg.logger.values() if node is not None]
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)

@@ -1,0 +1,1 @@
+"""Concat-ID's Hydra configs, announced as an ``idvid.configs`` entry point."""

@@ -1,0 +1,1 @@
+"""Stand-In's Hydra configs, announced as an ``idvid.configs`` entry point."""
