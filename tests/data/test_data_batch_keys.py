@@ -91,6 +91,10 @@ def test_a_dataset_not_asked_for_audio_builds_no_audio_keys(demo_manifest, batch
             assert value == batch[key][0], key
         else:
             torch.testing.assert_close(value, batch[key][0], rtol=0, atol=0, equal_nan=True, msg=key)
+    # nor does it read the cached audio: a mel-bin count that does not match the data is only an error when asked
+    IdentityVideoDataset(demo_manifest, num_frames=5, audio_mel_bins=128)[0]
+    with pytest.raises(ValueError, match="80 mel bins but data.audio_mel_bins=128"):
+        IdentityVideoDataset(demo_manifest, num_frames=5, audio_mel_bins=128, audio_mel_frames=120)[0]
 
 
 def test_sampling_gives_exactly_the_keys_documented_for_sampling(demo_manifest, tmp_path):

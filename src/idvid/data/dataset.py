@@ -290,6 +290,11 @@ class IdentityVideoDataset(Dataset):
 
     def _audio(self, entry: dict, ann: dict[str, np.ndarray], num_frames: int) -> dict:
         """The clip's cached log-mel, has_audio and frame times (annotations without audio: none, times from fps)."""
+        if self.audio_mel_frames is None:  # not asked for audio: nothing to check, decode or keep
+            for key in ("has_audio", "audio_mel", "frame_times"):
+                ann.pop(key, None)
+            return {"audio_mel": np.zeros((self.audio_mel_bins, 0), np.float32), "has_audio": False,
+                    "frame_times": np.zeros(0, np.float32)}  # fmt: skip
         has_audio = bool(ann.pop("has_audio", False))
         mel = ann.pop("audio_mel", np.zeros((self.audio_mel_bins, 0), np.float32)).astype(np.float32)
         if has_audio and mel.shape[0] != self.audio_mel_bins:
