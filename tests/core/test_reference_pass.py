@@ -136,5 +136,53 @@ def test_bad_reference_pass_configs_are_refused_with_the_fix():
         ReferencePass(TINY_INFO, site="after_ffn")
     with pytest.raises(ConfigError, match=r"(?s)text='image'.*text=prompt with prompt="):
         ReferencePass(TINY_INFO, text="image")
-    with pytest.raises(ConfigError, match="trainable=true is not supported yet"):
-        ReferencePass(TINY_INFO, trainable=True)
+    with pytest.raises(RuntimeError, match=r"call attach\(backbone\) first"):
+        ReferencePass(TINY_INFO, trainable=True)({"ref_image": _reference_images(1)}, None, None)
+
+
+def test_a_trainable_reference_pass_runs_its_own_copy_of_the_transformer_in_the_graph(tiny):
+    _, _, backbone = tiny
+    backbone = copy.deepcopy(backbone)
+    frozen, trainable = (
+        ReferencePass(backbone.info, blocks=[2, 3]),
+        ReferencePass(backbone.info, blocks=[2, 3], trainable=True),
+    )
+    trainable.attach(backbone)
+    batch = {"ref_image": _reference_images()}
+
+    def features(conditioner):
+        return conditioner(batch, backbone, BatchRandom(torch.Generator().manual_seed(0)))["reference_features"]
+
+    with torch.enable_grad():
+        copied, own = features(trainable), features(frozen)
+    # A copy as built: the same features as the backbone's own pass, but with a graph to the copy's weights only.
+    for block in (2, 3):
+        torch.testing.assert_close(copied[block], own[block], rtol=0, atol=0)
+        assert copied[block].requires_grad and not own[block].requires_grad
+    assert backbone.transformer is not trainable.transformer  # the backbone's own is back in place
+    sum(f.square().mean() for f in copied.values()).backward()
+    assert all(p.grad is None for p in backbone.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable.transformer.parameters())
+    with torch.no_grad():  # sampling: no graph
+        assert not features(trainable)[2].requires_grad
+
+
+@pytest.mark.parametrize("reference_trainable", [False, True])
+def test_a_trainable_reference_pass_trains_with_the_plan_and_is_saved(tiny, reference_trainable):
+    _, node, _ = tiny
+    module = IdentityVideoModule(
+        backbone=node,
+        conditioners={"reference": {"name": "reference_pass", "blocks": {"last": 2}, "trainable": reference_trainable}},
+        trainable="injectors" if reference_trainable else "all",
+    )
+    reference = module.conditioners["reference"]
+    conditioner_parameters = [n for n, _ in module.named_parameters() if n.startswith("conditioners.")]
+    if not reference_trainable:  # frozen: the backbone's own transformer, nothing of its own
+        assert reference.transformer is None and conditioner_parameters == []
+        return
+    # model.trainable=injectors: the base is frozen, the reference network trains (and is in the checkpoint)
+    assert conditioner_parameters and all(p.requires_grad for p in reference.parameters())
+    assert not any(p.requires_grad for p in module.backbone.parameters())
+    assert {f"conditioners.reference.transformer.{n}" for n, _ in reference.transformer.named_parameters()} <= set(
+        module.state_dict()
+    )

@@ -30,11 +30,24 @@ def test_adapter_matches_diffusers_forward(backbone_config):
 
 
 @pytest.mark.parametrize(
-    "spec, message", [([4], "out of range"), ("some", "Unknown block selection"), ([1, 1], "repeats")]
+    "spec, message",
+    [
+        ([4], "out of range"),
+        ("some", "Unknown block selection"),
+        ([1, 1], "repeats"),
+        ({"last": 0}, "last: n >= 1"),
+        ({"last": 2, "every": 2}, "last: n >= 1"),
+    ],
 )
 def test_bad_block_selection_is_a_clear_error(spec, message):
     with pytest.raises(ValueError, match=message):
         BlockSelection(spec).indices(4)
+
+
+def test_the_last_blocks_are_all_blocks_on_a_shallower_backbone():
+    # MegActor-Sigma's last 16 of 28 blocks; a 4-block demo backbone has only 4
+    assert BlockSelection({"last": 16}).indices(28) == list(range(12, 28))
+    assert BlockSelection({"last": 16}).indices(4) == [0, 1, 2, 3]
 
 
 # Every form the README shows for `injectors.identity.blocks=...`, as typed on the command line.
@@ -44,6 +57,7 @@ README_BLOCK_OVERRIDES = [
     ("even", [0, 2, 4, 6, 8]),
     ("{every: 3}", [0, 3, 6, 9]),
     ("{every: 3, offset: 1}", [1, 4, 7]),
+    ("{last: 3}", [7, 8, 9]),
     ("[0,5,9]", [0, 5, 9]),
 ]
 

@@ -78,6 +78,25 @@ def test_contributing_lists_the_same_keys_as_the_dataset(batch):
     assert contributing_rows() == docstring_rows()
 
 
+AUDIO_KEYS = {"audio_mel", "audio_frame_times", "has_audio"}
+
+
+def test_a_dataset_not_asked_for_audio_builds_no_audio_keys(demo_manifest, batch):
+    silent = IdentityVideoDataset(demo_manifest, num_frames=5, frame_stride=3, height=48, width=80, reference_size=32)
+    item = silent[(0, 1)]
+    assert set(item) == set(docstring_rows()) - AUDIO_KEYS
+    # the same draws: the audio keys are only added, the other entries are the same
+    for key, value in item.items():
+        if isinstance(value, str):
+            assert value == batch[key][0], key
+        else:
+            torch.testing.assert_close(value, batch[key][0], rtol=0, atol=0, equal_nan=True, msg=key)
+    # nor does it read the cached audio: a mel-bin count that does not match the data is only an error when asked
+    IdentityVideoDataset(demo_manifest, num_frames=5, audio_mel_bins=128)[0]
+    with pytest.raises(ValueError, match="80 mel bins but data.audio_mel_bins=128"):
+        IdentityVideoDataset(demo_manifest, num_frames=5, audio_mel_bins=128, audio_mel_frames=120)[0]
+
+
 def test_sampling_gives_exactly_the_keys_documented_for_sampling(demo_manifest, tmp_path):
     entry = read_manifest(demo_manifest)[0]
     ann = load_annotations(entry["annotations"], with_images=False)

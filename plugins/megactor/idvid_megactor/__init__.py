@@ -6,6 +6,8 @@
 * ``megactor.driving_frames`` (conditioner) + ``megactor.driven_encoder`` (injector, ``input_concat``):
   the driving frames' motion features concatenated on channels.
 * ``megactor.temporal_attention`` (injector, ``attn_ffn`` of odd blocks): attention across frames.
+* ``megactor.reference_attention`` (injector, ``attn_ffn`` of the last blocks): the reference transformer's
+  features (the core ``reference_pass`` conditioner, ``trainable: true``) by cross-attention.
 * ``megactor.modality_control``, ``megactor.drive_augmentation`` (recipe steps): modality-decoupled
   control (visual / audio / mixed, face-drop) and driving-frame augmentations against identity leakage.
 
@@ -17,6 +19,7 @@ from idvid_megactor.audio_attention import AudioAttention
 from idvid_megactor.drive_augmentation import DriveAugmentation
 from idvid_megactor.driven_encoder import DrivenEncoder, DrivingFrames
 from idvid_megactor.modality import ModalityControl
+from idvid_megactor.reference_attention import ReferenceAttention
 from idvid_megactor.temporal_attention import TemporalAttention
 from idvid_megactor.whisper_audio import WhisperAudio, write_tiny_whisper
 
@@ -26,6 +29,7 @@ __all__ = [
     "DrivenEncoder",
     "DrivingFrames",
     "ModalityControl",
+    "ReferenceAttention",
     "TemporalAttention",
     "WhisperAudio",
     "write_tiny_whisper",

@@ -114,7 +114,8 @@ class WhisperAudio(Conditioner):
             raise ConfigError(
                 f"audio_mel has {length} mel frames; this Whisper encoder takes at most {self.mel_frames} "
                 f"(max_source_positions={self.encoder.config.max_source_positions}).",
-                f"Set data.audio_mel_frames={self.mel_frames}, or use a Whisper whose max_source_positions is "
+                f"Set data.audio_mel_frames={self.mel_frames} (animate: --audio-mel-frames {self.mel_frames}), or use "
+                f"a Whisper whose max_source_positions is "
                 f"{(length + 1) // 2} or more.",
             )
         mel = torch.nn.functional.pad(mel, (0, self.mel_frames - length))

@@ -9,7 +9,7 @@ import hydra
 import lightning as L
 import pytest
 import torch
-from idvid_megactor import AudioAttention, TemporalAttention, WhisperAudio
+from idvid_megactor import AudioAttention, ReferenceAttention, TemporalAttention, WhisperAudio
 
 from idvid.errors import ConfigError
 from idvid.interop import build_for_training, save_module
@@ -19,15 +19,11 @@ from tests.conftest import compose_config
 
 @pytest.fixture(scope="module")
 def demo_batch_with_audio():
-    """A demo batch with a synthetic audio track (the demo's own audio is the data side's)."""
-    datamodule = hydra.utils.instantiate(compose_config(["experiment=megactor_stage1_visual"]).data)
+    """A demo batch with the demo clips' audio (stage 2's data: the tiny Whisper's 200-frame window)."""
+    datamodule = hydra.utils.instantiate(compose_config(["experiment=megactor_stage2_mixed"]).data)
     datamodule.setup()
     batch = next(iter(datamodule.train_dataloader()))
-    size, frames = batch["video"].shape[:2]
-    generator = torch.Generator().manual_seed(0)
-    batch["audio_mel"] = torch.randn(size, 80, 200, generator=generator)
-    batch["audio_frame_times"] = (torch.arange(frames, dtype=torch.float32) / 8).expand(size, frames).clone()
-    batch["has_audio"] = torch.ones(size, dtype=torch.bool)
+    assert batch["audio_mel"].shape[-1] == 200 and batch["has_audio"].all() and batch["audio_mel"].abs().sum() > 0
     return batch
 
 
@@ -52,8 +48,12 @@ def test_each_stage_starts_from_the_previous_one_and_stage_three_trains_only_the
     tmp_path, demo_batch_with_audio
 ):
     first = stage("megactor_stage1_visual")
-    assert not first.plan.token_injectors and "audio" not in first.conditioners
-    train_steps(first, demo_batch_with_audio)
+    assert [type(i) for i in first.plan.token_injectors] == [ReferenceAttention] and "audio" not in first.conditioners
+    reference = first.conditioners["reference"].transformer
+    before = [p.detach().clone() for p in reference.parameters()]
+    train_steps(first, demo_batch_with_audio, steps=3)
+    # the reference transformer trains from stage 1 on (once the reference attention's zero output has moved)
+    assert any(not torch.equal(a, b) for a, b in zip(before, reference.parameters()))
     save_module(first, tmp_path / "stage1.ckpt")
 
     second = stage("megactor_stage2_mixed", tmp_path / "stage1.ckpt")
@@ -77,7 +77,8 @@ def test_each_stage_starts_from_the_previous_one_and_stage_three_trains_only_the
     train_steps(third, demo_batch_with_audio)
     after = third.state_dict()
     changed = {k for k in after if not torch.equal(after[k], before[k])}
-    assert changed and all(k.startswith("plan.injectors.temporal.") for k in changed)  # others bit-identical
+    # others bit-identical, the reference transformer (conditioners.reference.transformer) included
+    assert changed and all(k.startswith("plan.injectors.temporal.") for k in changed)
 
 
 def test_a_later_stage_cannot_widen_the_input_and_trainable_names_injectors(tmp_path):
@@ -86,7 +87,7 @@ def test_a_later_stage_cannot_widen_the_input_and_trainable_names_injectors(tmp_
         ConfigError, match=r"reads 16 channels; this plan's reads 32 \(input_concat injectors \['drive'\]\)"
     ):
         stage("megactor_stage1_visual", tmp_path / "plain.ckpt")
-    with pytest.raises(Exception, match=r"model.trainable=\['nope'\].*drive, audio, temporal"):
+    with pytest.raises(Exception, match=r"model.trainable=\['nope'\].*drive, reference, audio, temporal"):
         stage("megactor_stage3_motion", None, "model.trainable=[nope]")
 
 

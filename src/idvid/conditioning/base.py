@@ -32,10 +32,18 @@ class Conditioner(nn.Module):
     #: batch entries it needs. Only a conditioner whose ``reads`` all exist at sampling time
     #: (``SAMPLING_BATCH_KEYS``) can run in ``sample``; ``sample`` refuses the others by name.
     reads: tuple[str, ...] = ()
+    #: True: it runs in the training graph (gradients flow through it) and its parameters train with the plan
+    #: (``model.trainable`` all, injectors or lora); False: a frozen feature extractor, run under ``no_grad``
+    trainable: bool = False
 
     def __init__(self, backbone: BackboneInfo):
         super().__init__()
         self.backbone_info = backbone
+
+    def attach(self, backbone: nn.Module) -> None:
+        """Called once with the built backbone (its input layer already widened), before a checkpoint's weights
+        load into the model: a conditioner that owns modules made from the backbone's (e.g. a trainable copy of
+        its transformer) makes them here, so that they are saved and loaded with the model."""
 
     def forward(self, batch: Mapping[str, Any], backbone: nn.Module, random: BatchRandom) -> dict[str, Any]:
         """Conditions for the batch. Draw any randomness through ``random`` (see idvid.randomness)."""
@@ -67,13 +75,17 @@ def run_conditioners(
     random: BatchRandom,
     cache: Any = None,
 ) -> dict[str, Any]:
-    """Every conditioner's conditions; `cache` (a FeatureCache) serves those with deterministic_inputs."""
+    """Every conditioner's conditions; `cache` (a FeatureCache) serves the frozen ones with deterministic_inputs.
+
+    Frozen conditioners run under ``no_grad``; ``trainable`` ones record a graph when gradients are enabled."""
     conditions: dict[str, Any] = {}
+    grad = torch.is_grad_enabled()  # sampling and validation run under no_grad: then no conditioner records a graph
     for label, conditioner in conditioners.items():
-        if cache is not None and conditioner.deterministic_inputs:
-            produced = cache.conditions(conditioner, batch, backbone, random)
-        else:
-            produced = conditioner(batch, backbone, random)
+        with torch.set_grad_enabled(grad and conditioner.trainable):
+            if cache is not None and conditioner.deterministic_inputs and not conditioner.trainable:
+                produced = cache.conditions(conditioner, batch, backbone, random)
+            else:
+                produced = conditioner(batch, backbone, random)
         unexpected = set(produced) - set(conditioner.produces)
         if unexpected:
             raise ValueError(

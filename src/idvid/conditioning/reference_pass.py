@@ -6,11 +6,18 @@ reference image. This conditioner runs the backbone once over the reference's VA
 frame, the same encoding as ``reference_latents``) and records the video tokens at a site of chosen
 blocks. It observes the blocks through the injection sites (an observer that adds nothing), so it
 works on every backbone without knowing its block internals.
+
+Frozen (the default), it is the backbone's own transformer run under ``no_grad``. Trainable, it is a
+reference network of its own: a copy of the backbone's transformer made when the model is built
+(same architecture and starting weights, as MegActor-Σ's reference transformer, a copy of its denoising
+DiT), run in the training graph, whose weights train with the plan and are saved in checkpoints.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import copy
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping
 
 import torch
 
@@ -48,10 +55,11 @@ class ReferencePass(Conditioner):
     ``post_attn`` is a block's output, ``pre_attn`` its input. Input-concat channels of a widened
     backbone are zero for the reference.
 
-    It runs once per batch (once per video at sampling time, before the denoising loop) under
-    ``torch.no_grad``: the backbone is used as a frozen feature extractor. ``trainable: true`` (a
-    reference network that learns, as in MegActor-Σ) is reserved and refused for now: conditioners run
-    outside the training graph.
+    It runs once per batch (once per video at sampling time, before the denoising loop, shared by both
+    CFG branches). ``trainable: false``: the backbone's own transformer as a frozen feature extractor
+    (under ``no_grad``). ``trainable: true``: its own copy of the transformer (``self.transformer``, made by
+    ``attach``), run in the training graph and trained with the plan (``model.trainable`` all, injectors
+    or lora; a list of injector labels leaves it as it is).
     """
 
     produces = ("reference_features",)
@@ -73,7 +81,7 @@ class ReferencePass(Conditioner):
             raise ConfigError(
                 f"reference_pass cannot observe site={site!r}, blocks={blocks!r}: {error}",
                 f"Give a site in a block (pre_attn, attn_ffn or post_attn) and blocks among "
-                f"0..{backbone.num_layers - 1} (or all, odd, even, {{every: k, offset: o}}).",
+                f"0..{backbone.num_layers - 1} (or all, odd, even, {{every: k, offset: o}}, {{last: n}}).",
             ) from None
         if text not in TEXT_CHOICES:
             raise ConfigError(
@@ -81,12 +89,8 @@ class ReferencePass(Conditioner):
                 "Use text=empty (the empty prompt), text=caption (each sample's caption) or text=prompt with "
                 "prompt='...' (one fixed prompt).",
             )
-        if trainable:
-            raise ConfigError(
-                "reference_pass trainable=true is not supported yet: conditioners run outside the training graph "
-                "(under no_grad), so a reference network cannot learn through this conditioner.",
-                "Set trainable=false (a frozen pass of the backbone, as Lynx uses).",
-            )
+        self.trainable = bool(trainable)
+        self.transformer: torch.nn.Module | None = None  # the trainable copy, made by attach
         self.timestep, self.text, self.prompt = float(timestep), text, prompt
         # At sampling time a batch has the reference's entries and the caption: every option can sample.
         self.reads = ("ref_image", "caption") if text == "caption" else ("ref_image",)
@@ -95,8 +99,19 @@ class ReferencePass(Conditioner):
     def block_indices(self) -> list[int]:
         return self.observer.block_indices
 
-    @torch.no_grad()
+    def attach(self, backbone) -> None:
+        if self.trainable:  # the reference network: the backbone's transformer as built (widened), its own weights
+            self.transformer = copy.deepcopy(backbone.transformer)
+            self.transformer.requires_grad_(True)
+
     def forward(self, batch: Mapping[str, Any], backbone, random: BatchRandom) -> dict[str, Any]:
+        if self.trainable and self.transformer is None:
+            raise RuntimeError("a trainable reference_pass runs its own transformer: call attach(backbone) first")
+        # Frozen: no graph even where gradients are on; trainable: a graph where they are (training, not sampling).
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.trainable), _running(backbone, self.transformer):
+            return self._pass(batch, backbone, random)
+
+    def _pass(self, batch: Mapping[str, Any], backbone, random: BatchRandom) -> dict[str, Any]:
         image = batch["ref_image"]
         latents = backbone.encode_video(image.unsqueeze(1), random)  # [B, 1, C, h, w]
         extra = backbone.input_layer.in_channels - latents.shape[2]
@@ -113,3 +128,18 @@ class ReferencePass(Conditioner):
         if self.text == "caption":
             return list(batch["caption"])
         return [self.prompt if self.text == "prompt" else ""] * size
+
+
+@contextmanager
+def _running(backbone, transformer: torch.nn.Module | None) -> Iterator[None]:
+    """Run ``backbone`` with ``transformer`` in place of its own (the contract's ``Backbone.transformer``, the
+    network its forward runs), then put its own back; None: its own."""
+    if transformer is None:
+        yield
+        return
+    own = backbone.transformer
+    backbone.transformer = transformer
+    try:
+        yield
+    finally:
+        backbone.transformer = own

@@ -40,7 +40,7 @@ class IdentityVideoDataModule(lightning.LightningDataModule):
         seed: int = 0,
         num_val_items: int = 2,
         audio_mel_bins: int = 80,
-        audio_mel_frames: int = 3000,
+        audio_mel_frames: int | None = None,
     ):
         super().__init__()
         self.manifest = manifest

@@ -48,13 +48,16 @@ other key can train but cannot sample. The recipe adds ``used_cross_ref`` and
     has_cross_ref        [B]              bool     no        the clip has a face frame outside the window
     frame_eye_boxes      [B, F, 4]        float32  no        both eyes' landmark box x0, y0, x1, y1, video pixels
     frame_mouth_boxes    [B, F, 4]        float32  no        the mouth's landmark box x0, y0, x1, y1, video pixels
-    audio_mel            [B, M, L]        float32  no        Whisper log-mel from the first frame on (no audio: 0)
-    audio_frame_times    [B, F]           float32  no        seconds of each frame from audio_mel's start
-    has_audio            [B]              bool     no        the clip has an audio track (else audio_mel is 0)
+    audio_mel            [B, M, L]        float32  no        Whisper log-mel from the first frame on (no audio: 0) *
+    audio_frame_times    [B, F]           float32  no        seconds of each frame from audio_mel's start *
+    has_audio            [B]              bool     no        the clip has an audio track (else audio_mel is 0) *
 
 Audio (idvid.data.audio): M mel bins (``audio_mel_bins``, 80 for Whisper up to large-v2) and L mel frames
 (``audio_mel_frames``, 100 a second; 3000 = Whisper's 30 s) cut from the clip's cached log-mel, which
 preprocess stores in the annotations; eye and mouth boxes are NaN where a frame has no 68 landmarks.
+* The audio keys are in the batch only when ``audio_mel_frames`` is set (an experiment whose conditioners
+read audio sets ``data.audio_mel_frames`` to its audio encoder's window); by default (None) a dataset
+builds no audio window.
 
 Prepared clips (frames and masks already at H x W, annotations already loaded) are kept in a
 small per-instance LRU cache: fine for short clips; large datasets should train from latent
@@ -119,10 +122,12 @@ class IdentityVideoDataset(Dataset):
         seed: int = 0,
         max_cached_clips: int = 32,
         audio_mel_bins: int = 80,
-        audio_mel_frames: int = 3000,
+        audio_mel_frames: int | None = None,
     ):
         sizes = {"num_frames": num_frames, "frame_stride": frame_stride, "height": height, "width": width}
-        sizes.update(audio_mel_bins=audio_mel_bins, audio_mel_frames=audio_mel_frames)
+        sizes["audio_mel_bins"] = audio_mel_bins
+        if audio_mel_frames is not None:
+            sizes["audio_mel_frames"] = audio_mel_frames
         if reference_size is not None:
             sizes["reference_size"] = reference_size
         for name, value in sizes.items():
@@ -135,7 +140,9 @@ class IdentityVideoDataset(Dataset):
         self.height, self.width = int(height), int(width)
         self.ref_hw = (int(reference_size),) * 2 if reference_size else (self.height, self.width)
         self.seed = int(seed)
-        self.audio_mel_bins, self.audio_mel_frames = int(audio_mel_bins), int(audio_mel_frames)
+        self.audio_mel_bins = int(audio_mel_bins)
+        # None: no audio keys (a window of Whisper's 30 s is ~1 MB an item, for models that read no audio)
+        self.audio_mel_frames = None if audio_mel_frames is None else int(audio_mel_frames)
         self.span = (self.num_frames - 1) * self.frame_stride + 1
         self.max_cached_clips = max(1, int(max_cached_clips))
         self._cache: OrderedDict[int, PreparedClip] = OrderedDict()
@@ -185,9 +192,7 @@ class IdentityVideoDataset(Dataset):
         outside = np.flatnonzero(valid & ~in_span)
         has_cross = len(outside) > 0
         cross_t = int(rng.choice(outside)) if has_cross else int(rng.choice(inside))
-        mel, frame_times = mel_window(clip.audio_mel, clip.frame_times[frame_ids], self.audio_mel_frames)
-
-        return {
+        item = {
             "video": _to_unit_range(clip.video[frame_ids]),
             "face_mask": torch.from_numpy(clip.masks[frame_ids].astype(np.float32)).unsqueeze(1),
             "caption": entry["caption"],
@@ -206,10 +211,13 @@ class IdentityVideoDataset(Dataset):
             "has_cross_ref": torch.tensor(has_cross),
             "frame_eye_boxes": torch.from_numpy(clip.eye_boxes[frame_ids]),
             "frame_mouth_boxes": torch.from_numpy(clip.mouth_boxes[frame_ids]),
-            "audio_mel": torch.from_numpy(mel),
-            "audio_frame_times": torch.from_numpy(frame_times),
-            "has_audio": torch.tensor(clip.has_audio),
         }
+        if self.audio_mel_frames is not None:
+            mel, frame_times = mel_window(clip.audio_mel, clip.frame_times[frame_ids], self.audio_mel_frames)
+            item["audio_mel"] = torch.from_numpy(mel)
+            item["audio_frame_times"] = torch.from_numpy(frame_times)
+            item["has_audio"] = torch.tensor(clip.has_audio)
+        return item
 
     def _reference(self, prefix: str, clip: PreparedClip, t: int) -> dict[str, torch.Tensor]:
         """The reference keys of frame t: the stored aligned face resized, its keypoints drawn, its points."""
@@ -282,6 +290,11 @@ class IdentityVideoDataset(Dataset):
 
     def _audio(self, entry: dict, ann: dict[str, np.ndarray], num_frames: int) -> dict:
         """The clip's cached log-mel, has_audio and frame times (annotations without audio: none, times from fps)."""
+        if self.audio_mel_frames is None:  # not asked for audio: nothing to check, decode or keep
+            for key in ("has_audio", "audio_mel", "frame_times"):
+                ann.pop(key, None)
+            return {"audio_mel": np.zeros((self.audio_mel_bins, 0), np.float32), "has_audio": False,
+                    "frame_times": np.zeros(0, np.float32)}  # fmt: skip
         has_audio = bool(ann.pop("has_audio", False))
         mel = ann.pop("audio_mel", np.zeros((self.audio_mel_bins, 0), np.float32)).astype(np.float32)
         if has_audio and mel.shape[0] != self.audio_mel_bins:

@@ -59,7 +59,8 @@ class BlockSelection:
     """Which transformer blocks an in-block injector acts on.
 
     Config forms: ``all``, ``odd``, ``even``, ``{every: k, offset: o}`` (blocks o, o+k, ...),
-    or an explicit list of indices such as ``[0, 3, 7]``.
+    ``{last: n}`` (the last n blocks, all of them when the backbone has fewer), or an explicit list of
+    indices such as ``[0, 3, 7]``.
     """
 
     spec: Any = "all"
@@ -74,9 +75,14 @@ class BlockSelection:
             if spec == "even":
                 return list(range(0, num_layers, 2))
             raise ValueError(
-                f"Unknown block selection {spec!r}; use 'all', 'odd', 'even', {{every: k, offset: o}} "
-                f"or a list of block indices."
+                f"Unknown block selection {spec!r}; use 'all', 'odd', 'even', {{every: k, offset: o}}, "
+                f"{{last: n}} or a list of block indices."
             )
+        if (isinstance(spec, dict) or hasattr(spec, "keys")) and "last" in spec:
+            last = int(spec["last"])
+            if set(spec.keys()) != {"last"} or last < 1:
+                raise ValueError(f"Bad block selection {dict(spec)!r}; expected {{last: n >= 1}}.")
+            return list(range(max(0, num_layers - last), num_layers))
         if isinstance(spec, dict) or hasattr(spec, "keys"):
             unknown = set(spec.keys()) - {"every", "offset"}
             every, offset = int(spec.get("every", 1)), int(spec.get("offset", 0))

@@ -92,6 +92,8 @@ class IdentityVideoModule(L.LightningModule):
         self.plan.check_backbone(self.backbone)  # a sequence_concat policy the backbone cannot run is refused here
         self.backbone.set_input_channels(self.plan.extra_input_channels)
         self.plan.attach(self.backbone)  # text_tokens injectors add their tokens to the text encoder
+        for conditioner in self.conditioners.values():  # e.g. a trainable reference pass copies the transformer
+            conditioner.attach(self.backbone)
         self.recipe = Recipe.from_config(recipe)
         self.loss_fn = _build_named(PluginKind.LOSS, loss)
         self.optimizer_config = optimizer
@@ -122,6 +124,8 @@ class IdentityVideoModule(L.LightningModule):
             raise ValueError(f"trainable={trainable!r}; choose one of {', '.join(TRAINABLE_CHOICES)}.")
         self.requires_grad_(False)
         self.plan.requires_grad_(True)
+        for conditioner in self.conditioners.values():  # conditioners that train (in the graph) train with the plan
+            conditioner.requires_grad_(conditioner.trainable)
         if trainable == "all":  # full fine-tune of the transformer, as ConsisID's released code does
             self.backbone.transformer.requires_grad_(True)
         for parameter in lora_parameters(self.backbone.transformer):  # trainable=lora: the adapters, not the base
@@ -225,8 +229,8 @@ class IdentityVideoModule(L.LightningModule):
         return BatchRandom(generator, rank=trainer.global_rank, world_size=trainer.world_size)
 
     def conditions_for(self, batch: Mapping[str, Any], random: BatchRandom, cache: Any = None) -> dict[str, Any]:
-        with torch.no_grad():
-            return run_conditioners(self.conditioners, batch, self.backbone, random, cache)
+        # Frozen conditioners run under no_grad, trainable ones in the training graph (run_conditioners).
+        return run_conditioners(self.conditioners, batch, self.backbone, random, cache)
 
     def compute_loss(
         self, batch: Mapping[str, Any], random: BatchRandom, t_fraction: float | None = None
