@@ -30,7 +30,7 @@ def real_frames() -> torch.Tensor:
 def test_round_trip_is_exact_on_random_and_real_frames(kind, levels):
     generator = torch.Generator().manual_seed(levels)
     statistics = {"mean": torch.randn(3 * 4**levels).tolist(), "std": (torch.rand(3 * 4**levels) + 0.1).tolist()}
-    codec = LatentCodec(kind, levels, statistics)
+    codec = LatentCodec(kind, levels, statistics, scale="per_channel")
     for video in (torch.rand(2, 3, 3, 32, 48, generator=generator) * 2 - 1, real_frames()):
         latents = codec.encode(video)
         assert latents.shape == (*video.shape[:2], 3 * 4**levels, video.shape[3] >> levels, video.shape[4] >> levels)
@@ -68,7 +68,7 @@ def test_statistics_are_deterministic_and_normalise_the_data(demo_manifest):
     assert len(first["mean"]) == 48 and min(first["std"]) > 0
     from idvid.data.dataset import IdentityVideoDataset
 
-    codec = LatentCodec("haar", 2, first)
+    codec = LatentCodec("haar", 2, first, scale="per_channel")
     dataset = IdentityVideoDataset(demo_manifest, 5, 2, 64, 64, seed=0)
     latents = torch.cat([codec.encode(dataset[i]["video"].unsqueeze(0)) for i in range(len(dataset))])
     per_channel = latents.transpose(0, 2).flatten(1)
@@ -95,3 +95,10 @@ def test_adapter_with_codec_round_trips_through_the_backbone_contract(config):
     text = backbone.encode_text(["a person"])
     prediction = backbone(latents, torch.tensor([500]), text)
     assert prediction.shape == latents.shape
+
+
+def test_shared_scale_divides_every_channel_by_the_rms_std():
+    codec = LatentCodec("haar", 1, {"mean": [0.0] * 12, "std": [1.0] * 6 + [3.0] * 6})
+    torch.testing.assert_close(codec.std.flatten(), torch.full((12,), 5.0**0.5))
+    with pytest.raises(ValueError, match="scale='global'"):
+        LatentCodec("haar", 1, scale="global")

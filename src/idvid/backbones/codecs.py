@@ -13,8 +13,17 @@ decodes to an image and ``decode(encode(x)) == x`` up to float error:
 Either gives ``3 * 4**levels`` channels at ``1 / 2**levels`` of the size, one latent frame per
 video frame. The latents are normalised per channel, ``(z - mean) / std``, with statistics
 computed from the data (``codec_statistics``: deterministic, a pure function of the clips);
-``statistics=None`` leaves them unnormalised. Both adapters (``cogvideox``, ``wan``) take
-``codec: {kind, levels, statistics}`` in their backbone config in place of ``vae``.
+``statistics=None`` leaves them unnormalised. ``scale`` says which std divides:
+
+- ``shared`` (default): one std for every channel, the root mean square of the per-channel stds. The
+  bands keep their natural energies (the finest Haar band of a face is ~100x weaker than the average),
+  so noise drowns fine detail first and diffusion goes coarse to fine, as it does in pixel space.
+- ``per_channel``: each channel to unit variance (as Wan's VAE latents are). It amplifies the finest
+  bands' detail ~100x, which the transformer must then generate from the noisiest steps on; at toy
+  scale it trains much more slowly (its samples stay noise for hundreds of steps).
+
+Both adapters (``cogvideox``, ``wan``) take ``codec: {kind, levels, statistics, scale}`` in their
+backbone config in place of ``vae``.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 CODEC_KINDS = ("haar", "unshuffle")
+SCALES = ("shared", "per_channel")
 
 # Orthonormal 2x2 Haar basis over pixel_unshuffle's sub-pixel order (0,0), (0,1), (1,0), (1,1):
 # average, horizontal detail, vertical detail, diagonal detail. Its own inverse is its transpose.
@@ -49,13 +59,21 @@ class LatentCodec(nn.Module):
 
     temporal_compression = 1  # one latent frame per video frame
 
-    def __init__(self, kind: str = "haar", levels: int = 2, statistics: dict[str, list[float]] | None = None):
+    def __init__(
+        self,
+        kind: str = "haar",
+        levels: int = 2,
+        statistics: dict[str, list[float]] | None = None,
+        scale: str = "shared",
+    ):
         super().__init__()
         if kind not in CODEC_KINDS:
             raise ValueError(f"backbone.codec.kind={kind!r} is not a codec; use one of {list(CODEC_KINDS)}.")
+        if scale not in SCALES:
+            raise ValueError(f"backbone.codec.scale={scale!r} is not a normalisation; use one of {list(SCALES)}.")
         if int(levels) < 1:
             raise ValueError(f"backbone.codec.levels={levels} must be >= 1 (each level halves height and width).")
-        self.kind, self.levels = kind, int(levels)
+        self.kind, self.levels, self.scale = kind, int(levels), scale
         channels = self.latent_channels
         mean, std = torch.zeros(channels), torch.ones(channels)
         if statistics is not None:
@@ -66,6 +84,8 @@ class LatentCodec(nn.Module):
                     f"{kind} codec of {levels} levels (got {tuple(mean.shape)} and {tuple(std.shape)}); compute "
                     "them with idvid.backbones.codecs.codec_statistics on your clips."
                 )
+            if scale == "shared":
+                std = std.square().mean().sqrt().expand(channels).clone()
         # Buffers: saved with the backbone, fingerprinted by the feature cache like a VAE's weights.
         self.register_buffer("mean", mean.float().view(1, 1, -1, 1, 1))
         self.register_buffer("std", std.float().view(1, 1, -1, 1, 1))
@@ -125,9 +145,11 @@ def _mix(x: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
 
 def build_codec(config: dict[str, Any]) -> LatentCodec:
     """A codec from a backbone config's ``codec`` node."""
-    unknown = set(config) - {"kind", "levels", "statistics"}
+    unknown = set(config) - {"kind", "levels", "statistics", "scale"}
     if unknown:
-        raise ValueError(f"backbone.codec has unknown keys {sorted(unknown)}; it takes kind, levels, statistics.")
+        raise ValueError(
+            f"backbone.codec has unknown keys {sorted(unknown)}; it takes kind, levels, statistics, scale."
+        )
     return LatentCodec(**config)
 
 
