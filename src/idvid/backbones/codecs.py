@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from idvid.atomic_files import write_json_atomic
+
 log = logging.getLogger(__name__)
 
 CODEC_KINDS = ("haar", "unshuffle")
@@ -193,8 +195,6 @@ def codec_statistics(
     if not use_cache:
         return statistics
     cache.parent.mkdir(exist_ok=True)
-    partial = cache.with_suffix(f".{id(statistics)}.partial")
-    partial.write_text(json.dumps(statistics))
-    partial.replace(cache)
+    write_json_atomic(cache, statistics)
     log.info("codec statistics of %s (%d clips) written to %s", manifest, len(dataset), cache)
     return statistics
