@@ -19,8 +19,8 @@ computed from the data (``codec_statistics``: deterministic, a pure function of 
   bands keep their natural energies (the finest Haar band of a face is ~100x weaker than the average),
   so noise drowns fine detail first and diffusion goes coarse to fine, as it does in pixel space.
 - ``per_channel``: each channel to unit variance (as Wan's VAE latents are). It amplifies the finest
-  bands' detail ~100x, which the transformer must then generate from the noisiest steps on; at toy
-  scale it trains much more slowly (its samples stay noise for hundreds of steps).
+  bands' detail ~100x and gives the coarse band, which carries what a picture looks like, only
+  3/48 of the loss (one toy run: colour-block noise at step 100; see README, "Toy scale").
 
 Both adapters (``cogvideox``, ``wan``) take ``codec: {kind, levels, statistics, scale}`` in their
 backbone config in place of ``vae``.
