@@ -9,6 +9,7 @@ import idvid.conditioning.face_embedding  # noqa: F401  (registers "face_embeddi
 import idvid.conditioning.reference_latents  # noqa: F401  (registers "reference_latents")
 import idvid.conditioning.reference_pass  # noqa: F401  (registers "reference_pass")
 import idvid.evaluation.metrics  # noqa: F401  (registers the metrics)
+import idvid.evaluation.pixel_identity  # noqa: F401  (registers pixel_identity)
 import idvid.evaluation.video_metrics  # noqa: F401  (registers "sync", "lpips", "fvd")
 import idvid.faces.dlib_analyzer  # noqa: F401  (registers the "dlib" face backend)
 import idvid.faces.insightface_analyzer  # noqa: F401  (registers the "insightface" face backend)

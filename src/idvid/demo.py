@@ -92,34 +92,43 @@ def build_demo(cache_dir: Path | str | None = None) -> Path:
     only when complete, so an interrupted build is never picked up.
     """
     root = Path(cache_dir) if cache_dir is not None else default_cache_root()
-    final = root / DEMO_VERSION
+    return build_cached(root / DEMO_VERSION, _build_into, "demo") / "manifest.jsonl"
+
+
+def build_cached(final: Path, build_into, what: str) -> Path:
+    """Run `build_into(folder)` once into `final` (atomically: a temp folder renamed into place); return `final`.
+
+    `final` counts as built when it holds a manifest.jsonl; an interrupted build is never picked up.
+    """
     manifest = final / "manifest.jsonl"
     if manifest.is_file():
-        return manifest
+        return final
     if final.exists():
         raise RuntimeError(
-            f"{final} exists but holds no manifest.jsonl (not made by build_demo?); delete it and call again"
+            f"{final} exists but holds no manifest.jsonl (not made by the {what} builder?); delete it and call again"
         )
+    root = final.parent
     root.mkdir(parents=True, exist_ok=True)
     log.info(
-        "building the DEMO data set (synthetic clips from photos bundled with scikit-image and insightface) in %s",
+        "building the %s data set (synthetic clips from photos bundled with scikit-image and insightface) in %s",
+        what,
         final,
     )
     start = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{DEMO_VERSION}-building-", dir=root))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-building-", dir=root))
     try:
-        _build_into(tmp)
+        build_into(tmp)
         tmp.chmod(0o755)  # mkdtemp makes it private; the finished cache should not be
         try:
             os.replace(tmp, final)
         except OSError:
             if not manifest.is_file():  # not a concurrent builder that finished first
                 raise
-            log.info("another process finished the demo build first; using %s", final)
+            log.info("another process finished the %s build first; using %s", what, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log.info("demo data set ready in %.1f s: %s", time.perf_counter() - start, manifest)
-    return manifest
+    log.info("%s data set ready in %.1f s: %s", what, time.perf_counter() - start, final)
+    return final
 
 
 def source_photos() -> dict[str, np.ndarray]:
@@ -169,12 +178,22 @@ def _build_into(out_dir: Path) -> None:
         raise RuntimeError(f"demo build produced no usable clip ({summary['outcomes']}); check the face detector")
 
 
-def render_clip(photo: np.ndarray, face: Face, clip_id: str, seed: tuple[int, ...], raw: Path) -> Path:
+def render_clip(
+    photo: np.ndarray,
+    face: Face,
+    clip_id: str,
+    seed: tuple[int, ...],
+    raw: Path,
+    size: int = FRAME_SIZE,
+    num_frames: int = NUM_FRAMES,
+) -> Path:
     """Render one camera move over `face` as `<raw>/<clip_id>.mp4` with its caption in `<clip_id>.txt`."""
     camera = random_camera(np.random.default_rng(seed))
-    voice = synth_voice(np.random.default_rng((*seed, 1)), NUM_FRAMES / FPS)
+    voice = synth_voice(np.random.default_rng((*seed, 1)), num_frames / FPS)
     video = raw / f"{clip_id}.mp4"
-    write_mp4(video, render_frames(photo, face.box, camera), fps=FPS, audio=voice, audio_rate=SAMPLE_RATE)
+    write_mp4(
+        video, render_frames(photo, face.box, camera, size, num_frames), fps=FPS, audio=voice, audio_rate=SAMPLE_RATE
+    )
     video.with_suffix(".txt").write_text(camera.caption + "\n")
     return video
 
@@ -212,22 +231,29 @@ def _lerp(pair: tuple[float, float], amount: float) -> float:
     return pair[0] + (pair[1] - pair[0]) * amount
 
 
-def render_frames(photo: np.ndarray, box: tuple[float, float, float, float], camera: Camera) -> np.ndarray:
-    """[NUM_FRAMES, FRAME_SIZE, FRAME_SIZE, 3] uint8 views of `photo` along the camera move."""
+def render_frames(
+    photo: np.ndarray,
+    box: tuple[float, float, float, float],
+    camera: Camera,
+    size: int = FRAME_SIZE,
+    num_frames: int = NUM_FRAMES,
+) -> np.ndarray:
+    """[num_frames, size, size, 3] uint8 views of `photo` along the camera move."""
     x0, y0, x1, y1 = box
     face_width = x1 - x0
     # The HOG box spans brows to chin; aim a little higher so the hair stays in frame.
     centre = ((x0 + x1) / 2.0, (y0 + y1) / 2.0 - 0.1 * face_width)
     frames = []
-    for t in np.linspace(0.0, 1.0, NUM_FRAMES):
+    for t in np.linspace(0.0, 1.0, num_frames):
         ease = 3 * t**2 - 2 * t**3  # smoothstep: starts and stops gently
         lerp = partial(_lerp, amount=ease)
-        scale = lerp(camera.fill) * FRAME_SIZE / face_width
+        scale = lerp(camera.fill) * size / face_width
         matrix = cv2.getRotationMatrix2D(centre, lerp(camera.roll_deg), scale)
-        target = (FRAME_SIZE / 2 + lerp(camera.pan_x) * FRAME_SIZE, FRAME_SIZE / 2 + lerp(camera.pan_y) * FRAME_SIZE)
+        target = (size / 2 + lerp(camera.pan_x) * size, size / 2 + lerp(camera.pan_y) * size)
         matrix[:, 2] += np.array(target) - np.array(centre)
-        size = (FRAME_SIZE, FRAME_SIZE)
-        frames.append(cv2.warpAffine(photo, matrix, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE))
+        frames.append(
+            cv2.warpAffine(photo, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        )
     return np.stack(frames)
 
 

@@ -27,6 +27,7 @@ SMOKE_RUNS = {
     "dataloader_wait": ([], "dataloader wait:"),
     "wan_overhead": ([], "ratio kit / diffusers (median of pairs):"),
     "reference_sampling": ([], "wan_tiny: ratio with / without reference:"),
+    "toy_ablation": ([], "toy ablation: 1 rows, 1 seed(s)"),
     "training_step[cogvideox_5b]": (["--model", "cogvideox_5b", "--check-flops"], '"size": "smoke"'),
     "training_step[wan2.1_1.3b]": (["--model", "wan2.1_1.3b", "--check-flops"], '"size": "smoke"'),
 }

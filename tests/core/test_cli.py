@@ -143,6 +143,7 @@ def test_fit_plan_c_writes_config_checkpoints_tensorboard_and_samples(tmp_path, 
     assert [p.name for p in samples] == sorted(f"step000002_{clip_id}.mp4" for clip_id in clip_ids)
     for path in samples:
         assert read_mp4(path).shape == (frames, height, width, 3)
+    assert Image.open(run_dir / "samples" / "step000002.png").size == (640, 128)  # the frame grid, as a file
 
 
 @pytest.mark.needs_plugin("idvid_consisid")

@@ -16,7 +16,8 @@ folder (``pretrained``).
 
 The family's side of the backbone contract (``idvid.backbones.base``):
 
-- latents: the VAE posterior sample times ``vae.config.scaling_factor``;
+- latents: the VAE posterior sample times ``vae.config.scaling_factor`` (or, with ``codec`` in place of ``vae``,
+  a weight-free invertible codec's normalised coefficients: ``idvid.backbones.codecs``);
 - training objective: v-prediction on the DDPM schedule's ``alphas_cumprod``, t ~ U{0..T-1}; the
   loss compares the x0 estimate ``sqrt(a) x_t - sqrt(1 - a) v`` with the clean latent, weighted by
   ``1 / (1 - a)`` (ConsisID's and CogVideoX's fine-tuning loss);
@@ -41,6 +42,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers import AutoTokenizer, T5Config, T5EncoderModel
 
 from idvid.backbones.base import Backbone, BackboneInfo, DiffusersSchedule, NoisedLatents
+from idvid.backbones.codecs import LatentCodec, build_codec
 from idvid.backbones.demo_tokenizer import build_demo_tokenizer
 from idvid.backbones.lora import LORA_WEIGHTS_FILE, lora_adapter_metadata, lora_layers
 from idvid.backbones.reference_tokens import (
@@ -95,8 +97,8 @@ def _check_pipeline_class(root: Path) -> None:
         )
 
 
-def _check_latent_channels(transformer: CogVideoXTransformer3DModel, vae: AutoencoderKLCogVideoX, where: str) -> None:
-    config, latent = transformer.config, vae.config.latent_channels
+def _check_latent_channels(transformer: CogVideoXTransformer3DModel, latent: int, where: str) -> None:
+    config = transformer.config
     # in_channels may exceed the latent (CogVideoX-5B-I2V and ConsisID take 32: noise + image latent).
     if config.out_channels != latent or config.in_channels < latent:
         raise ValueError(
@@ -129,9 +131,15 @@ class CogVideoXBackbone(Backbone):
         text_encoder: dict[str, Any] | None = None,
         scheduler: dict[str, Any] | None = None,
         gradient_checkpointing: bool = False,
+        codec: dict[str, Any] | None = None,
     ):
         super().__init__()
         self.pretrained = pretrained
+        if codec and (pretrained or vae):
+            raise ValueError(
+                "backbone.codec replaces the VAE: give either backbone.codec or backbone.vae (and no "
+                "backbone.pretrained), not both (see conf/backbone/cogvideox_toy.yaml)."
+            )
         if pretrained:
             root = _require_dir(Path(pretrained).expanduser(), "Pretrained CogVideoX folder")
             _check_pipeline_class(root)
@@ -150,23 +158,25 @@ class CogVideoXBackbone(Backbone):
             self.scheduler = CogVideoXDPMScheduler.from_pretrained(root / "scheduler")
             where = str(root)
         else:
-            missing = [
-                k for k, v in {"transformer": transformer, "vae": vae, "text_encoder": text_encoder}.items() if not v
-            ]
+            parts = {"transformer": transformer, "vae": vae or codec, "text_encoder": text_encoder}
+            missing = [k for k, v in parts.items() if not v]
             if missing:
                 raise ValueError(
                     f"backbone.pretrained is not set, so the backbone is built from config, but "
-                    f"backbone.{missing[0]} is empty. Give a local pipeline folder as backbone.pretrained=PATH "
+                    f"backbone.{missing[0]} is empty (a backbone.codec may stand in for the VAE). "
+                    "Give a local pipeline folder as backbone.pretrained=PATH "
                     f"or a config for each of transformer, vae, text_encoder (see hydra_conf/backbone/)."
                 )
             log.info("building a randomly initialised CogVideoX backbone from config (demo scale, not trained weights)")
             self.transformer = CogVideoXTransformer3DModel(**transformer)
-            self.vae = AutoencoderKLCogVideoX(**vae)
+            # A codec stands where the VAE does: frozen, fingerprinted, saved like one.
+            self.vae = build_codec(codec) if codec else AutoencoderKLCogVideoX(**vae)
             self.tokenizer = build_demo_tokenizer(self.transformer.config.max_text_seq_length)
             self.text_encoder = T5EncoderModel(T5Config(**{"vocab_size": len(self.tokenizer), **text_encoder}))
             self.scheduler = CogVideoXDPMScheduler(**(scheduler or {}))
             where = "backbone config"
-        _check_latent_channels(self.transformer, self.vae, where)
+        self.latent_channels = self.codec.latent_channels if self.codec is not None else self.vae.config.latent_channels
+        _check_latent_channels(self.transformer, self.latent_channels, where)
         config = self.transformer.config
         if config.patch_size_t is not None or config.ofs_embed_dim:
             raise NotImplementedError(
@@ -178,7 +188,6 @@ class CogVideoXBackbone(Backbone):
             frozen.requires_grad_(False)
             frozen.eval()
         self.gradient_checkpointing = gradient_checkpointing
-        self.latent_channels = self.vae.config.latent_channels
 
     # ------------------------------------------------------------------ shape
     @property
@@ -189,10 +198,27 @@ class CogVideoXBackbone(Backbone):
             num_layers=config.num_layers,
             latent_channels=self.latent_channels,
             text_hidden_size=config.text_embed_dim,
-            vae_temporal_compression=self.vae.config.temporal_compression_ratio,
-            vae_spatial_compression=2 ** (len(self.vae.config.block_out_channels) - 1),
+            vae_temporal_compression=self._temporal_compression,
+            vae_spatial_compression=self._spatial_compression,
             patch_size=config.patch_size,
             patch_size_t=1,  # CogVideoX 1.0 (1.5's temporal patches are refused in __init__)
+        )
+
+    @property
+    def codec(self) -> LatentCodec | None:
+        """The weight-free codec that stands in for the VAE, or None (a real VAE)."""
+        return self.vae if isinstance(self.vae, LatentCodec) else None
+
+    @property
+    def _temporal_compression(self) -> int:
+        return self.codec.temporal_compression if self.codec is not None else self.vae.config.temporal_compression_ratio
+
+    @property
+    def _spatial_compression(self) -> int:
+        return (
+            self.codec.spatial_compression
+            if self.codec is not None
+            else 2 ** (len(self.vae.config.block_out_channels) - 1)
         )
 
     @property
@@ -271,16 +297,26 @@ class CogVideoXBackbone(Backbone):
 
     @torch.no_grad()
     def encode_posterior(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[B, F, 3, H, W]`` in [-1, 1] -> the VAE posterior's (mean, std), in the VAE's ``[B, C, f, h, w]``."""
+        """``[B, F, 3, H, W]`` in [-1, 1] -> the VAE posterior's (mean, std), in the VAE's ``[B, C, f, h, w]``.
+
+        A codec is deterministic: its coefficients with std 0.
+        """
+        if self.codec is not None:
+            raw = self.codec.transform(video).permute(0, 2, 1, 3, 4).contiguous()
+            return raw, torch.zeros_like(raw)
         posterior = self.vae.encode(video.permute(0, 2, 1, 3, 4)).latent_dist
         return posterior.mean, posterior.std
 
     def normalize_latents(self, raw: torch.Tensor) -> torch.Tensor:
+        if self.codec is not None:
+            return self.codec.normalize(raw.permute(0, 2, 1, 3, 4)).contiguous()
         return (raw * self.vae.config.scaling_factor).permute(0, 2, 1, 3, 4).contiguous()
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents ``[B, f, C, h, w]`` -> video ``[B, F, 3, H, W]`` in [-1, 1]."""
+        if self.codec is not None:
+            return self.codec.decode(latents).clamp(-1, 1)
         latents = latents.permute(0, 2, 1, 3, 4) / self.vae.config.scaling_factor
         return self.vae.decode(latents).sample.permute(0, 2, 1, 3, 4).clamp(-1, 1)
 

@@ -17,7 +17,8 @@ the injection sites at exact places in each ``WanTransformerBlock``::
 
 Training objective: flow matching as Wan trains (``idvid.backbones.flow_matching``): velocity
 target ``noise - x_0``, shifted-uniform noise levels with the scheduler's ``flow_shift``, weight 1.
-Latents are normalised per channel with the VAE's ``latents_mean`` / ``latents_std``.
+Latents are normalised per channel with the VAE's ``latents_mean`` / ``latents_std`` (or, with ``codec`` in
+place of ``vae``, a weight-free invertible codec's data statistics: ``idvid.backbones.codecs``).
 
 Wan 2.2 A14B has two experts: ``transformer/`` for high noise (``t >= boundary_ratio * 1000``)
 and ``transformer_2/`` for low noise; forward sends a batch to the expert of its timesteps, as
@@ -60,6 +61,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
 
 from idvid.backbones.base import Backbone, BackboneInfo, NoisedLatents
+from idvid.backbones.codecs import LatentCodec, build_codec
 from idvid.backbones.demo_tokenizer import build_demo_tokenizer
 from idvid.backbones.flow_matching import FlowMatchingSchedule, draw_sigmas, flow_matching_noise, unshift_sigma
 from idvid.backbones.lora import LORA_WEIGHTS_FILE, lora_layers
@@ -126,8 +128,8 @@ def _check_pipeline_folder(root: Path) -> dict[str, Any]:
     return index
 
 
-def _check_latent_channels(transformer: nn.Module, vae: AutoencoderKLWan, where: str) -> None:
-    config, z_dim = transformer.config, vae.config.z_dim
+def _check_latent_channels(transformer: nn.Module, z_dim: int, where: str) -> None:
+    config = transformer.config
     if config.out_channels != z_dim or config.in_channels != z_dim:
         raise ValueError(
             f"{where}: the transformer takes {config.in_channels} and predicts {config.out_channels} latent channels "
@@ -231,9 +233,15 @@ class WanBackbone(Backbone):
         expert: str | None = None,
         default_video_size: tuple[int, int, int] | list[int] = (81, 480, 832),
         gradient_checkpointing: bool = False,
+        codec: dict[str, Any] | None = None,
     ):
         super().__init__()
         self.pretrained = pretrained
+        if codec and (pretrained or vae):
+            raise ValueError(
+                "backbone.codec replaces the VAE: give either backbone.codec or backbone.vae (and no "
+                "backbone.pretrained), not both (see conf/backbone/wan_toy.yaml)."
+            )
         if pretrained:
             root = Path(pretrained).expanduser()
             index = _check_pipeline_folder(root)
@@ -254,27 +262,29 @@ class WanBackbone(Backbone):
                 boundary_ratio = index.get("boundary_ratio")
             where = str(root)
         else:
-            missing = [
-                k for k, v in {"transformer": transformer, "vae": vae, "text_encoder": text_encoder}.items() if not v
-            ]
+            parts = {"transformer": transformer, "vae": vae or codec, "text_encoder": text_encoder}
+            missing = [k for k, v in parts.items() if not v]
             if missing:
                 raise ValueError(
                     f"backbone.pretrained is not set, so the backbone is built from config, but backbone.{missing[0]} "
-                    "is empty. Give a local Wan pipeline folder as backbone.pretrained=PATH or a config for each of "
+                    "is empty (a backbone.codec may stand in for the VAE). "
+                    "Give a local Wan pipeline folder as backbone.pretrained=PATH or a config for each of "
                     "transformer, vae, text_encoder (see hydra_conf/backbone/wan_tiny.yaml)."
                 )
             log.info("building a randomly initialised Wan backbone from config (demo scale, not trained weights)")
             high_noise = WanTransformer3DModel(**transformer)
             # A two-expert (Wan 2.2 A14B-like) model from config: a second expert of the same shape.
             low_noise = WanTransformer3DModel(**transformer) if boundary_ratio is not None else None
-            self.vae = AutoencoderKLWan(**vae)
+            # A codec stands where the VAE does: frozen, fingerprinted, saved like one.
+            self.vae = build_codec(codec) if codec else AutoencoderKLWan(**vae)
             self.tokenizer = build_demo_tokenizer(max_text_length)
             self.text_encoder = UMT5EncoderModel(UMT5Config(**{"vocab_size": len(self.tokenizer), **text_encoder}))
             self.scheduler = _scheduler_from(None, scheduler)
             where = "backbone config"
+        self.latent_channels = self.codec.latent_channels if self.codec is not None else self.vae.config.z_dim
         for model in (high_noise, low_noise):
             if model is not None:
-                _check_latent_channels(model, self.vae, where)
+                _check_latent_channels(model, self.latent_channels, where)
         self.boundary_ratio, self.expert = self._choose_expert(expert, boundary_ratio, low_noise is not None)
         # The trained network is `transformer` (LoRA, widening and checkpoints act on it); with one expert
         # chosen, the other expert of a two-expert model is frozen and only runs in sampling, for its timesteps.
@@ -290,13 +300,13 @@ class WanBackbone(Backbone):
             frozen.requires_grad_(False)
             frozen.eval()
         self.gradient_checkpointing = gradient_checkpointing
-        self.latent_channels = self.vae.config.z_dim
-        self.register_buffer(
-            "latents_mean", torch.tensor(self.vae.config.latents_mean).view(1, 1, -1, 1, 1), persistent=False
-        )
-        self.register_buffer(
-            "latents_std", torch.tensor(self.vae.config.latents_std).view(1, 1, -1, 1, 1), persistent=False
-        )
+        # Wan's per-channel latent normalisation; a codec brings its own statistics (computed from data).
+        if self.codec is not None:
+            mean, std = self.codec.mean.flatten().clone(), self.codec.std.flatten().clone()
+        else:
+            mean, std = torch.tensor(self.vae.config.latents_mean), torch.tensor(self.vae.config.latents_std)
+        self.register_buffer("latents_mean", mean.view(1, 1, -1, 1, 1), persistent=False)
+        self.register_buffer("latents_std", std.view(1, 1, -1, 1, 1), persistent=False)
 
     @staticmethod
     def _choose_expert(expert: str | None, boundary_ratio: float | None, two_experts: bool):
@@ -333,11 +343,22 @@ class WanBackbone(Backbone):
             num_layers=config.num_layers,
             latent_channels=self.latent_channels,
             text_hidden_size=config.text_dim,
-            vae_temporal_compression=self.vae.config.scale_factor_temporal,
-            vae_spatial_compression=self.vae.config.scale_factor_spatial,
+            vae_temporal_compression=self._temporal_compression,
+            vae_spatial_compression=self.codec.spatial_compression
+            if self.codec is not None
+            else self.vae.config.scale_factor_spatial,
             patch_size=patch_h,
             patch_size_t=patch_t,
         )
+
+    @property
+    def codec(self) -> LatentCodec | None:
+        """The weight-free codec that stands in for the VAE, or None (a real VAE)."""
+        return self.vae if isinstance(self.vae, LatentCodec) else None
+
+    @property
+    def _temporal_compression(self) -> int:
+        return self.codec.temporal_compression if self.codec is not None else self.vae.config.scale_factor_temporal
 
     @property
     def frozen_modules(self) -> dict[str, nn.Module]:
@@ -445,7 +466,7 @@ class WanBackbone(Backbone):
         return hidden * mask.unsqueeze(-1).to(hidden.dtype)
 
     def _check_frames(self, video: torch.Tensor) -> None:
-        frames, temporal = video.shape[1], self.vae.config.scale_factor_temporal
+        frames, temporal = video.shape[1], self._temporal_compression
         if (frames - 1) % temporal:
             low = (frames - 1) // temporal * temporal + 1
             raise ValueError(
@@ -457,6 +478,9 @@ class WanBackbone(Backbone):
     def encode_posterior(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``[B, F, 3, H, W]`` in [-1, 1] -> the VAE posterior's (mean, std), raw latent space ``[B, f, C, h, w]``."""
         self._check_frames(video)
+        if self.codec is not None:  # deterministic: its coefficients with std 0 (normalize_latents normalises them)
+            raw = self.codec.transform(video)
+            return raw, torch.zeros_like(raw)
         posterior = self.vae.encode(video.permute(0, 2, 1, 3, 4)).latent_dist
         return posterior.mean.permute(0, 2, 1, 3, 4).contiguous(), posterior.std.permute(0, 2, 1, 3, 4).contiguous()
 
@@ -468,6 +492,8 @@ class WanBackbone(Backbone):
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents ``[B, f, C, h, w]`` -> video ``[B, F, 3, H, W]`` in [-1, 1]."""
         raw = latents * self.latents_std.to(latents) + self.latents_mean.to(latents)
+        if self.codec is not None:
+            return self.codec.inverse(raw).clamp(-1, 1)
         video = self.vae.decode(raw.permute(0, 2, 1, 3, 4).to(self.vae.dtype)).sample
         return video.permute(0, 2, 1, 3, 4).clamp(-1, 1)
 

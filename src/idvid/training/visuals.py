@@ -58,7 +58,8 @@ def log_generated_videos(
     out_dir: Path,
     frequency: Mapping[str, Any] | None = None,
 ) -> None:
-    """Validation samples ``[B, F, 3, H, W]`` in [-1, 1]: to TensorBoard and as ``stepNNNNNN_<clip id>.mp4``.
+    """Validation samples ``[B, F, 3, H, W]`` in [-1, 1]: to TensorBoard, as ``stepNNNNNN_<clip id>.mp4`` and
+    their frame grid (reference first in each row) as ``stepNNNNNN.png``.
 
     TensorBoard gets ``val/samples`` (one row per sample, the reference photo first), an animated
     ``val/video/<clip id>`` each, and, when ``frequency`` settings are given and the batch has face
@@ -79,3 +80,14 @@ def log_generated_videos(
             log_validation_spectra(experiment, "val/frequency", video, masks, step, FrequencyConfig(**frequency))
     for index, sample in enumerate(video):  # deterministic names: step and clip id
         write_video(out_dir / f"step{step:06d}_{batch['id'][index]}.mp4", sample)
+    write_png(out_dir / f"step{step:06d}.png", grid)
+
+
+def write_png(path: Path, image: torch.Tensor) -> Path:
+    """Write ``[3, H, W]`` in [0, 1] as a PNG."""
+    from PIL import Image
+
+    pixels = (image.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path

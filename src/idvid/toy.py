@@ -1,0 +1,119 @@
+"""The TOY identity data set: ~100 distinct faces from photos that ship in installed packages, built offline.
+
+Faces: the 100 face crops of scikit-image's ``data.lfw_subset()`` (25x25 grey, one face each), the
+astronaut and the six people of insightface's ``t1.jpg`` (the demo's photos). Each face becomes one
+short clip with a camera move over the still photo (the demo's renderer, smaller frames) and goes
+through ``idvid.preprocess`` like any user video, so annotations, masks, aligned references and the
+cross-face frames (the reference from a frame outside the training clip, i.e. another view of the
+same face) are made by the one preprocessing path there is.
+
+A fixed split of identities: HELDOUT_IDS are never trained on. The folder holds
+``manifest.jsonl`` (everything), ``train.jsonl`` and ``heldout.jsonl`` (the same lines, split).
+Deterministic: the same seed gives the same clips, byte for byte up to the mp4 encoder.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from idvid.data.manifest import read_manifest
+from idvid.demo import DEMO_SEED, build_cached, default_cache_root, render_clip, source_photos
+from idvid.faces import DlibFaceAnalyzer
+
+log = logging.getLogger(__name__)
+
+TOY_VERSION = "toy-v1"  # bump when the builder's output changes (the cache folder is named after it)
+FRAME_SIZE = 128  # rendered frames; training reads them at data/toy.yaml's size
+NUM_FRAMES = 12
+LFW_FACES = 100  # lfw_subset(): 100 faces, then 100 non-faces
+LFW_SCALE = 4  # the 25 px crops are upsampled so that the face detector finds them
+# Identities never trained on: every 10th LFW face and one person of t1.jpg (fixed, not drawn).
+HELDOUT_IDS = tuple(f"lfw-{i:03d}" for i in range(5, LFW_FACES, 10)) + ("t1-5",)
+CLIP_NUM_FRAMES, CLIP_STRIDE = 5, 2  # the training clip (data/toy.yaml): 5 frames, every 2nd
+
+
+def toy_cache_dir(cache_dir: Path | str | None = None) -> Path:
+    """`<cache root>/toy/<TOY_VERSION>` (cache root: `$IDVID_CACHE`, else ~/.cache/idvid)."""
+    root = Path(cache_dir) if cache_dir is not None else default_cache_root().parent / "toy"
+    return root / TOY_VERSION
+
+
+def build_toy(cache_dir: Path | str | None = None) -> Path:
+    """Build the toy data set once (atomically) and return its folder (manifest.jsonl, train.jsonl, heldout.jsonl)."""
+    return build_cached(toy_cache_dir(cache_dir), _build_into, "toy")
+
+
+def toy_manifest(split: str = "train", cache_dir: Path | str | None = None) -> Path:
+    """The manifest of one split of the toy set ("train", "heldout" or "all"), building the set on first use."""
+    names = {"train": "train.jsonl", "heldout": "heldout.jsonl", "all": "manifest.jsonl"}
+    if split not in names:
+        raise ValueError(f"unknown toy split {split!r}; use one of {sorted(names)}")
+    return build_toy(cache_dir) / names[split]
+
+
+def toy_photos() -> dict[str, np.ndarray]:
+    """Name -> RGB uint8 photo: lfw-000 ... lfw-099 (upsampled grey crops), astronaut, t1."""
+    import skimage.data
+
+    photos = {}
+    for index, crop in enumerate(skimage.data.lfw_subset()[:LFW_FACES]):
+        grey = np.round(crop * 255).astype(np.uint8)
+        size = grey.shape[0] * LFW_SCALE
+        big = cv2.resize(grey, (size, size), interpolation=cv2.INTER_CUBIC)
+        photos[f"lfw-{index:03d}"] = np.ascontiguousarray(np.repeat(big[..., None], 3, axis=-1))
+    photos.update(source_photos())
+    return photos
+
+
+def toy_settings(raw: Path, out: Path):
+    """The demo's preprocessing settings, scaled for 12-frame 128x128 clips with small faces."""
+    from idvid.preprocess import ClipSettings, FilterSettings, PreprocessSettings
+
+    filters = FilterSettings(min_face_size=32, min_valid_fraction=0.5, max_rotation_deg=60, max_motion_ratio=None)
+    return PreprocessSettings(
+        raw=raw,
+        out=out,
+        filters=filters,
+        clip=ClipSettings(num_frames=CLIP_NUM_FRAMES, frame_stride=CLIP_STRIDE),
+        align_size=128,  # the sources are small: a 512 px reference would be upsampled blur
+    )
+
+
+def _build_into(out_dir: Path) -> None:
+    from idvid.preprocess import Preprocessor
+
+    raw = out_dir / "raw"
+    raw.mkdir()
+    analyzer = DlibFaceAnalyzer()
+    for source_index, (name, photo) in enumerate(toy_photos().items()):
+        faces = analyzer.detect(photo)
+        if name.startswith("lfw-"):
+            faces = faces[:1]  # a crop holds one face
+        for face_index, face in enumerate(faces):
+            clip_id = name if name.startswith("lfw-") else f"{name}-{face_index}"
+            render_clip(photo, face, clip_id, (DEMO_SEED, 7, source_index, face_index), raw, FRAME_SIZE, NUM_FRAMES)
+    summary = Preprocessor(toy_settings(raw, out_dir), analyzer).run()
+    if not summary["manifest"]:
+        raise RuntimeError(f"toy build produced no usable clip ({summary['outcomes']}); check the face detector")
+    split_manifest(out_dir / "manifest.jsonl")
+    for leftover in sorted(raw.iterdir()):
+        leftover.unlink()
+    raw.rmdir()
+
+
+def split_manifest(manifest: Path) -> tuple[int, int]:
+    """Write train.jsonl / heldout.jsonl next to `manifest` by HELDOUT_IDS; return their sizes."""
+    lines = [line for line in manifest.read_text().splitlines() if line.strip()]
+    entries = read_manifest(manifest)
+    heldout = [line for line, e in zip(lines, entries) if e["identity"] in HELDOUT_IDS]
+    train = [line for line, e in zip(lines, entries) if e["identity"] not in HELDOUT_IDS]
+    if not heldout or not train:
+        raise RuntimeError(f"toy split left {len(train)} train and {len(heldout)} held-out clips; check {manifest}")
+    (manifest.parent / "train.jsonl").write_text("\n".join(train) + "\n")
+    (manifest.parent / "heldout.jsonl").write_text("\n".join(heldout) + "\n")
+    log.info("toy split: %d train clips, %d held-out clips", len(train), len(heldout))
+    return len(train), len(heldout)

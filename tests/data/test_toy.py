@@ -1,0 +1,63 @@
+"""The toy identity set (idvid.toy): distinct faces, a deterministic build, a train/held-out split by identity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import idvid.toy as toy
+from idvid.data.manifest import load_annotations, read_manifest
+from idvid.data.video_io import read_mp4
+
+
+@pytest.fixture(scope="module")
+def photos():
+    return toy.toy_photos()
+
+
+def test_photos_are_many_distinct_faces(photos):
+    lfw = [name for name in photos if name.startswith("lfw-")]
+    assert len(lfw) == toy.LFW_FACES and {"astronaut", "t1"} <= set(photos)
+    flat = np.stack([photos[name][..., 0].ravel() for name in lfw]).astype(np.float32)
+    distances = np.abs(flat[:, None] - flat[None]).mean(-1) + np.eye(len(lfw)) * 255
+    assert distances.min() > 1.0  # no two crops are the same picture
+    assert set(toy.HELDOUT_IDS) - {"t1-5"} <= set(lfw)
+
+
+@pytest.fixture(scope="module")
+def two_builds(tmp_path_factory, photos):
+    """The real builder run twice on two faces, one held out (lfw-005) and one trained on (lfw-000)."""
+    subset = {name: photos[name] for name in ("lfw-000", "lfw-005")}
+    original = toy.toy_photos
+    toy.toy_photos = lambda: subset
+    try:
+        return [toy.build_toy(tmp_path_factory.mktemp(f"toy{i}")) for i in range(2)]
+    finally:
+        toy.toy_photos = original
+
+
+@pytest.mark.slow
+def test_build_is_deterministic(two_builds):
+    first, second = two_builds
+    assert (first / "manifest.jsonl").read_text() == (second / "manifest.jsonl").read_text()
+    for a, b in zip(read_manifest(first / "manifest.jsonl"), read_manifest(second / "manifest.jsonl")):
+        np.testing.assert_array_equal(read_mp4(a["video"]), read_mp4(b["video"]))
+        annotations_a = load_annotations(a["annotations"])
+        annotations_b = load_annotations(b["annotations"])
+        for key in ("boxes", "kps", "valid", "masks", "embeddings", "reference_faces"):
+            np.testing.assert_array_equal(annotations_a[key], annotations_b[key], err_msg=key)
+
+
+@pytest.mark.slow
+def test_train_and_heldout_identities_never_overlap(two_builds):
+    folder = two_builds[0]
+    train = {e["identity"] for e in read_manifest(folder / "train.jsonl")}
+    heldout = {e["identity"] for e in read_manifest(folder / "heldout.jsonl")}
+    assert train == {"lfw-000"} and heldout == {"lfw-005"}
+    everything = read_manifest(folder / "manifest.jsonl")
+    assert len(everything) == 2 and not train & set(toy.HELDOUT_IDS)
+
+
+def test_unknown_split_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown toy split 'test'"):
+        toy.toy_manifest("test", tmp_path)
