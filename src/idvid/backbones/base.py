@@ -35,6 +35,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from idvid.backbones.codecs import LatentCodec
 from idvid.backbones.info import BackboneInfo
 from idvid.errors import ConfigError
 from idvid.injection.plan import NO_INJECTION, PreparedInjection
@@ -188,6 +189,11 @@ class Backbone(nn.Module):
         Raises ValueError naming the family's frame-count and size rule and the nearest valid values.
         """
         raise _not_implemented(self, "latent_shape", "map a video size to its latent shape (and refuse invalid sizes)")
+
+    @property
+    def codec(self) -> LatentCodec | None:
+        """The weight-free codec that stands in for the VAE (``idvid.backbones.codecs``), or None (a real VAE)."""
+        return self.vae if isinstance(self.vae, LatentCodec) else None
 
     # ------------------------------------------------------------ input_concat
     @property

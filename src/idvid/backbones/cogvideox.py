@@ -42,7 +42,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers import AutoTokenizer, T5Config, T5EncoderModel
 
 from idvid.backbones.base import Backbone, BackboneInfo, DiffusersSchedule, NoisedLatents
-from idvid.backbones.codecs import LatentCodec, build_codec
+from idvid.backbones.codecs import build_codec
 from idvid.backbones.demo_tokenizer import build_demo_tokenizer
 from idvid.backbones.lora import LORA_WEIGHTS_FILE, lora_adapter_metadata, lora_layers
 from idvid.backbones.reference_tokens import (
@@ -203,11 +203,6 @@ class CogVideoXBackbone(Backbone):
             patch_size=config.patch_size,
             patch_size_t=1,  # CogVideoX 1.0 (1.5's temporal patches are refused in __init__)
         )
-
-    @property
-    def codec(self) -> LatentCodec | None:
-        """The weight-free codec that stands in for the VAE, or None (a real VAE)."""
-        return self.vae if isinstance(self.vae, LatentCodec) else None
 
     @property
     def _temporal_compression(self) -> int:

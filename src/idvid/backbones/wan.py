@@ -61,7 +61,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
 
 from idvid.backbones.base import Backbone, BackboneInfo, NoisedLatents
-from idvid.backbones.codecs import LatentCodec, build_codec
+from idvid.backbones.codecs import build_codec
 from idvid.backbones.demo_tokenizer import build_demo_tokenizer
 from idvid.backbones.flow_matching import FlowMatchingSchedule, draw_sigmas, flow_matching_noise, unshift_sigma
 from idvid.backbones.lora import LORA_WEIGHTS_FILE, lora_layers
@@ -350,11 +350,6 @@ class WanBackbone(Backbone):
             patch_size=patch_h,
             patch_size_t=patch_t,
         )
-
-    @property
-    def codec(self) -> LatentCodec | None:
-        """The weight-free codec that stands in for the VAE, or None (a real VAE)."""
-        return self.vae if isinstance(self.vae, LatentCodec) else None
 
     @property
     def _temporal_compression(self) -> int:
