@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from idvid.data.dataset import IdentityVideoDataset, _fit
+from idvid.data.dataset import IdentityVideoDataset, fit_to_size
 from idvid.data.manifest import load_annotations, read_manifest
 from idvid.data.video_io import read_mp4
 
@@ -44,7 +44,7 @@ def test_item_content_matches_source(dataset, demo_manifest):
     entry = read_manifest(demo_manifest)[2]
     frames, ann = read_mp4(entry["video"]), load_annotations(entry["annotations"])
     first = int(item["frame_indices"][0])
-    expected = torch.from_numpy(_fit(frames[first], 64, 64, cv2.INTER_AREA)).permute(2, 0, 1).float() / 127.5 - 1
+    expected = torch.from_numpy(fit_to_size(frames[first], 64, 64, cv2.INTER_AREA)).permute(2, 0, 1).float() / 127.5 - 1
     torch.testing.assert_close(item["video"][0], expected)
     assert torch.equal(item["ref_embedding"], torch.from_numpy(ann["embeddings"][int(item["ref_frame"])]))
     assert ann["valid"][int(item["ref_frame"])] and ann["valid"][int(item["cross_ref_frame"])]

@@ -193,7 +193,7 @@ class IdentityVideoDataset(Dataset):
         has_cross = len(outside) > 0
         cross_t = int(rng.choice(outside)) if has_cross else int(rng.choice(inside))
         item = {
-            "video": _to_unit_range(clip.video[frame_ids]),
+            "video": to_unit_range(clip.video[frame_ids]),
             "face_mask": torch.from_numpy(clip.masks[frame_ids].astype(np.float32)).unsqueeze(1),
             "caption": entry["caption"],
             "id": entry["id"],
@@ -230,8 +230,8 @@ class IdentityVideoDataset(Dataset):
             clip.references[t] = image, kps_image, points
         image, kps_image, points = clip.references[t]
         return {
-            f"{prefix}_image": _to_unit_range(image),
-            f"{prefix}_kps_image": _to_unit_range(kps_image),
+            f"{prefix}_image": to_unit_range(image),
+            f"{prefix}_kps_image": to_unit_range(kps_image),
             f"{prefix}_embedding": torch.from_numpy(ann["embeddings"][t].astype(np.float32)),
             f"{prefix}_kps": torch.tensor(points["kps"]),  # a copy: items never share memory
             f"{prefix}_landmarks": torch.tensor(points["landmarks"]),
@@ -265,7 +265,7 @@ class IdentityVideoDataset(Dataset):
                 f"{NUM_LANDMARKS} (dlib) or none (insightface); re-run preprocessing with one of those backends"
             )
         ann["landmarks"] = _landmarks68(ann["landmarks"])
-        crop = _centre_crop(*frames.shape[1:3], self.height, self.width)
+        crop = centre_crop_box(*frames.shape[1:3], self.height, self.width)
 
         def to_video_pixels(points: np.ndarray) -> np.ndarray:  # [T, N, 2] frame pixels -> resized window pixels
             x0, y0, crop_w, crop_h = crop
@@ -273,11 +273,11 @@ class IdentityVideoDataset(Dataset):
             return ((points - np.array([x0, y0], dtype=np.float32)) * scale).astype(np.float32)
 
         # Full-resolution masks are not kept: the cache holds them at H x W only.
-        masks = np.stack([_fit(mask, self.height, self.width, cv2.INTER_NEAREST) for mask in ann.pop("masks")])
+        masks = np.stack([fit_to_size(mask, self.height, self.width, cv2.INTER_NEAREST) for mask in ann.pop("masks")])
         landmarks = to_video_pixels(ann["landmarks"])
         eye_boxes, mouth_boxes = region_boxes(landmarks)
         return PreparedClip(
-            video=np.stack([_fit(frame, self.height, self.width, cv2.INTER_AREA) for frame in frames]),
+            video=np.stack([fit_to_size(frame, self.height, self.width, cv2.INTER_AREA) for frame in frames]),
             masks=masks,
             boxes=to_video_pixels(ann["boxes"].reshape(-1, 2, 2)).reshape(-1, 4),
             kps=to_video_pixels(ann["kps"]),
@@ -334,7 +334,7 @@ def _parse_key(key: object, length: int) -> tuple[int, int]:
     return draw, index
 
 
-def _centre_crop(src_h: int, src_w: int, height: int, width: int) -> tuple[int, int, int, int]:
+def centre_crop_box(src_h: int, src_w: int, height: int, width: int) -> tuple[int, int, int, int]:
     """(x0, y0, crop width, crop height): the centred window of the height:width aspect ratio."""
     if src_w * height > width * src_h:  # too wide
         new_w = max(1, round(src_h * width / height))
@@ -345,13 +345,13 @@ def _centre_crop(src_h: int, src_w: int, height: int, width: int) -> tuple[int, 
     return 0, 0, src_w, src_h
 
 
-def _fit(image: np.ndarray, height: int, width: int, interpolation: int) -> np.ndarray:
+def fit_to_size(image: np.ndarray, height: int, width: int, interpolation: int) -> np.ndarray:
     """Centre-crop `image` to the height:width aspect ratio, then resize to (height, width)."""
-    x0, y0, crop_w, crop_h = _centre_crop(*image.shape[:2], height, width)
+    x0, y0, crop_w, crop_h = centre_crop_box(*image.shape[:2], height, width)
     return cv2.resize(image[y0 : y0 + crop_h, x0 : x0 + crop_w], (width, height), interpolation=interpolation)
 
 
-def _to_unit_range(images: np.ndarray) -> torch.Tensor:
+def to_unit_range(images: np.ndarray) -> torch.Tensor:
     """uint8 [..., H, W, 3] -> float32 [..., 3, H, W] in [-1, 1]."""
     # Channels first while still uint8 (a quarter of the bytes to move), then scale in place.
     channels_first = torch.from_numpy(np.ascontiguousarray(images)).movedim(-1, -3).contiguous()

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from idvid.data.audio import load_audio, log_mel, mel_window
-from idvid.data.dataset import _centre_crop, _fit, _to_unit_range
+from idvid.data.dataset import centre_crop_box, fit_to_size, to_unit_range
 from idvid.data.video_io import probe_video, read_mp4, write_mp4
 from idvid.errors import ConfigError, UserError
 from idvid.faces import face_analyzer_from_config
@@ -110,7 +110,7 @@ def drive_inputs(
         frames, (boxes, kps, landmarks) = apply_warps(frames, [boxes, kps, landmarks], motion_warps(kps, motion_scale))
         # The box's turned corners, back to x0 <= x1 and y0 <= y1 (their bounds).
         boxes = np.stack([boxes.min(axis=1), boxes.max(axis=1)], axis=1)
-    x0, y0, crop_w, crop_h = _centre_crop(*frames.shape[1:3], height, width)
+    x0, y0, crop_w, crop_h = centre_crop_box(*frames.shape[1:3], height, width)
     scale = np.array([width / crop_w, height / crop_h], np.float32)
 
     def to_pixels(points: np.ndarray) -> np.ndarray:  # the video's pixels -> the cropped and resized frames'
@@ -119,7 +119,7 @@ def drive_inputs(
     landmarks = to_pixels(landmarks)
     eye_boxes, mouth_boxes = region_boxes(landmarks)
     return _batched({
-        "video": _to_unit_range(np.stack([_fit(frame, height, width, cv2.INTER_AREA) for frame in frames])),
+        "video": to_unit_range(np.stack([fit_to_size(frame, height, width, cv2.INTER_AREA) for frame in frames])),
         "frame_has_face": torch.from_numpy(has_face),
         "frame_boxes": to_pixels(boxes).reshape(-1, 4), "frame_kps": to_pixels(kps), "frame_landmarks": landmarks,
         "frame_eye_boxes": eye_boxes, "frame_mouth_boxes": mouth_boxes,
