@@ -563,8 +563,8 @@ class WanBackbone(Backbone):
             attention_mask = surround_video_mask(attention_mask.to(latents.device), 0, reference_keys)
 
         for index, block in enumerate(model.blocks):
-            arguments = (index, block, tokens, text, timestep_proj, rotary, injection, reference, reference_tokens)
-            arguments += (attention_mask,)
+            arguments = (index, block, tokens, text, timestep_proj, rotary, injection)
+            arguments += (reference, reference_tokens, attention_mask)
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 tokens, reference_tokens = checkpoint(self._run_block, *arguments, use_reentrant=False)
             else:
