@@ -13,11 +13,16 @@ The kept driving frames go to ``drive_video`` (read by ``megactor.driving_frames
 audio drives it). With ``region_loss_probability`` per sample the loss covers only those regions (else the
 whole frame): the loss mask follows the chosen regions.
 
-Every draw goes through the step's ``BatchRandom``, made whatever the shares, so resume stays exact.
+**The mouth-token attention mask** (``mouth_attention_mask``, on by default): when the driving frames show
+no mouth (visual with face-drop to the eyes, and mixed, where the audio drives the mouth), the mouth-region
+video tokens do not attend to the driving region in the blocks' self-attention: the paper's
+``softmax`` over the complement of the driving region for the mouth's queries; every other query attends as
+usual. The step writes it as the core's attention exclusion (``idvid.injection.attention_exclusion``):
+``attention_exclusion_queries`` = the mouth's box mask, ``attention_exclusion_keys`` = the kept driving
+regions (the eyes), per sample (all zeros where the video drives the mouth, or nothing: audio only).
 
-Not done here: MegActor-Sigma also keeps mouth-region video tokens from attending to the driving
-region when the mouth is not driven; that needs an attention-mask hook in the backbones' attention
-(pending, see the README).
+Every draw goes through the step's ``BatchRandom``, made whatever the shares, so resume stays exact (the
+attention mask draws nothing).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from idvid.errors import ConfigError
+from idvid.injection.attention_exclusion import KEYS_KEY, QUERIES_KEY
 from idvid.randomness import BatchRandom
 from idvid.registry import register_recipe_step
 from idvid.training.recipe import RecipeStep, check_probability
@@ -44,6 +50,7 @@ class ModalityControl(RecipeStep):
         regions: Sequence[str] = REGIONS,
         region_loss_probability: float = 0.5,
         box_margin: float = 0.2,
+        mouth_attention_mask: bool = True,
     ):
         shares = dict(shares if shares is not None else {"visual": 0.1, "audio": 0.2, "mixed": 0.7})
         unknown = set(shares) - set(MODALITIES)
@@ -71,6 +78,7 @@ class ModalityControl(RecipeStep):
             "megactor.modality_control", "region_loss_probability", region_loss_probability
         )
         self.box_margin = float(box_margin)
+        self.mouth_attention_mask = bool(mouth_attention_mask)
 
     def draw(self, random: BatchRandom, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(modality, region)`` per sample: indices into ``MODALITIES`` and into ``self.regions``."""
@@ -100,6 +108,10 @@ class ModalityControl(RecipeStep):
         batch["drive_video"] = video * keep  # 0 (mid-grey) wherever the visual signal is dropped
         batch["drive_region_mask"] = torch.maximum(keep, mouth * per_sample(audio_on))
         batch["drive_modality"] = modality
+        if self.mouth_attention_mask:  # the driving frames show the eyes, not the mouth: mouth tokens do not read them
+            eyes_only = per_sample(eyes_seen & ~mouth_seen)
+            batch[QUERIES_KEY] = mouth * eyes_only
+            batch[KEYS_KEY] = keep * eyes_only
         if "has_audio" in batch:  # visual-only samples drop the audio
             batch["has_audio"] = batch["has_audio"].bool() & audio_on.to(batch["has_audio"].device)
             mel = batch["audio_mel"]

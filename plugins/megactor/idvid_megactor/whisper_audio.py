@@ -102,6 +102,11 @@ class WhisperAudio(Conditioner):
     def width(self) -> int:
         return self.encoder.config.d_model
 
+    @property
+    def audio_mel_frames(self) -> int:
+        """The mel window it takes (the conditioner contract's: ``animate`` builds it without being told)."""
+        return self.mel_frames
+
     def train(self, mode: bool = True) -> "WhisperAudio":
         super().train(mode)
         self.encoder.eval()  # frozen feature extractor: no dropout

@@ -14,7 +14,8 @@ from idvid.data.manifest import read_manifest
 from idvid.data.video_io import read_mp4
 from idvid.demo import build_demo
 from idvid.interop import save_module
-from idvid.verbs.animate import animate
+from idvid.training.module import IdentityVideoModule
+from idvid.verbs.animate import WHISPER_MEL_FRAMES, animate
 from tests.conftest import compose_config
 
 AUDIO_PATH = ("plan.injectors.audio.", "conditioners.audio.")
@@ -58,9 +59,35 @@ def test_audio_scale_zero_is_the_model_without_audio_and_audio_changes_the_video
 
     def frames(checkpoint, name, **options):
         out = animate(str(checkpoint), str(reference), str(tmp_path / f"{name}.mp4"), drive=driver,
-                      num_frames=5, height=48, width=80, steps=2, seed=0, audio_mel_frames=200, **options)  # fmt: skip
+                      num_frames=5, height=48, width=80, steps=2, seed=0, **options)  # fmt: skip
         return read_mp4(out)
 
     silent = frames(stage2, "scale0", audio=driver, audio_scale=0.0)
     assert np.array_equal(silent, frames(no_audio, "no_audio_path", audio=driver))
     assert not np.array_equal(silent, frames(stage2, "scale1", audio=driver, audio_scale=1.0))
+
+
+class Recorded(Exception):
+    """Raised by the generate spy once it has the batch: the test needs the batch, not the video."""
+
+
+def test_animate_takes_the_audio_window_from_the_checkpoint(checkpoints, inputs, tmp_path, monkeypatch):
+    stage2, no_audio = checkpoints
+    reference, driver = inputs
+    seen = []
+
+    def recording(self, batch, *args, **kwargs):
+        seen.append(batch)
+        raise Recorded
+
+    monkeypatch.setattr(IdentityVideoModule, "generate", recording)
+
+    def audio_window(checkpoint, **options):
+        with pytest.raises(Recorded):
+            animate(str(checkpoint), str(reference), str(tmp_path / "out.mp4"), audio=driver, num_frames=5,
+                    height=48, width=80, steps=1, **options)  # fmt: skip
+        return seen[-1]["audio_mel"].shape[-1]
+
+    assert audio_window(stage2) == 200  # the demo Whisper's window, from the checkpoint's conditioner
+    assert audio_window(stage2, audio_mel_frames=120) == 120  # --audio-mel-frames overrides it
+    assert audio_window(no_audio) == WHISPER_MEL_FRAMES  # no conditioner says: Whisper's 30 s

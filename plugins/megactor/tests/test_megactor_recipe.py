@@ -72,6 +72,34 @@ def test_each_modality_keeps_its_signals_and_regions():
     torch.testing.assert_close(regions[3], torch.maximum(eyes[3], mouth[3]))
 
 
+def test_the_mouth_attention_mask_is_set_when_the_driving_frames_show_no_mouth():
+    batch = batch_of(size=5)
+    step = ModalityControl(box_margin=0.0)
+    # visual eyes, visual mouth, visual both, audio, mixed (the video drives the eyes, the audio the mouth)
+    forced = (torch.tensor([0, 0, 0, 1, 2]), torch.tensor([0, 1, 2, 0, 1]))
+    step.draw = lambda random, size: forced
+    random = random_source()
+    out = step.on_batch(dict(batch), random)
+    eyes = box_masks(batch["frame_eye_boxes"], SIZE, SIZE)
+    mouth = box_masks(batch["frame_mouth_boxes"], SIZE, SIZE)
+    queries, keys = out["attention_exclusion_queries"], out["attention_exclusion_keys"]
+    assert queries.shape == keys.shape == (5, 5, 1, SIZE, SIZE)
+    for sample in (0, 4):  # no mouth in the driving frames: the mouth's queries may not read the eyes' keys
+        assert torch.equal(queries[sample], mouth[sample]) and torch.equal(keys[sample], eyes[sample])
+    assert queries[1:4].abs().sum() == 0 and keys[1:4].abs().sum() == 0  # mouth driven by the video, or no video
+    # The switch: no masks, and not one draw more or less (exact resume).
+    off = ModalityControl(box_margin=0.0, mouth_attention_mask=False)
+    off.draw = lambda random, size: forced
+    without = off.on_batch(dict(batch), random_source())
+    assert "attention_exclusion_queries" not in without and "attention_exclusion_keys" not in without
+    assert torch.equal(without["drive_video"], out["drive_video"])
+    again = random_source()
+    ModalityControl().on_batch(dict(batch), again)
+    unmasked = random_source()
+    ModalityControl(mouth_attention_mask=False).on_batch(dict(batch), unmasked)
+    assert torch.equal(again.generator.get_state(), unmasked.generator.get_state())
+
+
 def test_face_drop_masks_cover_the_landmark_regions():
     batch = batch_of(size=2, audio=False)
     del batch["frame_eye_boxes"], batch["frame_mouth_boxes"]  # older data: derived from the 68 landmarks

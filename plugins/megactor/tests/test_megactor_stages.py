@@ -11,6 +11,7 @@ import pytest
 import torch
 from idvid_megactor import AudioAttention, ReferenceAttention, TemporalAttention, WhisperAudio
 
+from idvid.backbones.base import Backbone
 from idvid.errors import ConfigError
 from idvid.interop import build_for_training, save_module
 from idvid.randomness import BatchRandom
@@ -79,6 +80,34 @@ def test_each_stage_starts_from_the_previous_one_and_stage_three_trains_only_the
     changed = {k for k in after if not torch.equal(after[k], before[k])}
     # others bit-identical, the reference transformer (conditioners.reference.transformer) included
     assert changed and all(k.startswith("plan.injectors.temporal.") for k in changed)
+
+
+def test_the_mouth_attention_mask_reaches_the_denoiser_and_changes_the_loss(demo_batch_with_audio, monkeypatch):
+    """Face-drop to the eyes: the recipe's mouth-token mask reaches the denoiser's attention, not the reference pass."""
+    masks = []
+    original = Backbone.video_attention_mask
+
+    def recording(self, injection, token_grid):
+        masks.append(original(self, injection, token_grid))
+        return masks[-1]
+
+    monkeypatch.setattr(Backbone, "video_attention_mask", recording)
+    losses = {}
+    for switch in ("true", "false"):
+        module = stage(
+            "megactor_stage1_visual",
+            None,
+            "recipe.modality.regions=[eyes]",
+            f"recipe.modality.mouth_attention_mask={switch}",
+        )
+        masks.clear()
+        with torch.no_grad():
+            losses[switch] = module.compute_loss(demo_batch_with_audio, BatchRandom(torch.Generator().manual_seed(0)))
+        if switch == "true":  # two forwards: the reference pass (nothing excluded) and the denoiser (masked)
+            assert masks[0] is None and masks[1] is not None and not masks[1].all()
+        else:
+            assert masks == [None, None]
+    assert not torch.equal(losses["true"]["prediction"], losses["false"]["prediction"])
 
 
 def test_a_later_stage_cannot_widen_the_input_and_trainable_names_injectors(tmp_path):

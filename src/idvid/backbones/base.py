@@ -35,6 +35,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from idvid.backbones.attention_exclusion import video_attention_mask
 from idvid.backbones.codecs import LatentCodec
 from idvid.backbones.info import BackboneInfo
 from idvid.errors import ConfigError
@@ -158,6 +159,9 @@ class Backbone(nn.Module):
     #: the attention policies of reference tokens (site ``sequence_concat``) the forward honours; empty: the
     #: backbone does not implement the site (a plan with a sequence_concat injector is refused at start-up)
     reference_attention: tuple[str, ...] = ()
+    #: the forward applies ``injection.attention_exclusion`` in its blocks' self-attention (False: a batch that
+    #: asks for one is refused by the training module, never silently ignored)
+    honours_attention_exclusion: bool = False
 
     # ------------------------------------------------------------------ shape
     @property
@@ -326,9 +330,27 @@ class Backbone(nn.Module):
         docstring says where each site is in its block) and honours ``gradient_checkpointing``.
         With ``injection.reference`` (site ``sequence_concat``) it appends the reference tokens, with their
         positions, timestep and attention policy, and drops them before the output head
-        (``idvid.backbones.reference_tokens``).
+        (``idvid.backbones.reference_tokens``). With ``injection.attention_exclusion`` (when the family
+        ``honours_attention_exclusion``) every block's self-attention takes ``video_attention_mask`` over its
+        video query x video key pairs only; without one it runs exactly its usual attention.
         """
         raise _not_implemented(self, "forward", "run its transformer with the injection sites")
+
+    def video_attention_mask(
+        self, injection: PreparedInjection, token_grid: tuple[int, int, int]
+    ) -> torch.Tensor | None:
+        """``injection.attention_exclusion`` on the video tokens laid out as ``token_grid`` (frames, rows, columns).
+
+        ``[B, 1, N, N]`` bool, True where a video query may attend to a video key, for a boolean SDPA mask; None
+        when the injection excludes nothing (no exclusion, or empty regions): the forward then runs its usual
+        attention. A token is in a region when any of its pixels is (``idvid.backbones.attention_exclusion``).
+        One mask per forward, built once and read by every block: N x N booleans per sample.
+        """
+        exclusion = injection.attention_exclusion
+        if exclusion is None:
+            return None
+        info = self.info
+        return video_attention_mask(exclusion, token_grid, info.vae_temporal_compression, info.patch_size_t)
 
     def cache_reference(self, injection: PreparedInjection, latent_shape: tuple[int, ...]) -> PreparedInjection:
         """The same injection with the reference's per-block keys and values computed once, for sampling.

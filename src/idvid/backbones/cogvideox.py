@@ -35,12 +35,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from diffusers import AutoencoderKLCogVideoX, CogVideoXDPMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
 from diffusers.models.embeddings import apply_rotary_emb, get_1d_rotary_pos_embed, get_3d_rotary_pos_embed
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import AutoTokenizer, T5Config, T5EncoderModel
 
+from idvid.backbones.attention_exclusion import surround_video_mask
 from idvid.backbones.base import Backbone, BackboneInfo, DiffusersSchedule, NoisedLatents
 from idvid.backbones.codecs import build_codec
 from idvid.backbones.demo_tokenizer import build_demo_tokenizer
@@ -122,6 +124,7 @@ class CogVideoXBackbone(Backbone):
         "own AdaLN modulation for their timestep; text queries see what video queries see",
     }
     reference_attention = ("full", "reference_isolated")
+    honours_attention_exclusion = True
 
     def __init__(
         self,
@@ -414,15 +417,22 @@ class CogVideoXBackbone(Backbone):
         text_tokens, video_tokens = tokens[:, :text_length], tokens[:, text_length:]
         reference = self._reference_stream(injection, (frames, height // p, width // p), temb, timestep_cond)
         reference_tokens = reference.tokens if reference is not None else None
+        # An attention exclusion: one mask over (text, video) queries x (text, video, reference) keys for every block.
+        attention_mask = self.video_attention_mask(injection, (frames, height // p, width // p))
+        if attention_mask is not None:
+            reference_keys = reference.num_tokens if reference is not None else 0
+            attention_mask = surround_video_mask(attention_mask.to(latents.device), text_length, reference_keys)
 
         for index, block in enumerate(model.transformer_blocks):
             arguments = (index, block, video_tokens, text_tokens, temb, image_rotary_emb, injection)
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 video_tokens, text_tokens, reference_tokens = checkpoint(
-                    self._run_block, *arguments, reference, reference_tokens, use_reentrant=False
+                    self._run_block, *arguments, reference, reference_tokens, attention_mask, use_reentrant=False
                 )
             else:
-                video_tokens, text_tokens, reference_tokens = self._run_block(*arguments, reference, reference_tokens)
+                video_tokens, text_tokens, reference_tokens = self._run_block(
+                    *arguments, reference, reference_tokens, attention_mask
+                )
 
         # The reference tokens end here: the output head sees the video tokens only.
         video_tokens = model.norm_final(video_tokens)
@@ -442,23 +452,25 @@ class CogVideoXBackbone(Backbone):
         injection: PreparedInjection,
         reference: ReferenceStream | None = None,
         reference_tokens: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """diffusers' CogVideoXBlock.forward, with the three in-block sites called explicitly.
 
-        With ``reference`` (site sequence_concat) the reference tokens join the joint attention
-        (``_attention_with_reference``) and run norm/FFN with their own modulation; in-block sites see video only.
+        With ``reference`` (site sequence_concat) the reference tokens join the joint attention and run
+        norm/FFN with their own modulation; in-block sites see video only. With ``attention_mask`` (an
+        attention exclusion) the joint attention's text and video queries take it (``_joint_attention``).
         """
         text_length = text.shape[1]
         video = injection.apply(Site.PRE_ATTN, index, video)
 
         norm_video, norm_text, gate_msa, text_gate_msa = block.norm1(video, text, temb)
-        if reference is None:
+        if reference is None and attention_mask is None:  # diffusers' own attention processor
             attn_video, attn_text = block.attn1(
                 hidden_states=norm_video, encoder_hidden_states=norm_text, image_rotary_emb=rotary
             )
         else:
-            attn_video, attn_text, attn_reference = _attention_with_reference(
-                index, block, norm_video, norm_text, rotary, reference, reference_tokens
+            attn_video, attn_text, attn_reference = _joint_attention(
+                index, block, norm_video, norm_text, rotary, reference, reference_tokens, attention_mask
             )
             if reference_tokens is not None:
                 reference_tokens = _reference_ffn(block, reference_tokens, *attn_reference, reference.modulation)
@@ -584,20 +596,23 @@ def _reference_ffn(
     return tokens + gate_ff * block.ff(normed)
 
 
-def _attention_with_reference(
+def _joint_attention(
     index: int,
     block: nn.Module,
     norm_video: torch.Tensor,
     norm_text: torch.Tensor,
     rotary: tuple[torch.Tensor, torch.Tensor] | None,
-    reference: ReferenceStream,
+    reference: ReferenceStream | None,
     reference_tokens: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """CogVideoX's joint attention over (text, video) plus the reference tokens.
+    attention_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor | None, torch.Tensor | None]]:
+    """CogVideoX's joint attention over (text, video), plus the reference tokens when there are any.
 
-    Text and video queries read every key; the reference's queries read every key (``full``) or only the
-    reference's (``reference_isolated``). Returns the attention outputs of video, text and reference (the
-    latter before ``to_out``, with its attention gate; None when its keys and values come from the cache).
+    Text and video queries read every key, except the pairs ``attention_mask`` (``[B, 1, T + N, T + N + N_ref]``,
+    an attention exclusion) forbids; the reference's queries read every key (``full``) or only the
+    reference's (``reference_isolated``), unmasked. Returns the attention outputs of video, text and
+    reference (the latter before ``to_out``, with its attention gate; None without a reference or when its
+    keys and values come from the cache).
     """
     attn, text_length = block.attn1, norm_text.shape[1]
     joint = torch.cat([norm_text, norm_video], dim=1)
@@ -605,13 +620,19 @@ def _attention_with_reference(
     if rotary is not None:  # RoPE on the video tokens only, as diffusers' CogVideoX attention processor
         query = torch.cat([query[:, :, :text_length], apply_rotary_emb(query[:, :, text_length:], rotary)], dim=2)
         key = torch.cat([key[:, :, :text_length], apply_rotary_emb(key[:, :, text_length:], rotary)], dim=2)
-    if reference_tokens is None:
-        reference_query, reference_key_value, gate_msa = None, reference.cached[index], None
+    if reference is None:
+        joint_out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
+        reference_out = gate_msa = None
     else:
-        reference_query, *reference_key_value, gate_msa = _reference_heads(index, block, reference_tokens, reference)
-    joint_out, reference_out = attend_with_reference(
-        (query, key, value), tuple(reference_key_value), reference_query, reference.isolated
-    )
+        if reference_tokens is None:
+            reference_query, reference_key_value, gate_msa = None, reference.cached[index], None
+        else:
+            reference_query, *reference_key_value, gate_msa = _reference_heads(
+                index, block, reference_tokens, reference
+            )
+        joint_out, reference_out = attend_with_reference(
+            (query, key, value), tuple(reference_key_value), reference_query, reference.isolated, attention_mask
+        )
     joint_out = attn.to_out[1](attn.to_out[0](joint_out.transpose(1, 2).flatten(2)))
     return joint_out[:, text_length:], joint_out[:, :text_length], (reference_out, gate_msa)
 

@@ -42,6 +42,11 @@ class ReferenceStream:
     def isolated(self) -> bool:
         return self.injector.attention is ReferenceAttention.REFERENCE_ISOLATED
 
+    @property
+    def num_tokens(self) -> int:
+        """How many reference tokens (keys) the blocks' attention reads."""
+        return self.tokens.shape[1] if self.tokens is not None else self.cached[0][0].shape[2]
+
 
 def project_reference(
     stream: ReferenceStream, block_index: int, projections: dict[str, torch.nn.Module], inputs: torch.Tensor
@@ -60,20 +65,23 @@ def attend_with_reference(
     reference_key_value: KeyValue,
     reference_query: torch.Tensor | None,
     isolated: bool,
+    main_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Attention outputs of the main tokens and of the reference tokens, ``[B, heads, N, head_dim]``.
 
     ``main`` is the (query, key, value) of the video (and text) tokens; the main queries read the main
     keys and the reference keys (``main`` None: the reference alone). ``reference_query`` (None when the
     reference's keys and values are cached and the reference itself no longer runs) reads only the
-    reference keys when ``isolated``, else all.
+    reference keys when ``isolated``, else all. ``main_mask`` (an attention exclusion,
+    ``idvid.backbones.attention_exclusion.surround_video_mask``) is the boolean mask of the main queries
+    over main + reference keys; the reference queries never take it.
     """
     reference_key, reference_value = reference_key_value
     main_out = all_keys = all_values = None
     if main is not None:  # None: the reference alone (computing its cache)
         query, key, value = main
         all_keys, all_values = torch.cat([key, reference_key], dim=2), torch.cat([value, reference_value], dim=2)
-        main_out = F.scaled_dot_product_attention(query, all_keys, all_values)
+        main_out = F.scaled_dot_product_attention(query, all_keys, all_values, attn_mask=main_mask)
     if reference_query is None:
         return main_out, None
     if isolated:

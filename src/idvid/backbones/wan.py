@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from diffusers import (
     AutoencoderKLWan,
     FlowMatchEulerDiscreteScheduler,
@@ -60,6 +61,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
 
+from idvid.backbones.attention_exclusion import surround_video_mask
 from idvid.backbones.base import Backbone, BackboneInfo, NoisedLatents
 from idvid.backbones.codecs import build_codec
 from idvid.backbones.demo_tokenizer import build_demo_tokenizer
@@ -220,6 +222,7 @@ class WanBackbone(Backbone):
         "own timestep modulation (per-token timesteps); they skip the text cross-attention",
     }
     reference_attention = ("full", "reference_isolated")
+    honours_attention_exclusion = True
 
     def __init__(
         self,
@@ -553,9 +556,15 @@ class WanBackbone(Backbone):
             model, injection, (frames // p_t, height // p_h, width // p_w), timestep_proj
         )
         reference_tokens = reference.tokens if reference is not None else None
+        # An attention exclusion: one mask over video queries x (video, reference) keys for every block.
+        attention_mask = self.video_attention_mask(injection, (frames // p_t, height // p_h, width // p_w))
+        if attention_mask is not None:
+            reference_keys = reference.num_tokens if reference is not None else 0
+            attention_mask = surround_video_mask(attention_mask.to(latents.device), 0, reference_keys)
 
         for index, block in enumerate(model.blocks):
-            arguments = (index, block, tokens, text, timestep_proj, rotary, injection, reference, reference_tokens)
+            arguments = (index, block, tokens, text, timestep_proj, rotary, injection)
+            arguments += (reference, reference_tokens, attention_mask)
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 tokens, reference_tokens = checkpoint(self._run_block, *arguments, use_reentrant=False)
             else:
@@ -580,11 +589,13 @@ class WanBackbone(Backbone):
         injection: PreparedInjection,
         reference: ReferenceStream | None = None,
         reference_tokens: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """diffusers' ``WanTransformerBlock.forward`` (per-sample timestep), with the three sites called explicitly.
 
         With ``reference`` (site sequence_concat) the reference tokens join the self-attention with their own
         modulation (Wan's per-token timesteps) and skip the text cross-attention; in-block sites see video only.
+        With ``attention_mask`` (an attention exclusion) the video queries of the self-attention take it.
         """
         video = injection.apply(Site.PRE_ATTN, index, video)
         shift_msa, scale_msa, gate_msa, c_shift_msa, c_scale_msa, c_gate_msa = (
@@ -592,11 +603,11 @@ class WanBackbone(Backbone):
         ).chunk(6, dim=1)
 
         normed = (block.norm1(video.float()) * (1 + scale_msa) + shift_msa).type_as(video)
-        if reference is None:
+        if reference is None and attention_mask is None:  # diffusers' own attention processor
             attention = block.attn1(normed, None, None, rotary)
         else:
-            attention, reference_attention = _self_attention_with_reference(
-                index, block, normed, rotary, reference, reference_tokens
+            attention, reference_attention = _self_attention(
+                index, block, normed, rotary, reference, reference_tokens, attention_mask
             )
             if reference_tokens is not None:
                 reference_tokens = _reference_after_attention(block, reference_tokens, *reference_attention)
@@ -821,27 +832,32 @@ def _reference_after_attention(
     return (tokens.float() + block.ffn(normed).float() * c_gate).type_as(tokens)
 
 
-def _self_attention_with_reference(
+def _self_attention(
     index: int,
     block: nn.Module,
     normed: torch.Tensor,
     rotary: tuple[torch.Tensor, torch.Tensor],
-    reference: ReferenceStream,
+    reference: ReferenceStream | None,
     reference_tokens: torch.Tensor | None,
+    attention_mask: torch.Tensor | None = None,
 ):
-    """Wan's self-attention of the video tokens plus the reference tokens.
+    """Wan's self-attention of the video tokens, plus the reference tokens when there are any.
 
-    Video queries read video + reference keys; reference queries read every key (``full``) or only the
-    reference's (``reference_isolated``). Returns the video's attention output and the reference's
-    (before ``to_out``, with its modulation; None when the reference's keys and values come from the cache).
+    Video queries read video + reference keys, except the pairs ``attention_mask`` (``[B, 1, N, N + N_ref]``, an
+    attention exclusion) forbids; reference queries read every key (``full``) or only the reference's
+    (``reference_isolated``), unmasked. Returns the video's attention output and the reference's (before
+    ``to_out``, with its modulation; None without a reference or when its keys and values come from the cache).
     """
     attn = block.attn1
     main = _heads(attn, {"q": attn.to_q(normed), "k": attn.to_k(normed), "v": attn.to_v(normed)}, rotary)
+    if reference is None:
+        attended = F.scaled_dot_product_attention(*main, attn_mask=attention_mask)
+        return _attention_output(attn, attended, normed), (None, None)
     if reference_tokens is None:
         reference_query, reference_key_value, modulation = None, reference.cached[index], None
     else:
         reference_query, *reference_key_value, modulation = _reference_heads(index, block, reference_tokens, reference)
     video_out, reference_out = attend_with_reference(
-        main, tuple(reference_key_value), reference_query, reference.isolated
+        main, tuple(reference_key_value), reference_query, reference.isolated, attention_mask
     )
     return _attention_output(attn, video_out, normed), (reference_out, modulation)

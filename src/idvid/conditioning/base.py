@@ -35,6 +35,9 @@ class Conditioner(nn.Module):
     #: True: it runs in the training graph (gradients flow through it) and its parameters train with the plan
     #: (``model.trainable`` all, injectors or lora); False: a frozen feature extractor, run under ``no_grad``
     trainable: bool = False
+    #: for a conditioner that reads ``audio_mel``: the window it takes, in mel frames (a Whisper encoder: its
+    #: ``max_source_positions`` x 2); ``animate`` builds the window it reads (None: the conditioner does not say)
+    audio_mel_frames: int | None = None
 
     def __init__(self, backbone: BackboneInfo):
         super().__init__()

@@ -1,5 +1,6 @@
 """The site contract: where identity signals enter a backbone, and the injector base classes."""
 
+from idvid.injection.attention_exclusion import AttentionExclusion
 from idvid.injection.injector import Conditions, Injector, InputConcatInjector, TextTokenInjector, TokenInjector
 from idvid.injection.plan import NO_INJECTION, InjectionPlan, PreparedInjection
 from idvid.injection.sequence import (
@@ -11,6 +12,7 @@ from idvid.injection.sequence import (
 from idvid.injection.sites import BLOCK_SITES, SITE_DESCRIPTIONS, BlockSelection, Site, parse_site
 
 __all__ = [
+    "AttentionExclusion",
     "BLOCK_SITES",
     "SITE_DESCRIPTIONS",
     "BlockSelection",

@@ -16,6 +16,7 @@ from torch import nn
 
 from idvid.backbones.info import BackboneInfo
 from idvid.errors import ConfigError
+from idvid.injection.attention_exclusion import AttentionExclusion
 from idvid.injection.injector import Conditions, Injector, InputConcatInjector, TextTokenInjector, TokenInjector
 from idvid.injection.sequence import (
     PreparedReference,
@@ -235,6 +236,10 @@ class PreparedInjection:
     ``token_grid`` is ``(frames, height, width)`` of the video tokens, in tokens: the backbone sets it
     for each forward (``with_token_grid``), and injectors that declare ``reads_token_grid`` get it, so
     that they can regroup ``[B, N, D]`` video tokens by frame or by position.
+
+    ``attention_exclusion`` (``idvid.injection.attention_exclusion``), set by the training module from the
+    batch: video query tokens of one region that may not attend to video key tokens of another in the
+    blocks' self-attention.
     """
 
     def __init__(
@@ -242,11 +247,14 @@ class PreparedInjection:
         prepared: list[tuple[TokenInjector, Any]],
         token_grid: tuple[int, int, int] | None = None,
         reference: PreparedReference | None = None,
+        attention_exclusion: AttentionExclusion | None = None,
     ):
         self._prepared = prepared
         self.token_grid = token_grid
         #: the reference tokens' source (site sequence_concat), or None
         self.reference = reference
+        #: the video self-attention exclusion of this forward, or None
+        self.attention_exclusion = attention_exclusion
         self._by_site_block: dict[tuple[Site, int], list[tuple[TokenInjector, Any]]] = {}
         for injector, state in prepared:
             for block_index in injector.block_indices:
@@ -255,11 +263,16 @@ class PreparedInjection:
     def with_token_grid(self, token_grid: tuple[int, int, int]) -> "PreparedInjection":
         """The same prepared states, for video tokens laid out as ``token_grid`` (a new object: the
         prepared injection of a sampling run is shared by all its steps)."""
-        return PreparedInjection(self._prepared, tuple(int(n) for n in token_grid), self.reference)
+        grid = tuple(int(n) for n in token_grid)
+        return PreparedInjection(self._prepared, grid, self.reference, self.attention_exclusion)
 
     def with_reference(self, reference: PreparedReference | None) -> "PreparedInjection":
         """The same in-block states with another reference (e.g. one whose keys and values are cached)."""
-        return PreparedInjection(self._prepared, self.token_grid, reference)
+        return PreparedInjection(self._prepared, self.token_grid, reference, self.attention_exclusion)
+
+    def with_attention_exclusion(self, exclusion: AttentionExclusion | None) -> "PreparedInjection":
+        """The same injection with a video self-attention exclusion (None: none)."""
+        return PreparedInjection(self._prepared, self.token_grid, self.reference, exclusion)
 
     def apply(self, site: Site, block_index: int, hidden_states: torch.Tensor) -> torch.Tensor:
         entries = self._by_site_block.get((site, block_index))

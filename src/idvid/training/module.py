@@ -27,6 +27,7 @@ from idvid.backbones.lora import add_lora, lora_parameters
 from idvid.conditioning.base import check_sampling_inputs, run_conditioners
 from idvid.errors import ConfigError
 from idvid.injection import InputConcatInjector
+from idvid.injection.attention_exclusion import KEYS_KEY, QUERIES_KEY, AttentionExclusion
 from idvid.injection.plan import InjectionPlan
 from idvid.randomness import BatchRandom
 from idvid.registry import PluginKind, build
@@ -269,11 +270,25 @@ class IdentityVideoModule(L.LightningModule):
         injection = self.plan.prepare(
             conditions, random, lambda injector, state: self.recipe.on_injector_state(injector, state, random)
         )
+        injection = injection.with_attention_exclusion(self._attention_exclusion(inputs["batch"]))
         prediction = backbone(model_input, noised.timesteps, inputs["text"], injection)
 
         mask = self.recipe.loss_mask(inputs["batch"], clean.shape, random).to(clean.device)
         loss = self.loss_fn(backbone.to_target_space(prediction, noised), noised.target, noised.weight, mask)
         return {"loss": loss, "prediction": prediction}
+
+    def _attention_exclusion(self, batch: Mapping[str, Any]) -> AttentionExclusion | None:
+        """The batch's video self-attention exclusion (written by a recipe step), refused on a backbone that
+        would ignore it."""
+        exclusion = AttentionExclusion.from_batch(batch)
+        if exclusion is not None and not self.backbone.honours_attention_exclusion:
+            raise ConfigError(
+                f"The batch asks for an attention exclusion ({QUERIES_KEY}, {KEYS_KEY}), but the "
+                f"{type(self.backbone).__name__} backbone does not apply one (honours_attention_exclusion is False).",
+                "Use a backbone that does (cogvideox, wan), or switch off the recipe step (or its option) that "
+                "writes the two masks.",
+            )
+        return exclusion
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor | None:
         generator = self.step_generator(batch_idx)

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PROMPT = "a person talking to the camera."
 DEFAULT_FPS = 8  # the demo's frame rate; a driving video gives its own
+WHISPER_MEL_FRAMES = 3000  # Whisper's 30 s: the audio window when the model's conditioners do not say theirs
 
 
 def with_audio_scale(injectors: Mapping[str, Any], audio_scale: float) -> dict[str, Any]:
@@ -60,6 +61,24 @@ def with_audio_scale(injectors: Mapping[str, Any], audio_scale: float) -> dict[s
         )
     log.info("audio_scale=%g set on injectors %s", audio_scale, changed)
     return updated
+
+
+def model_audio_mel_frames(module: Any) -> int | None:
+    """The ``audio_mel`` window the model's conditioners take (their ``audio_mel_frames``), or None if none says.
+
+    It comes with the checkpoint: each conditioner is rebuilt from its saved config (and its local weights),
+    so a demo checkpoint's tiny Whisper says 200 and a Whisper-tiny one 3000."""
+    windows = {
+        label: int(conditioner.audio_mel_frames)
+        for label, conditioner in module.conditioners.items()
+        if conditioner.audio_mel_frames is not None
+    }
+    if len(set(windows.values())) > 1:
+        raise ConfigError(
+            f"The checkpoint's conditioners take audio windows of different lengths: {windows} (mel frames).",
+            "Pass --audio-mel-frames N to choose one for the audio_mel built from --audio.",
+        )
+    return next(iter(windows.values()), None)
 
 
 def _takes_option(injector: str, option: str) -> bool:
@@ -158,14 +177,15 @@ def animate(
     ema: bool = False,
     face: Mapping[str, Any] | None = None,
     overwrite: bool = False,
-    audio_mel_frames: int = 3000,
+    audio_mel_frames: int | None = None,
     audio_mel_bins: int = 80,
 ) -> Path:
     """Animate `image` by `audio` and/or `drive` into `out` (an existing `out` only with `overwrite`).
 
     Inputs are read and checked before the checkpoint loads: a missing audio stream or a driving video
     without a face fails at once. fps: of the output and of the audio windows (default: the driving
-    video's, else 8).
+    video's, else 8). audio_mel_frames: the audio window (default: the one the checkpoint's conditioners
+    take, ``model_audio_mel_frames``, else Whisper's 3000).
     """
     if drive is None and audio is None:
         raise ConfigError("animate needs something to drive the face", "pass --audio AUDIO, --drive VIDEO or both")
@@ -179,6 +199,7 @@ def animate(
         else {}
     )
     module = load_module(checkpoint, ema=ema, **overrides).eval()
+    audio_mel_frames = audio_mel_frames or model_audio_mel_frames(module) or WHISPER_MEL_FRAMES
     default_frames, default_height, default_width = module.backbone.default_video_size
     num_frames, height, width = num_frames or default_frames, height or default_height, width or default_width
     if frames is not None and len(frames) < num_frames:
@@ -221,7 +242,12 @@ def main(args: list[str]) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ema", action="store_true", help="sample with the EMA of the weights")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    parser.add_argument("--audio-mel-frames", type=int, default=3000, help="the model's data.audio_mel_frames")
+    parser.add_argument(
+        "--audio-mel-frames",
+        type=int,
+        default=None,
+        help="the audio window in mel frames (default: the one the checkpoint's audio conditioner takes, else 3000)",
+    )
     parser.add_argument("--audio-mel-bins", type=int, default=80, help="the model's data.audio_mel_bins")
     parser.add_argument(
         "overrides", nargs="*", help="the face backend: face=dlib|insightface face.options.<name>=<value>"
