@@ -100,9 +100,11 @@ class InjectionPlan(nn.Module):
         supported = tuple(getattr(backbone, "reference_attention", ()))
         if injector.attention.value not in supported:
             fix = (
-                "Use attention=full, or a backbone whose adapter can isolate the reference (cogvideox, wan)."
+                "Use attention=full, or a backbone whose adapter can isolate the reference "
+                "(`python -m idvid plugins` shows each backbone's sites)."
                 if supported
-                else "Use a backbone whose adapter implements sequence_concat (cogvideox, wan)."
+                else "Use a backbone whose adapter implements sequence_concat "
+                "(`python -m idvid plugins` shows each backbone's sites)."
             )
             raise ConfigError(
                 f"{type(injector).__name__} asks for attention={injector.attention.value}, but the "

@@ -285,8 +285,8 @@ class IdentityVideoModule(L.LightningModule):
             raise ConfigError(
                 f"The batch asks for an attention exclusion ({QUERIES_KEY}, {KEYS_KEY}), but the "
                 f"{type(self.backbone).__name__} backbone does not apply one (honours_attention_exclusion is False).",
-                "Use a backbone that does (cogvideox, wan), or switch off the recipe step (or its option) that "
-                "writes the two masks.",
+                "Use a backbone whose adapter applies one (`python -m idvid plugins` lists the backbones), or "
+                "switch off the recipe step (or its option) that writes the two masks.",
             )
         return exclusion
 
