@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from diffusers import CogVideoXDPMScheduler
 
@@ -41,6 +42,30 @@ def test_training_noise_is_ddpm_with_an_x0_target_weighted_by_one_over_one_minus
     a = alpha_bar.view(-1, 1, 1, 1, 1)
     true_v = a.sqrt() * noise - (1 - a).sqrt() * clean
     torch.testing.assert_close(backbone.to_target_space(true_v, noised), clean, rtol=1e-4, atol=1e-5)
+
+
+def test_x0_prediction_with_a_uniform_weight_is_the_toy_objective(backbone_config):
+    """``scheduler.prediction_type=sample`` + ``loss_weight=uniform`` (cogvideox_toy): the output is x0, weight 1,
+    and the sampler's scheduler reads the output as x0 too."""
+    config = {**backbone_config, "loss_weight": "uniform"}
+    config["scheduler"] = {**backbone_config["scheduler"], "prediction_type": "sample"}
+    backbone = make_backbone(config)
+    clean = torch.randn(2, 3, 16, 8, 8, generator=torch.Generator().manual_seed(0))
+    noised = backbone.add_training_noise(clean, BatchRandom(torch.Generator().manual_seed(4)))
+    assert torch.equal(noised.weight, torch.ones(2))
+    prediction = torch.randn(clean.shape, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(backbone.to_target_space(prediction, noised), prediction)
+    schedule = backbone.sampling_schedule(4, "cpu")
+    schedule.step(prediction[:1], 0, noised.noisy[:1])
+    assert torch.equal(schedule.old_pred_original_sample, prediction[:1])  # read as the x0 estimate
+
+
+def test_unknown_loss_weight_or_prediction_type_is_refused(backbone_config):
+    with pytest.raises(ValueError, match="backbone.loss_weight='snr'"):
+        make_backbone({**backbone_config, "loss_weight": "snr"})
+    scheduler = {**backbone_config["scheduler"], "prediction_type": "epsilon"}
+    with pytest.raises(ValueError, match="prediction_type='epsilon'.*use one of those"):
+        make_backbone({**backbone_config, "scheduler": scheduler})
 
 
 def test_t_fraction_is_the_rounded_timestep_of_the_schedule(backbone_config):

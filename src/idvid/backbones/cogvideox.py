@@ -110,6 +110,13 @@ def _check_latent_channels(transformer: CogVideoXTransformer3DModel, latent: int
         )
 
 
+#: the x0 loss's per-sample weight: ``snr_plus_one`` is ``1 / (1 - alpha_bar)`` (CogVideoX's and ConsisID's,
+#: the v-prediction MSE written in x0 space; it grows without bound at low noise), ``uniform`` is 1 (every
+#: noise level counts in the picture's own units, so the noisiest steps, where the layout and the
+#: reference are decided, are not drowned out by the nearly clean ones: the toy configuration's choice)
+LOSS_WEIGHTS = ("snr_plus_one", "uniform")
+
+
 @register_backbone("cogvideox")
 class CogVideoXBackbone(Backbone):
     """CogVideoX transformer + VAE + T5 text encoder + tokenizer + DPM scheduler."""
@@ -135,9 +142,13 @@ class CogVideoXBackbone(Backbone):
         scheduler: dict[str, Any] | None = None,
         gradient_checkpointing: bool = False,
         codec: dict[str, Any] | None = None,
+        loss_weight: str = "snr_plus_one",
     ):
         super().__init__()
         self.pretrained = pretrained
+        if loss_weight not in LOSS_WEIGHTS:
+            raise ValueError(f"backbone.loss_weight={loss_weight!r} is not one of {LOSS_WEIGHTS}.")
+        self.loss_weight = loss_weight
         if codec and (pretrained or vae):
             raise ValueError(
                 "backbone.codec replaces the VAE: give either backbone.codec or backbone.vae (and no "
@@ -178,6 +189,12 @@ class CogVideoXBackbone(Backbone):
             self.text_encoder = T5EncoderModel(T5Config(**{"vocab_size": len(self.tokenizer), **text_encoder}))
             self.scheduler = CogVideoXDPMScheduler(**(scheduler or {}))
             where = "backbone config"
+        prediction_type = self.scheduler.config.prediction_type
+        if prediction_type not in ("v_prediction", "sample"):
+            raise ValueError(
+                f"backbone.scheduler.prediction_type={prediction_type!r}: the CogVideoX objective trains v_prediction "
+                "(CogVideoX's own) or sample (x0, for the toy codec's pixel-like latents); use one of those."
+            )
         self.latent_channels = self.codec.latent_channels if self.codec is not None else self.vae.config.latent_channels
         _check_latent_channels(self.transformer, self.latent_channels, where)
         config = self.transformer.config
@@ -337,11 +354,17 @@ class CogVideoXBackbone(Backbone):
             noisy=self.scheduler.add_noise(clean, noise, timesteps),
             timesteps=timesteps,
             target=clean,
-            weight=(1.0 / (1.0 - alpha_bar)).float(),
+            weight=(
+                1.0 / (1.0 - alpha_bar) if self.loss_weight == "snr_plus_one" else torch.ones_like(alpha_bar)
+            ).float(),
         )
 
     def to_target_space(self, prediction: torch.Tensor, noised: NoisedLatents) -> torch.Tensor:
-        """The v-prediction as an x0 estimate: ``sqrt(a) * x_t - sqrt(1 - a) * v``."""
+        """The transformer's output as an x0 estimate, by the scheduler's ``prediction_type`` (the sampler's
+        scheduler reads the same setting): ``v_prediction`` (CogVideoX) gives ``sqrt(a) x_t - sqrt(1 - a) v``,
+        ``sample`` is x0 itself."""
+        if self.scheduler.config.prediction_type == "sample":
+            return prediction
         alphas_cumprod = self.scheduler.alphas_cumprod.to(prediction.device)[noised.timesteps]
         alpha_bar = alphas_cumprod.to(prediction.dtype).view(-1, 1, 1, 1, 1)
         return alpha_bar.sqrt() * noised.noisy - (1 - alpha_bar).sqrt() * prediction
