@@ -24,7 +24,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -76,6 +76,17 @@ class Camera:
     pan_y: tuple[float, float]
     roll_deg: tuple[float, float]
     caption: str
+
+    def scaled(self, amount: float) -> "Camera":
+        """The same move, each start/end pair pulled toward its middle by ``amount`` (1: unchanged, 0: still)."""
+
+        def scale(pair: tuple[float, float]) -> tuple[float, float]:
+            middle = (pair[0] + pair[1]) / 2
+            return (middle + (pair[0] - middle) * amount, middle + (pair[1] - middle) * amount)
+
+        return replace(
+            self, fill=scale(self.fill), pan_x=scale(self.pan_x), pan_y=scale(self.pan_y), roll_deg=scale(self.roll_deg)
+        )
 
 
 def default_cache_root() -> Path:

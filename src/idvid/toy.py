@@ -1,8 +1,9 @@
 """The TOY identity data set: ~100 distinct faces from photos that ship in installed packages, built offline.
 
 Faces: the 100 face crops of scikit-image's ``data.lfw_subset()`` (25x25 grey, one face each), the
-astronaut and the six people of insightface's ``t1.jpg`` (the demo's photos). Each face becomes one
-short clip with a camera move over the still photo (the demo's renderer, smaller frames) and goes
+astronaut and the six people of insightface's ``t1.jpg`` (the demo's photos). Each face is cut out
+along its landmark hull and put on white, the background ConsisID's references have (``on_white``), and
+becomes one short clip with a camera move over it (the demo's renderer, smaller frames) that goes
 through ``idvid.preprocess`` like any user video, so annotations, masks, aligned references and the
 cross-face frames (the reference from a frame outside the training clip, i.e. another view of the
 same face) are made by the one preprocessing path there is.
@@ -15,18 +16,21 @@ Deterministic: the same seed gives the same clips, byte for byte up to the mp4 e
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from idvid.data.audio import SAMPLE_RATE
 from idvid.data.manifest import read_manifest
-from idvid.demo import DEMO_SEED, build_cached, default_cache_root, render_clip, source_photos
-from idvid.faces import DlibFaceAnalyzer
+from idvid.data.video_io import write_mp4
+from idvid.demo import DEMO_SEED, FPS, build_cached, default_cache_root, random_camera, source_photos, synth_voice
+from idvid.faces import DlibFaceAnalyzer, Face, align_face, landmark_hull_mask, whiten_background
 
 log = logging.getLogger(__name__)
 
-TOY_VERSION = "toy-v1"  # bump when the builder's output changes (the cache folder is named after it)
+TOY_VERSION = "toy-v2"  # bump when the builder's output changes (the cache folder is named after it)
 FRAME_SIZE = 128  # rendered frames; training reads them at data/toy.yaml's size
 NUM_FRAMES = 12
 LFW_FACES = 100  # lfw_subset(): 100 faces, then 100 non-faces
@@ -34,6 +38,9 @@ LFW_SCALE = 4  # the 25 px crops are upsampled so that the face detector finds t
 # Identities never trained on: every 10th LFW face and one person of t1.jpg (fixed, not drawn).
 HELDOUT_IDS = tuple(f"lfw-{i:03d}" for i in range(5, LFW_FACES, 10)) + ("t1-5",)
 CLIP_NUM_FRAMES, CLIP_STRIDE = 5, 2  # the training clip (data/toy.yaml): 5 frames, every 2nd
+# A third of the demo's camera move (zoom, pan, roll): the toy is about identity, so the reference (another
+# frame of the clip) stays close to every frame; with the full move a CPU-sized model learns an average face.
+MOTION_AMOUNT = 0.35
 
 
 def toy_cache_dir(cache_dir: Path | str | None = None) -> Path:
@@ -95,7 +102,8 @@ def _build_into(out_dir: Path) -> None:
             faces = faces[:1]  # a crop holds one face
         for face_index, face in enumerate(faces):
             clip_id = name if name.startswith("lfw-") else f"{name}-{face_index}"
-            render_clip(photo, face, clip_id, (DEMO_SEED, 7, source_index, face_index), raw, FRAME_SIZE, NUM_FRAMES)
+            seed = (DEMO_SEED, 7, source_index, face_index)
+            render_toy_clip(aligned_on_white(photo, face), clip_id, seed, raw)
     summary = Preprocessor(toy_settings(raw, out_dir), analyzer).run()
     if not summary["manifest"]:
         raise RuntimeError(f"toy build produced no usable clip ({summary['outcomes']}); check the face detector")
@@ -103,6 +111,42 @@ def _build_into(out_dir: Path) -> None:
     for leftover in sorted(raw.iterdir()):
         leftover.unlink()
     raw.rmdir()
+
+
+def aligned_on_white(photo: np.ndarray, face: Face, size: int = FRAME_SIZE) -> np.ndarray:
+    """The face alone on white, aligned by its 5 keypoints exactly as references are (``align_face``).
+
+    Why: the toy's frames then have the background and the framing its references have (ConsisID whitens
+    everything outside the face and aligns it to a template), so at this scale the identity signal's job
+    is the face, not finding where and how large it is. With the photos' own backgrounds and framing, a
+    reference tells little about most of a frame and a CPU-sized model learns an average face.
+    """
+    whitened = whiten_background(photo, landmark_hull_mask(photo.shape[:2], face.landmarks))
+    return align_face(whitened, face.kps, size=size, border_value=(255, 255, 255))[0]
+
+
+def render_toy_clip(aligned: np.ndarray, clip_id: str, seed: tuple[int, ...], raw: Path) -> Path:
+    """One clip of the aligned face under a small camera move (the demo's moves at MOTION_AMOUNT, about the
+    frame's centre, zoom relative to the move's middle), with the demo's caption and voice."""
+    camera = random_camera(np.random.default_rng(seed)).scaled(MOTION_AMOUNT)
+    size = aligned.shape[0]
+    middle_fill = sum(camera.fill) / 2
+    frames = []
+    for t in np.linspace(0.0, 1.0, NUM_FRAMES):
+        ease = 3 * t**2 - 2 * t**3  # smoothstep, as the demo's moves
+        at = partial(_between, amount=ease)
+        matrix = cv2.getRotationMatrix2D((size / 2, size / 2), at(camera.roll_deg), at(camera.fill) / middle_fill)
+        matrix[:, 2] += np.array([at(camera.pan_x), at(camera.pan_y)]) * size
+        frames.append(cv2.warpAffine(aligned, matrix, (size, size), borderValue=(255, 255, 255)))
+    video = raw / f"{clip_id}.mp4"
+    voice = synth_voice(np.random.default_rng((*seed, 1)), NUM_FRAMES / FPS)
+    write_mp4(video, np.stack(frames), fps=FPS, audio=voice, audio_rate=SAMPLE_RATE)
+    video.with_suffix(".txt").write_text(camera.caption + "\n")
+    return video
+
+
+def _between(pair: tuple[float, float], amount: float) -> float:
+    return pair[0] + (pair[1] - pair[0]) * amount
 
 
 def split_manifest(manifest: Path) -> tuple[int, int]:

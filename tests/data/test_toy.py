@@ -61,3 +61,33 @@ def test_train_and_heldout_identities_never_overlap(two_builds):
 def test_unknown_split_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown toy split 'test'"):
         toy.toy_manifest("test", tmp_path)
+
+
+@pytest.mark.slow
+def test_frames_show_the_face_as_its_reference_does(two_builds):
+    """Faces on white, aligned like their references, under a small move: a frame is closer to its own
+    reference than to the other face's (the copy the low-frequency path can learn at toy scale)."""
+    from idvid.data.dataset import IdentityVideoDataset
+
+    dataset = IdentityVideoDataset(two_builds[0] / "manifest.jsonl", num_frames=3, frame_stride=4, height=64, width=64)
+    first, second = dataset[0], dataset[1]
+    for item, other in ((first, second), (second, first)):
+        mask = item["face_mask"][0]
+        frame = item["video"][0]
+        assert frame[:, mask[0] == 0].mean() > 0.95  # white outside the face
+
+        def face_error(reference):
+            return float(((frame - reference) ** 2 * mask).sum() / mask.sum())
+
+        assert face_error(item["ref_image"]) < face_error(other["ref_image"])
+
+
+def test_a_scaled_camera_move_keeps_its_middle():
+    from idvid.demo import random_camera
+
+    camera = random_camera(np.random.default_rng(0))
+    assert toy.MOTION_AMOUNT < 1 and camera.scaled(1.0) == camera
+    still = camera.scaled(0.0)
+    for name in ("fill", "pan_x", "pan_y", "roll_deg"):
+        start, end = getattr(still, name)
+        assert start == pytest.approx(end) == pytest.approx(sum(getattr(camera, name)) / 2)
