@@ -62,3 +62,13 @@ def test_strength_outside_zero_one_is_refused():
     assert first_step_at_strength(10, 0.3) == 7 and first_step_at_strength(10, 0) == 10
     with pytest.raises(ConfigError, match=r"strength=1.5 is not in \[0, 1\]"):
         first_step_at_strength(10, 1.5)
+
+
+def test_a_weight_free_codec_backbone_refines_too():
+    """The toy configuration's codec has statistics but no weights: SDEdit still encodes through it."""
+    L.seed_everything(0)
+    cfg = compose_config(["experiment=baseline", "backbone=cogvideox_toy", "data=demo", "data.num_frames=5"])
+    module = hydra.utils.instantiate(cfg.model).eval()
+    video = _video(frames=3, size=64)
+    refined = module.generate({"caption": ["a person"]}, 3, 64, 64, num_inference_steps=4, init_video=video, strength=0)
+    torch.testing.assert_close(refined, video, atol=1e-5, rtol=0)  # the codec round trip is exact

@@ -11,6 +11,7 @@ single process with the same global batch draws.
 from __future__ import annotations
 
 import gc
+import itertools
 import logging
 from pathlib import Path
 from typing import Any, Mapping
@@ -452,7 +453,8 @@ class IdentityVideoModule(L.LightningModule):
                     f"init_video is {tuple(init_video.shape)}; generate was asked for "
                     f"{(shape[0], num_frames, 3, height, width)} (batch, frames, 3, height, width)."
                 )
-            vae_dtype = next(self.backbone.vae.parameters()).dtype
+            # A VAE's weights, or a codec's statistics (a weight-free codec has buffers only).
+            vae_dtype = next(itertools.chain(self.backbone.vae.parameters(), self.backbone.vae.buffers())).dtype
             start_latents = self.backbone.encode_video(init_video.to(self.device, vae_dtype))  # the posterior mean
         check_sampling_inputs(self.conditioners, batch)
         generator = torch.Generator().manual_seed(seed)
