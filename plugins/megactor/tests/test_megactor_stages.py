@@ -87,8 +87,8 @@ def test_the_mouth_attention_mask_reaches_the_denoiser_and_changes_the_loss(demo
     masks = []
     original = Backbone.video_attention_mask
 
-    def recording(self, injection, token_grid):
-        masks.append(original(self, injection, token_grid))
+    def recording(self, injection, token_grid, *args, **kwargs):
+        masks.append(original(self, injection, token_grid, *args, **kwargs))
         return masks[-1]
 
     monkeypatch.setattr(Backbone, "video_attention_mask", recording)

@@ -35,7 +35,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from idvid.backbones.attention_exclusion import video_attention_mask
+from idvid.backbones.attention_exclusion import surround_video_mask, video_attention_mask
 from idvid.backbones.codecs import LatentCodec
 from idvid.backbones.info import BackboneInfo
 from idvid.errors import ConfigError
@@ -337,20 +337,27 @@ class Backbone(nn.Module):
         raise _not_implemented(self, "forward", "run its transformer with the injection sites")
 
     def video_attention_mask(
-        self, injection: PreparedInjection, token_grid: tuple[int, int, int]
+        self,
+        injection: PreparedInjection,
+        token_grid: tuple[int, int, int],
+        leading_tokens: int = 0,
+        trailing_keys: int = 0,
     ) -> torch.Tensor | None:
         """``injection.attention_exclusion`` on the video tokens laid out as ``token_grid`` (frames, rows, columns).
 
-        ``[B, 1, N, N]`` bool, True where a video query may attend to a video key, for a boolean SDPA mask; None
-        when the injection excludes nothing (no exclusion, or empty regions): the forward then runs its usual
-        attention. A token is in a region when any of its pixels is (``idvid.backbones.attention_exclusion``).
-        One mask per forward, built once and read by every block: N x N booleans per sample.
+        A boolean SDPA mask, True where a query may attend to a key, for an attention call whose queries are
+        ``leading_tokens`` (e.g. a joint attention's text) then the video, and whose keys are those plus
+        ``trailing_keys`` (e.g. reference keys): ``[B, 1, leading + N, leading + N + trailing]``, excluding only
+        video x video pairs. None when the injection excludes nothing (no exclusion, or empty regions): the
+        forward then runs its usual attention. A token is in a region when any of its pixels is
+        (``idvid.backbones.attention_exclusion``). One mask per forward, built once and read by every block.
         """
         exclusion = injection.attention_exclusion
         if exclusion is None:
             return None
         info = self.info
-        return video_attention_mask(exclusion, token_grid, info.vae_temporal_compression, info.patch_size_t)
+        mask = video_attention_mask(exclusion, token_grid, info.vae_temporal_compression, info.patch_size_t)
+        return None if mask is None else surround_video_mask(mask, leading_tokens, trailing_keys)
 
     def cache_reference(self, injection: PreparedInjection, latent_shape: tuple[int, ...]) -> PreparedInjection:
         """The same injection with the reference's per-block keys and values computed once, for sampling.

@@ -42,7 +42,6 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import AutoTokenizer, T5Config, T5EncoderModel
 
-from idvid.backbones.attention_exclusion import surround_video_mask
 from idvid.backbones.base import Backbone, BackboneInfo, DiffusersSchedule, NoisedLatents
 from idvid.backbones.codecs import build_codec
 from idvid.backbones.demo_tokenizer import build_demo_tokenizer
@@ -441,10 +440,10 @@ class CogVideoXBackbone(Backbone):
         reference = self._reference_stream(injection, (frames, height // p, width // p), temb, timestep_cond)
         reference_tokens = reference.tokens if reference is not None else None
         # An attention exclusion: one mask over (text, video) queries x (text, video, reference) keys for every block.
-        attention_mask = self.video_attention_mask(injection, (frames, height // p, width // p))
-        if attention_mask is not None:
-            reference_keys = reference.num_tokens if reference is not None else 0
-            attention_mask = surround_video_mask(attention_mask.to(latents.device), text_length, reference_keys)
+        reference_keys = reference.num_tokens if reference is not None else 0
+        attention_mask = self.video_attention_mask(
+            injection, (frames, height // p, width // p), text_length, reference_keys
+        )
 
         for index, block in enumerate(model.transformer_blocks):
             arguments = (index, block, video_tokens, text_tokens, temb, image_rotary_emb, injection)

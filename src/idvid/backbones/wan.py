@@ -61,7 +61,6 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
 
-from idvid.backbones.attention_exclusion import surround_video_mask
 from idvid.backbones.base import Backbone, BackboneInfo, NoisedLatents
 from idvid.backbones.codecs import build_codec
 from idvid.backbones.demo_tokenizer import build_demo_tokenizer
@@ -557,10 +556,10 @@ class WanBackbone(Backbone):
         )
         reference_tokens = reference.tokens if reference is not None else None
         # An attention exclusion: one mask over video queries x (video, reference) keys for every block.
-        attention_mask = self.video_attention_mask(injection, (frames // p_t, height // p_h, width // p_w))
-        if attention_mask is not None:
-            reference_keys = reference.num_tokens if reference is not None else 0
-            attention_mask = surround_video_mask(attention_mask.to(latents.device), 0, reference_keys)
+        reference_keys = reference.num_tokens if reference is not None else 0
+        attention_mask = self.video_attention_mask(
+            injection, (frames // p_t, height // p_h, width // p_w), trailing_keys=reference_keys
+        )
 
         for index, block in enumerate(model.blocks):
             arguments = (index, block, tokens, text, timestep_proj, rotary, injection)
