@@ -25,7 +25,6 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, replace
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -76,6 +75,12 @@ class Camera:
     pan_y: tuple[float, float]
     roll_deg: tuple[float, float]
     caption: str
+
+    def at(self, t: float) -> tuple[float, float, float, float]:
+        """(fill, pan_x, pan_y, roll_deg) at time ``t`` in [0, 1] of the move, eased (smoothstep: starts and
+        stops gently)."""
+        ease = 3 * t**2 - 2 * t**3
+        return tuple(_lerp(pair, ease) for pair in (self.fill, self.pan_x, self.pan_y, self.roll_deg))
 
     def scaled(self, amount: float) -> "Camera":
         """The same move, each start/end pair pulled toward its middle by ``amount`` (1: unchanged, 0: still)."""
@@ -256,11 +261,10 @@ def render_frames(
     centre = ((x0 + x1) / 2.0, (y0 + y1) / 2.0 - 0.1 * face_width)
     frames = []
     for t in np.linspace(0.0, 1.0, num_frames):
-        ease = 3 * t**2 - 2 * t**3  # smoothstep: starts and stops gently
-        lerp = partial(_lerp, amount=ease)
-        scale = lerp(camera.fill) * size / face_width
-        matrix = cv2.getRotationMatrix2D(centre, lerp(camera.roll_deg), scale)
-        target = (size / 2 + lerp(camera.pan_x) * size, size / 2 + lerp(camera.pan_y) * size)
+        fill, pan_x, pan_y, roll_deg = camera.at(t)
+        scale = fill * size / face_width
+        matrix = cv2.getRotationMatrix2D(centre, roll_deg, scale)
+        target = (size / 2 + pan_x * size, size / 2 + pan_y * size)
         matrix[:, 2] += np.array(target) - np.array(centre)
         frames.append(
             cv2.warpAffine(photo, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)

@@ -16,7 +16,6 @@ Deterministic: the same seed gives the same clips, byte for byte up to the mp4 e
 from __future__ import annotations
 
 import logging
-from functools import partial
 from pathlib import Path
 
 import cv2
@@ -133,20 +132,15 @@ def render_toy_clip(aligned: np.ndarray, clip_id: str, seed: tuple[int, ...], ra
     middle_fill = sum(camera.fill) / 2
     frames = []
     for t in np.linspace(0.0, 1.0, NUM_FRAMES):
-        ease = 3 * t**2 - 2 * t**3  # smoothstep, as the demo's moves
-        at = partial(_between, amount=ease)
-        matrix = cv2.getRotationMatrix2D((size / 2, size / 2), at(camera.roll_deg), at(camera.fill) / middle_fill)
-        matrix[:, 2] += np.array([at(camera.pan_x), at(camera.pan_y)]) * size
+        fill, pan_x, pan_y, roll_deg = camera.at(t)
+        matrix = cv2.getRotationMatrix2D((size / 2, size / 2), roll_deg, fill / middle_fill)
+        matrix[:, 2] += np.array([pan_x, pan_y]) * size
         frames.append(cv2.warpAffine(aligned, matrix, (size, size), borderValue=(255, 255, 255)))
     video = raw / f"{clip_id}.mp4"
     voice = synth_voice(np.random.default_rng((*seed, 1)), NUM_FRAMES / FPS)
     write_mp4(video, np.stack(frames), fps=FPS, audio=voice, audio_rate=SAMPLE_RATE)
     video.with_suffix(".txt").write_text(camera.caption + "\n")
     return video
-
-
-def _between(pair: tuple[float, float], amount: float) -> float:
-    return pair[0] + (pair[1] - pair[0]) * amount
 
 
 def split_manifest(manifest: Path) -> tuple[int, int]:
