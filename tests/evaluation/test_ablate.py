@@ -39,7 +39,7 @@ def test_ablate_writes_table_3_marks_divergence_and_skips_finished_work(tmp_path
     ]
     run_cli(args)
     printed = capsys.readouterr().out
-    assert "DEMO SCALE" in printed and "NOT paper results" in printed
+    assert "SMALL SCALE" in printed and "NOT paper results" in printed
 
     with (out / "ablation.csv").open() as handle:
         rows = {row["plan"]: row for row in csv.DictReader(handle)}

@@ -56,9 +56,9 @@ METRIC_GROUPS = {
     "fid_face": "fid",
     "fid_face_per_frame": "fid",
 }
-DEMO_STATEMENT = (
-    "DEMO SCALE: these runs use the bundled demo (tiny random backbone, a few training steps); their numbers "
-    "show that the fit -> sample -> evaluate machinery works and are NOT paper results."
+SMALL_SCALE_STATEMENT = (
+    "SMALL SCALE: these runs train a randomly initialised backbone (no backbone.pretrained) for minutes at most; "
+    "their numbers compare the runs at this scale only and are NOT paper results."
 )
 
 
@@ -273,13 +273,13 @@ def table_rows(results: dict[str, dict], columns: list[dict[str, str]]) -> list[
     return rows
 
 
-def write_table(out: Path, results: dict[str, dict], demo: bool, report: dict[str, Any]) -> str:
+def write_table(out: Path, results: dict[str, dict], from_scratch: bool, report: dict[str, Any]) -> str:
     rows = table_rows(results, report["columns"])
     columns = ["plan", "status", *(column["title"] for column in report["columns"]), "note"]
     write_csv(out / "ablation.csv", rows, columns)
     text = f"# {report['title']}\n\n"
-    if demo:
-        text += f"**{DEMO_STATEMENT}**\n\n"
+    if from_scratch:
+        text += f"**{SMALL_SCALE_STATEMENT}**\n\n"
     text += markdown_table(columns, [[_cell(row[c]) for c in columns] for row in rows])
     unavailable = {k: v for result in results.values() for k, v in result.get("unavailable", {}).items()}
     if unavailable:
@@ -367,8 +367,8 @@ def ablate(cfg: dict | DictConfig) -> dict[str, dict]:
             continue
         log_hparams(out, name, result, cfg["fit_overrides"], cfg["report"]["columns"])
         write_json_atomic(marker, result)  # last: its presence means this experiment is done
-    demo = any(_is_demo(out / name) for name in results)
-    text = write_table(out, results, demo, cfg["report"])
+    from_scratch = any(_is_from_scratch(out / name) for name in results)
+    text = write_table(out, results, from_scratch, cfg["report"])
     freq = {k: v for k, v in cfg["evaluate"]["frequency"].items() if k != "region_fallback"}
     pictures = write_spectra(out, results, frequency.FrequencyConfig(**freq))
     if pictures:
@@ -387,7 +387,7 @@ def installed_sweeps() -> list[str]:
     return sorted({name for package in all_config_packages() for name in package.groups().get("sweep", [])})
 
 
-def _is_demo(folder: Path) -> bool:
+def _is_from_scratch(folder: Path) -> bool:
     config = folder / "fit" / "config.yaml"
     return config.is_file() and OmegaConf.load(config).backbone.get("pretrained") is None
 
