@@ -3,7 +3,8 @@
 - ``${idvid.face_embedding_dim:${data.manifest}}``: the identity embedding width of the data set
   (its annotations' ``embedding_dim``; the demo's is dlib's 128).
 - ``${idvid.add:a,b,...}``: integer sum, e.g. face embedding + CLIP projection = the LFE's ``id_cond`` width.
-- ``${idvid.toy_manifest:train|heldout|all}``: a split of the toy identity set (built on first use).
+- ``${idvid.toy_manifest:train|heldout|all[,all|small]}``: a split of a toy identity set (built on first use;
+  ``all`` faces by default, ``small`` for the few-minute demo).
 - ``${idvid.codec_statistics:manifest,kind,levels,frames,stride,height,width}``: a latent codec's per-channel
   mean and std over a data set's clips (``idvid.backbones.codecs``; null manifest = the demo).
 """
@@ -24,10 +25,10 @@ def face_embedding_dim(manifest: str | None) -> int:
     return manifest_embedding_dim(manifest)
 
 
-def toy_manifest(split: str) -> str:
+def toy_manifest(split: str, toy_set: str = "all") -> str:
     from idvid.toy import toy_manifest as build_toy_manifest
 
-    return str(build_toy_manifest(split))
+    return str(build_toy_manifest(split, toy_set=toy_set))
 
 
 def codec_statistics(manifest, kind, levels, num_frames, frame_stride, height, width):

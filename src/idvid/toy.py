@@ -8,6 +8,9 @@ through ``idvid.preprocess`` like any user video, so annotations, masks, aligned
 cross-face frames (the reference from a frame outside the training clip, i.e. another view of the
 same face) are made by the one preprocessing path there is.
 
+Two sets are built from the same photos: ``all`` (every face; the toy ablation trains on it) and
+``small`` (SMALL_PHOTOS: 11 LFW crops, so a CPU learns its faces in a few minutes: ``scale=toy``).
+
 A fixed split of identities: HELDOUT_IDS are never trained on. The folder holds
 ``manifest.jsonl`` (everything), ``train.jsonl`` and ``heldout.jsonl`` (the same lines, split).
 Deterministic: the same seed gives the same clips, byte for byte up to the mp4 encoder.
@@ -16,6 +19,7 @@ Deterministic: the same seed gives the same clips, byte for byte up to the mp4 e
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -40,25 +44,33 @@ CLIP_NUM_FRAMES, CLIP_STRIDE = 5, 2  # the training clip (data/toy.yaml): 5 fram
 # A third of the demo's camera move (zoom, pan, roll): the toy is about identity, so the reference (another
 # frame of the clip) stays close to every frame; with the full move a CPU-sized model learns an average face.
 MOTION_AMOUNT = 0.35
+# The small set: LFW faces 0-9 and 15. lfw-005 and lfw-015 are held out; 7 of the other 9 crops yield a clip
+# (in two the detector finds no face), few enough identities to be learnt in minutes on a CPU.
+SMALL_PHOTOS = (*(f"lfw-{i:03d}" for i in range(10)), "lfw-015")
+TOY_SETS = ("all", "small")
 
 
-def toy_cache_dir(cache_dir: Path | str | None = None) -> Path:
-    """`<cache root>/toy/<TOY_VERSION>` (cache root: `$IDVID_CACHE`, else ~/.cache/idvid)."""
+def toy_cache_dir(cache_dir: Path | str | None = None, toy_set: str = "all") -> Path:
+    """`<cache root>/toy/<TOY_VERSION>[-<set>]` (cache root: `$IDVID_CACHE`, else ~/.cache/idvid)."""
+    if toy_set not in TOY_SETS:
+        raise ValueError(f"unknown toy set {toy_set!r}; use one of {list(TOY_SETS)}")
     root = Path(cache_dir) if cache_dir is not None else default_cache_root().parent / "toy"
-    return root / TOY_VERSION
+    return root / (TOY_VERSION if toy_set == "all" else f"{TOY_VERSION}-{toy_set}")
 
 
-def build_toy(cache_dir: Path | str | None = None) -> Path:
-    """Build the toy data set once (atomically) and return its folder (manifest.jsonl, train.jsonl, heldout.jsonl)."""
-    return build_cached(toy_cache_dir(cache_dir), _build_into, "toy")
+def build_toy(cache_dir: Path | str | None = None, toy_set: str = "all") -> Path:
+    """Build a toy set once (atomically) and return its folder (manifest.jsonl, train.jsonl, heldout.jsonl)."""
+    photos = None if toy_set == "all" else SMALL_PHOTOS
+    folder = toy_cache_dir(cache_dir, toy_set)
+    return build_cached(folder, partial(_build_into, names=photos), f"toy ({toy_set})")
 
 
-def toy_manifest(split: str = "train", cache_dir: Path | str | None = None) -> Path:
-    """The manifest of one split of the toy set ("train", "heldout" or "all"), building the set on first use."""
+def toy_manifest(split: str = "train", cache_dir: Path | str | None = None, toy_set: str = "all") -> Path:
+    """The manifest of one split of a toy set ("train", "heldout" or "all"), building the set on first use."""
     names = {"train": "train.jsonl", "heldout": "heldout.jsonl", "all": "manifest.jsonl"}
     if split not in names:
         raise ValueError(f"unknown toy split {split!r}; use one of {sorted(names)}")
-    return build_toy(cache_dir) / names[split]
+    return build_toy(cache_dir, toy_set) / names[split]
 
 
 def toy_photos() -> dict[str, np.ndarray]:
@@ -89,13 +101,15 @@ def toy_settings(raw: Path, out: Path):
     )
 
 
-def _build_into(out_dir: Path) -> None:
+def _build_into(out_dir: Path, names: tuple[str, ...] | None) -> None:
     from idvid.preprocess import Preprocessor
 
     raw = out_dir / "raw"
     raw.mkdir()
     analyzer = DlibFaceAnalyzer()
     for source_index, (name, photo) in enumerate(toy_photos().items()):
+        if names is not None and name not in names:
+            continue
         faces = analyzer.detect(photo)
         if name.startswith("lfw-"):
             faces = faces[:1]  # a crop holds one face

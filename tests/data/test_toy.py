@@ -90,6 +90,29 @@ def test_frames_show_the_face_as_its_reference_does(two_builds):
         assert own < others
 
 
+def test_unknown_toy_set_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown toy set 'big'"):
+        toy.toy_manifest("train", tmp_path, toy_set="big")
+
+
+def test_the_small_set_holds_two_held_out_faces(photos):
+    assert set(toy.SMALL_PHOTOS) <= set(photos)
+    assert set(toy.SMALL_PHOTOS) & set(toy.HELDOUT_IDS) == {"lfw-005", "lfw-015"}
+
+
+def test_scale_toy_is_the_codec_backbone_on_the_small_set():
+    """Composing builds nothing (the manifest stays an interpolation); the clip settings are the toy set's."""
+    toy_scale = config_packages.compose("config", ["experiment=plan_c", "scale=toy"])
+    assert toy_scale.backbone.codec.kind == "haar" and toy_scale.backbone.vae is None
+    data = OmegaConf.to_container(toy_scale.data)
+    assert data.pop("manifest") == "${idvid.toy_manifest:train,small}"
+    full = OmegaConf.to_container(config_packages.compose("config", ["data=toy"]).data)
+    assert full.pop("manifest") == "${idvid.toy_manifest:train}" and data == full
+    assert toy_scale.trainer.max_steps == 1000 and toy_scale.model.validation.guidance_scale == 1.0
+    tiny = config_packages.compose("config", ["experiment=plan_c"])
+    assert tiny.backbone.get("codec") is None and tiny.backbone.vae is not None
+
+
 def test_a_scaled_camera_move_keeps_its_middle():
     from idvid.demo import random_camera
 
@@ -101,23 +124,21 @@ def test_a_scaled_camera_move_keeps_its_middle():
         assert start == pytest.approx(end) == pytest.approx(sum(getattr(camera, name)) / 2)
 
 
-# The learning check: 11 photos; lfw-005 and lfw-015 are held out (toy.HELDOUT_IDS), the 7 others in which
-# the detector finds a face are trained on.
-LEARNING_FACES = (*(f"lfw-{i:03d}" for i in range(10)), "lfw-015")
 LEARNING_STEPS = 150
 
 
 @pytest.mark.slow
 @pytest.mark.needs_plugin("idvid_consisid")
-def test_a_short_toy_run_resembles_held_out_faces_better_than_the_untrained_model(tmp_path_factory, photos):
-    """The toy ablation's own path (fit, sample the held-out references, pixel_identity) at a small budget.
+def test_a_short_toy_run_resembles_held_out_faces_better_than_the_untrained_model(tmp_path_factory):
+    """The toy ablation's own path (fit, sample the held-out references, pixel_identity) at a small budget,
+    on the small toy set (the faces of scale=toy: 7 trained on, lfw-005 and lfw-015 held out).
 
     Trained and untrained (lr 0: the same initial weights, the same sampling noise) are scored on identities
     neither has seen: the trained model's face region must correlate with the reference far better.
     """
     from idvid.verbs.ablate import ablate
 
-    folder = build_from(photos, LEARNING_FACES, tmp_path_factory.mktemp("toy_learning"))
+    folder = toy.build_toy(tmp_path_factory.mktemp("toy_learning"), toy_set="small")
     out = tmp_path_factory.mktemp("toy_learning_runs")
 
     def score(name: str, steps: int, *fit_overrides: str) -> dict[str, float]:
