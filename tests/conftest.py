@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -22,12 +23,20 @@ PLANS = [e for e in EXPERIMENTS if e.startswith("plan_")]
 
 
 def pytest_configure(config):
-    """Under ``pytest -n N`` the controller builds the demo data set once, before any worker starts.
+    """Under ``pytest -n N`` the controller builds the demo data set once, before any worker starts, and
+    every worker computes on one thread.
 
-    Workers would otherwise each build it at the same time into the same cache folder (the same work
-    done twice, the last rename winning).
+    Workers would otherwise each build the demo at the same time into the same cache folder (the same work
+    done twice, the last rename winning). And N workers of torch's default thread count (one per core),
+    plus the processes some tests start, would oversubscribe the cores: threads that wait on each other
+    run several times slower than one thread each. The environment variable reaches those processes too.
     """
-    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+    if not getattr(config.option, "numprocesses", None):
+        return
+    if hasattr(config, "workerinput"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+    else:
         from idvid.demo import build_demo
 
         build_demo()

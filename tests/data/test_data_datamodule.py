@@ -45,6 +45,15 @@ def test_val_loader_is_one_fixed_batch(demo_manifest):
     assert torch.equal(first[0]["video"], second[0]["video"])
 
 
+def test_the_clip_cache_holds_as_many_clips_as_it_is_given(demo_manifest):
+    """Each clip is decoded once while it stays in the cache; a cache smaller than the set decodes again."""
+    dm = IdentityVideoDataModule(str(demo_manifest), max_cached_clips=3)
+    dm.setup("fit")
+    for index in range(len(dm.dataset)):
+        dm.dataset[index]
+    assert dm.dataset.max_cached_clips == 3 and len(dm.dataset._cache) == 3
+
+
 def test_default_manifest_is_the_demo(demo_cache, demo_manifest, monkeypatch):
     monkeypatch.setenv("IDVID_CACHE", str(demo_cache))
     dm = IdentityVideoDataModule(None)

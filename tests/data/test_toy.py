@@ -124,7 +124,7 @@ def test_a_scaled_camera_move_keeps_its_middle():
         assert start == pytest.approx(end) == pytest.approx(sum(getattr(camera, name)) / 2)
 
 
-LEARNING_STEPS = 150
+LEARNING_STEPS = 100
 
 
 @pytest.mark.slow
@@ -144,7 +144,7 @@ def test_a_short_toy_run_resembles_held_out_faces_better_than_the_untrained_mode
     def score(name: str, steps: int, *fit_overrides: str) -> dict[str, float]:
         overrides = ["sweep=consisid_toy", "experiments=[plan_c]", f"out={out / name}"]
         overrides += ["evaluate.metrics=[pixel_identity]", f"eval_set.manifest={folder / 'heldout.jsonl'}"]
-        overrides += ["eval_set.count=2", "eval_set.seeds=[0,1]"]
+        overrides += ["eval_set.count=2", "eval_set.seeds=[0]"]
         cfg = OmegaConf.to_container(config_packages.compose("ablate", overrides), resolve=True)
         cfg["fit_overrides"] += [
             f"data.manifest={folder / 'train.jsonl'}",

@@ -41,6 +41,7 @@ class IdentityVideoDataModule(lightning.LightningDataModule):
         num_val_items: int = 2,
         audio_mel_bins: int = 80,
         audio_mel_frames: int | None = None,
+        max_cached_clips: int = 32,
     ):
         super().__init__()
         self.manifest = manifest
@@ -49,6 +50,7 @@ class IdentityVideoDataModule(lightning.LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.seed, self.num_val_items = seed, num_val_items
         self.audio_mel_bins, self.audio_mel_frames = audio_mel_bins, audio_mel_frames
+        self.max_cached_clips = max_cached_clips
         self.dataset: IdentityVideoDataset | None = None
 
     def prepare_data(self) -> None:
@@ -75,6 +77,7 @@ class IdentityVideoDataModule(lightning.LightningDataModule):
             seed=self.seed,
             audio_mel_bins=self.audio_mel_bins,
             audio_mel_frames=self.audio_mel_frames,
+            max_cached_clips=self.max_cached_clips,
         )
 
     def sampler_start(self) -> tuple[int, int, int]:
