@@ -205,11 +205,14 @@ def render_clip(
 ) -> Path:
     """Render one camera move over `face` as `<raw>/<clip_id>.mp4` with its caption in `<clip_id>.txt`."""
     camera = random_camera(np.random.default_rng(seed))
-    voice = synth_voice(np.random.default_rng((*seed, 1)), num_frames / FPS)
+    return write_clip(raw, clip_id, render_frames(photo, face.box, camera, size, num_frames), camera, seed)
+
+
+def write_clip(raw: Path, clip_id: str, frames: np.ndarray, camera: Camera, seed: tuple[int, ...]) -> Path:
+    """`<raw>/<clip_id>.mp4` with the clip's synthetic voice (drawn from `seed`), and its caption in `.txt`."""
+    voice = synth_voice(np.random.default_rng((*seed, 1)), len(frames) / FPS)
     video = raw / f"{clip_id}.mp4"
-    write_mp4(
-        video, render_frames(photo, face.box, camera, size, num_frames), fps=FPS, audio=voice, audio_rate=SAMPLE_RATE
-    )
+    write_mp4(video, frames, fps=FPS, audio=voice, audio_rate=SAMPLE_RATE)
     video.with_suffix(".txt").write_text(camera.caption + "\n")
     return video
 

@@ -25,10 +25,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from idvid.data.audio import SAMPLE_RATE
 from idvid.data.manifest import read_manifest
-from idvid.data.video_io import write_mp4
-from idvid.demo import DEMO_SEED, FPS, build_cached, default_cache_root, random_camera, source_photos, synth_voice
+from idvid.demo import DEMO_SEED, build_cached, default_cache_root, random_camera, source_photos, write_clip
 from idvid.faces import DlibFaceAnalyzer, Face, align_face, landmark_hull_mask, whiten_background
 
 log = logging.getLogger(__name__)
@@ -47,7 +45,7 @@ MOTION_AMOUNT = 0.35
 # The small set: LFW faces 0-9 and 15. lfw-005 and lfw-015 are held out; 7 of the other 9 crops yield a clip
 # (in two the detector finds no face), few enough identities to be learnt in minutes on a CPU.
 SMALL_PHOTOS = (*(f"lfw-{i:03d}" for i in range(10)), "lfw-015")
-TOY_SETS = ("all", "small")
+TOY_SETS = {"all": None, "small": SMALL_PHOTOS}  # set name -> the photos it is built from (None: every one)
 
 
 def toy_cache_dir(cache_dir: Path | str | None = None, toy_set: str = "all") -> Path:
@@ -60,9 +58,8 @@ def toy_cache_dir(cache_dir: Path | str | None = None, toy_set: str = "all") -> 
 
 def build_toy(cache_dir: Path | str | None = None, toy_set: str = "all") -> Path:
     """Build a toy set once (atomically) and return its folder (manifest.jsonl, train.jsonl, heldout.jsonl)."""
-    photos = None if toy_set == "all" else SMALL_PHOTOS
-    folder = toy_cache_dir(cache_dir, toy_set)
-    return build_cached(folder, partial(_build_into, names=photos), f"toy ({toy_set})")
+    folder = toy_cache_dir(cache_dir, toy_set)  # refuses an unknown set
+    return build_cached(folder, partial(_build_into, names=TOY_SETS[toy_set]), f"toy ({toy_set})")
 
 
 def toy_manifest(split: str = "train", cache_dir: Path | str | None = None, toy_set: str = "all") -> Path:
@@ -150,11 +147,7 @@ def render_toy_clip(aligned: np.ndarray, clip_id: str, seed: tuple[int, ...], ra
         matrix = cv2.getRotationMatrix2D((size / 2, size / 2), roll_deg, fill / middle_fill)
         matrix[:, 2] += np.array([pan_x, pan_y]) * size
         frames.append(cv2.warpAffine(aligned, matrix, (size, size), borderValue=(255, 255, 255)))
-    video = raw / f"{clip_id}.mp4"
-    voice = synth_voice(np.random.default_rng((*seed, 1)), NUM_FRAMES / FPS)
-    write_mp4(video, np.stack(frames), fps=FPS, audio=voice, audio_rate=SAMPLE_RATE)
-    video.with_suffix(".txt").write_text(camera.caption + "\n")
-    return video
+    return write_clip(raw, clip_id, np.stack(frames), camera, seed)
 
 
 def split_manifest(manifest: Path) -> tuple[int, int]:

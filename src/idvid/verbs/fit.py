@@ -79,13 +79,14 @@ def fit(cfg: DictConfig) -> float | None:
     Console().print(config_tree(cfg))
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     log.info("run dir: %s (config saved as config.yaml; TensorBoard: tensorboard --logdir %s)", run_dir, run_dir)
-    if cfg.backbone.get("pretrained") is None and cfg.backbone.get("codec") is None:
-        log.warning("DEMO SCALE: the backbone and encoders are tiny and randomly initialised; samples are noise.")
-    elif cfg.backbone.get("pretrained") is None:
-        log.warning(
-            "TOY SCALE: the transformer is randomly initialised and the codec has no weights; samples show what "
-            "this run has learnt so far."
-        )
+    if cfg.backbone.get("pretrained") is None:
+        if cfg.backbone.get("codec") is None:
+            log.warning("DEMO SCALE: the backbone and encoders are tiny and randomly initialised; samples are noise.")
+        else:
+            log.warning(
+                "TOY SCALE: the transformer is randomly initialised and the codec has no weights; samples show "
+                "what this run has learnt so far."
+            )
 
     # The VAE, text encoder and CLIP tower are frozen and kept in eval mode on purpose.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
