@@ -76,7 +76,7 @@ def main() -> None:
         options.steps, options.warmup = 4, 1
     warnings.filterwarnings("ignore")
 
-    cfg = config_packages.compose("config", ["experiment=plan_c", *options.overrides])
+    cfg = config_packages.compose("config", ["experiment=plan_c", "scale=tiny", *options.overrides])
     with open_dict(cfg):
         cfg.data.num_workers = options.workers
     L.seed_everything(cfg.seed)

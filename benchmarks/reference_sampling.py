@@ -28,7 +28,7 @@ from idvid.sampling.sampler import sample_latents
 
 
 def standin_module(backbone: str):
-    cfg = config_packages.compose("config", ["experiment=standin", f"backbone={backbone}"])
+    cfg = config_packages.compose("config", ["experiment=standin", "scale=tiny", f"backbone={backbone}"])
     torch.manual_seed(0)
     module = hydra.utils.instantiate(cfg.model).eval()
     for adapter in module.plan.injectors["reference"].lora.values():  # a trained-looking LoRA, not zeros

@@ -233,6 +233,7 @@ def run_one(args) -> dict:
     sizes = [] if args.smoke else [*CONSISID_FULL, *(shape.reduced if args.reduced else [])]
     overrides = [
         "experiment=plan_c",
+        "scale=tiny",  # the demo data and no toy-scale settings; the backbone is chosen here
         f"backbone={shape.smoke_backbone if args.smoke else shape.backbone}",
         f"trainer={args.preset}",
         f"backbone.gradient_checkpointing={str(args.gradient_checkpointing).lower()}",

@@ -20,6 +20,9 @@ EXPERIMENTS = sorted(
     {name for package in config_packages.all_config_packages() for name in package.groups().get("experiment", [])}
 )
 PLANS = [e for e in EXPERIMENTS if e.startswith("plan_")]
+# The tests train at the tiny scale (every code path in seconds): `fit`'s default is scale=toy, which builds
+# the toy face set and trains for minutes. Every fit a test composes or runs names it.
+TINY_SCALE = "scale=tiny"
 
 
 def pytest_configure(config):
@@ -70,7 +73,9 @@ def pytest_collection_modifyitems(config, items):
 
 
 def compose_config(overrides: list[str], run_dir: Path | None = None) -> DictConfig:
-    """Compose the real config tree; with ``run_dir``, also make ``${hydra:...}`` resolvable."""
+    """Compose the real config tree at the tiny scale (a test may name another; the fit default is toy);
+    with ``run_dir``, also make ``${hydra:...}`` resolvable."""
+    overrides = [TINY_SCALE, *overrides]
     cfg = config_packages.compose("config", overrides, return_hydra_config=run_dir is not None)
     if run_dir is not None:
         with open_dict(cfg):

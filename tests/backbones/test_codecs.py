@@ -97,6 +97,18 @@ def test_adapter_with_codec_round_trips_through_the_backbone_contract(config):
     assert prediction.shape == latents.shape
 
 
+@pytest.mark.parametrize("config", ["cogvideox_toy", "wan_toy"])
+def test_a_codec_backbone_with_pretrained_weights_is_refused_naming_the_scale_that_takes_them(config, tmp_path):
+    # What `fit ... backbone.pretrained=DIR` composes at the default scale (toy), here on the demo's clips.
+    overrides = ["scale=toy", f"backbone={config}", f"backbone.pretrained={tmp_path}", "data=demo", "data.num_frames=5"]
+    cfg = compose_config(overrides)
+    node = OmegaConf.to_container(cfg.backbone, resolve=True)
+    with pytest.raises(
+        ValueError, match=r"backbone.codec replaces the VAE.*a run from pretrained weights adds scale=tiny"
+    ):
+        build(PluginKind.BACKBONE, node.pop("name"), **node)
+
+
 def test_shared_scale_divides_every_channel_by_the_rms_std():
     codec = LatentCodec("haar", 1, {"mean": [0.0] * 12, "std": [1.0] * 6 + [3.0] * 6})
     torch.testing.assert_close(codec.std.flatten(), torch.full((12,), 5.0**0.5))

@@ -25,7 +25,7 @@ from idvid.registry import REGISTRIES, PluginKind, register_verb
 from idvid.training.visuals import frame_grid
 
 from ..backbones.test_backbone_contract import TINY_BACKBONES
-from ..conftest import EXPERIMENTS, compose_config
+from ..conftest import EXPERIMENTS, TINY_SCALE, compose_config
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -78,6 +78,7 @@ def test_fit_plan_c_writes_config_checkpoints_tensorboard_and_samples(tmp_path, 
     result = run_idvid(
         "fit",
         "experiment=plan_c",
+        TINY_SCALE,
         f"backbone={backbone}",
         f"hydra.run.dir={run_dir}",
         "trainer.max_steps=2",
@@ -154,6 +155,7 @@ def test_multirun_sweeps_experiments_into_numbered_job_dirs(tmp_path):
         "fit",
         "--multirun",
         "experiment=plan_a,plan_b",
+        TINY_SCALE,
         f"hydra.sweep.dir={sweep_dir}",
         "trainer.max_steps=1",
         "trainer.val_check_interval=1",
@@ -200,7 +202,9 @@ def test_unknown_experiment_fails_and_lists_the_available_ones(tmp_path):
 @pytest.mark.needs_plugin("idvid_consisid")
 @pytest.mark.slow
 def test_trainer_argument_without_a_dedicated_setting_can_be_overridden(tmp_path):
-    result = run_idvid("fit", "experiment=plan_c", "trainer.gradient_clip_val=1.0", "--cfg", "job", cwd=tmp_path)
+    result = run_idvid(
+        "fit", "experiment=plan_c", TINY_SCALE, "trainer.gradient_clip_val=1.0", "--cfg", "job", cwd=tmp_path
+    )
     assert result.returncode == 0, explain(result)
     printed = OmegaConf.create(result.stdout)
     assert printed.experiment_name == "plan_c"

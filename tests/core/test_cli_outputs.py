@@ -9,7 +9,7 @@ from diffusers import CogVideoXTransformer3DModel
 
 from idvid.cli import main
 from idvid.interop import save_module
-from tests.conftest import compose_config
+from tests.conftest import TINY_SCALE, compose_config
 
 
 def refused(capsys, argv: list[str]) -> str:
@@ -113,7 +113,7 @@ def test_fit_into_a_run_dir_with_checkpoints_resumes_or_refuses(tmp_path, capsys
     (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"the earlier run's weights")
     (run_dir / "config.yaml").write_text("the earlier run's config\n")
     # Without ckpt_path a new run would start from scratch and write its checkpoints over these.
-    error = refused(capsys, ["fit", "experiment=plan_c", f"hydra.run.dir={run_dir}"])
+    error = refused(capsys, ["fit", "experiment=plan_c", TINY_SCALE, f"hydra.run.dir={run_dir}"])
     assert f"hydra.run.dir={run_dir} holds checkpoints of an earlier run (last.ckpt)" in error
     assert "ckpt_path=last" in error and "overwrite=true" in error
     assert (run_dir / "checkpoints" / "last.ckpt").read_bytes() == b"the earlier run's weights"

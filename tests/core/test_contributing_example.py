@@ -22,7 +22,7 @@ import torch
 from idvid.randomness import BatchRandom
 from idvid.registry import REGISTRIES, PluginKind, load_plugins
 
-from ..conftest import REPO, compose_config
+from ..conftest import REPO, TINY_SCALE, compose_config
 
 CONTRIBUTING = (REPO / "CONTRIBUTING.md").read_text()
 SECTION = CONTRIBUTING.split("## Worked example: a plugin package", 1)[1].split("\n## ", 1)[0]
@@ -153,7 +153,7 @@ def test_a_fresh_process_finds_the_package_and_fits_its_experiment(installed_exa
 
     run_dir = tmp_path / "run"
     fit = run_kit(
-        ["fit", "experiment=my_identity_tokens", "trainer.max_steps=2", "trainer.val_check_interval=2",
+        ["fit", "experiment=my_identity_tokens", TINY_SCALE, "trainer.max_steps=2", "trainer.val_check_interval=2",
          "trainer.limit_val_batches=1", f"hydra.run.dir={run_dir}"],
         installed_example,
         tmp_path,

@@ -83,6 +83,7 @@ class PoisonedModule(IdentityVideoModule):
 
 COMMON = [
     "experiment=plan_c",
+    "scale=tiny",
     "model.validation.sample=false",
     "trainer.val_check_interval=100",
     "callbacks.checkpoint.every_n_train_steps=2",

@@ -24,7 +24,7 @@ from idvid.interop import build_for_training, load_module
 from idvid.registry import REGISTRIES, PluginKind, build, register_injector
 from idvid.verbs.fit import _resolve_ckpt_path
 
-from ..conftest import EXPERIMENTS, compose_config
+from ..conftest import EXPERIMENTS, TINY_SCALE, compose_config
 from .helpers import TINY_INFO
 
 INFO = TINY_INFO
@@ -49,7 +49,9 @@ def assert_clean(message: str) -> None:
 
 
 def test_wrong_value_types_are_named_with_the_expected_type_before_anything_is_built(tmp_path, capsys):
-    err = run_verb(capsys, "fit", "experiment=baseline", "trainer.max_steps=abc", f"hydra.run.dir={tmp_path / 'run'}")
+    err = run_verb(
+        capsys, "fit", "experiment=baseline", TINY_SCALE, "trainer.max_steps=abc", f"hydra.run.dir={tmp_path / 'run'}"
+    )
     assert_clean(err)
     assert "trainer.max_steps='abc' (str): lightning.Trainer expects an integer" in err
     assert not (tmp_path / "run" / "config.yaml").exists()  # stopped before the run started
@@ -114,7 +116,7 @@ def test_a_bad_manifest_is_named_instead_of_the_interpolation_that_reads_it(tmp_
     missing = tmp_path / "nowhere.jsonl"
     # Every plan derives a width from the manifest (${idvid.face_embedding_dim:${data.manifest}}).
     experiment = "plan_c" if "plan_c" in EXPERIMENTS else "baseline"
-    err = run_verb(capsys, "fit", f"experiment={experiment}", f"data.manifest={missing}", run)
+    err = run_verb(capsys, "fit", f"experiment={experiment}", TINY_SCALE, f"data.manifest={missing}", run)
     if experiment == "plan_c":
         assert_clean(err)
         assert f"manifest not found: {missing}" in err.splitlines()[0]
@@ -325,17 +327,17 @@ def test_start_up_refusals_print_as_clean_multi_line_messages(tmp_path, capsys):
     run = f"hydra.run.dir={tmp_path / 'run'}"
     # The baseline has no injector and no conditioner; two copies of one conditioner produce the same conditions.
     twice = ["+conditioners.first={name:reference_latents}", "+conditioners.again={name:reference_latents}"]
-    err = run_verb(capsys, "fit", "experiment=baseline", *twice, run)
+    err = run_verb(capsys, "fit", "experiment=baseline", TINY_SCALE, *twice, run)
     assert_clean(err)
     assert "Several conditioners produce the same condition" in err.splitlines()[0]
     assert "    - 'face_latent', produced by conditioners first, again" in err.splitlines()
 
     # A config that does not resolve is the user's to fix too: OmegaConf's message, without Hydra's traceback.
-    err = run_verb(capsys, "fit", "experiment=baseline", "+conditioners.again=${conditioners.nowhere}", run)
+    err = run_verb(capsys, "fit", "experiment=baseline", TINY_SCALE, "+conditioners.again=${conditioners.nowhere}", run)
     assert "Traceback" not in err and "Interpolation key 'conditioners.nowhere' not found" in err.splitlines()[0]
 
     if "plan_c" in EXPERIMENTS:  # a plan whose injectors consume what nobody produces
-        err = run_verb(capsys, "fit", "experiment=plan_c", "conditioners=none", run)
+        err = run_verb(capsys, "fit", "experiment=plan_c", TINY_SCALE, "conditioners=none", run)
         assert_clean(err)
         assert err.splitlines()[0].endswith("This plan's injectors consume conditions that no conditioner produces:")
         assert len(err.splitlines()) >= 4

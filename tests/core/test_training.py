@@ -15,7 +15,7 @@ from idvid.injection import Site
 from idvid.randomness import BatchRandom
 from idvid.verbs.fit import fit
 
-from ..conftest import EXPERIMENTS, compose_config
+from ..conftest import EXPERIMENTS, TINY_SCALE, compose_config
 
 # experiment -> (extra input channels, {site: blocks} of the in-block identity path)
 EXPECTED_PLANS = {
@@ -220,6 +220,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch
 
     common = [
         "experiment=plan_c",
+        TINY_SCALE,
         "trainer.max_steps=3",
         "trainer.val_check_interval=3",
         "model.validation.sample=false",

@@ -97,6 +97,7 @@ def test_a_core_only_experiment_trains(core_only_env, tmp_path):
         [
             "fit",
             "experiment=baseline",
+            "scale=tiny",
             "trainer.max_steps=2",
             "trainer.limit_val_batches=0",
             "model.validation.sample=false",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -100,17 +101,24 @@ def test_the_small_set_holds_two_held_out_faces(photos):
     assert set(toy.SMALL_PHOTOS) & set(toy.HELDOUT_IDS) == {"lfw-005", "lfw-015"}
 
 
-def test_scale_toy_is_the_codec_backbone_on_the_small_set():
+def test_the_default_scale_is_toy_the_codec_backbone_on_the_small_set():
     """Composing builds nothing (the manifest stays an interpolation); the clip settings are the toy set's."""
-    toy_scale = config_packages.compose("config", ["experiment=plan_c", "scale=toy"])
+    toy_scale = config_packages.compose("config", ["experiment=plan_c"])
     assert toy_scale.backbone.codec.kind == "haar" and toy_scale.backbone.vae is None
     data = OmegaConf.to_container(toy_scale.data)
     assert data.pop("manifest") == "${idvid.toy_manifest:train,small}"
     full = OmegaConf.to_container(config_packages.compose("config", ["data=toy"]).data)
     assert full.pop("manifest") == "${idvid.toy_manifest:train}" and data == full
     assert toy_scale.trainer.max_steps == 1000 and toy_scale.model.validation.guidance_scale == 1.0
-    tiny = config_packages.compose("config", ["experiment=plan_c"])
+    tiny = config_packages.compose("config", ["experiment=plan_c", "scale=tiny"])
     assert tiny.backbone.get("codec") is None and tiny.backbone.vae is not None
+    assert tiny.data.manifest is None and tiny.trainer.max_steps == 200  # the bundled demo
+    # The command line wins over the scale, and an experiment's own data over the scale's.
+    wan = config_packages.compose("config", ["experiment=plan_c", "backbone=wan_toy", "trainer.max_steps=3"])
+    assert wan.backbone.name == "wan" and wan.backbone.codec.kind == "haar" and wan.trainer.max_steps == 3
+    if importlib.util.find_spec("idvid_magicme"):  # an experiment with its own data
+        magicme = config_packages.compose("config", ["experiment=magicme_id"])
+        assert magicme.data.manifest is None  # its one person of the demo, not the toy set
 
 
 def test_a_scaled_camera_move_keeps_its_middle():

@@ -30,7 +30,7 @@ def pipeline_folder(tmp_path_factory):
 def test_convert_finetune_sample_export(pipeline_folder, tmp_path):
     checkpoint = tmp_path / "consisid.ckpt"
     result = idvid("convert", "--from", "diffusers-consisid", str(pipeline_folder), "--out", str(checkpoint))
-    assert f"python -m idvid fit experiment=consisid_preview init_from={checkpoint}" in result.stdout
+    assert f"python -m idvid fit experiment=consisid_preview scale=tiny init_from={checkpoint}" in result.stdout
 
     module = load_module(checkpoint)
     assert module.hparams["backbone"]["pretrained"] == str(pipeline_folder.resolve())
@@ -43,6 +43,7 @@ def test_convert_finetune_sample_export(pipeline_folder, tmp_path):
     idvid(
         "fit",
         "experiment=consisid_preview",
+        "scale=tiny",
         f"init_from={checkpoint}",
         "trainer.max_steps=2",
         "trainer.val_check_interval=2",

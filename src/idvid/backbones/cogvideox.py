@@ -151,7 +151,8 @@ class CogVideoXBackbone(Backbone):
         if codec and (pretrained or vae):
             raise ValueError(
                 "backbone.codec replaces the VAE: give either backbone.codec or backbone.vae (and no "
-                "backbone.pretrained), not both (see conf/backbone/cogvideox_toy.yaml)."
+                "backbone.pretrained), not both (see conf/backbone/cogvideox_toy.yaml). The default scale=toy selects "
+                "the codec; a run from pretrained weights adds scale=tiny."
             )
         if pretrained:
             root = _require_dir(Path(pretrained).expanduser(), "Pretrained CogVideoX folder")

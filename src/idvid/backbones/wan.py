@@ -242,7 +242,8 @@ class WanBackbone(Backbone):
         if codec and (pretrained or vae):
             raise ValueError(
                 "backbone.codec replaces the VAE: give either backbone.codec or backbone.vae (and no "
-                "backbone.pretrained), not both (see conf/backbone/wan_toy.yaml)."
+                "backbone.pretrained), not both (see conf/backbone/wan_toy.yaml). The default scale=toy selects "
+                "the codec; a run from pretrained weights adds scale=tiny."
             )
         if pretrained:
             root = Path(pretrained).expanduser()

@@ -131,7 +131,7 @@ def _manifest_references(manifest: str | None, count: int) -> list[tuple[str, np
 def run_fit(name: str, cfg: dict, folder: Path) -> dict[str, Any]:
     """Fit one experiment in a child process; returns its status record (also written to fit_status.json)."""
     run_dir = folder / "fit"
-    overrides = [f"experiment={name}", f"hydra.run.dir={run_dir}", *cfg["fit_overrides"]]
+    overrides = [f"experiment={name}", f"scale={cfg['scale']}", f"hydra.run.dir={run_dir}", *cfg["fit_overrides"]]
     overrides += list((cfg.get("experiment_overrides") or {}).get(name, []))
     if (run_dir / "checkpoints" / "last.ckpt").exists():
         overrides.append("ckpt_path=last")  # an interrupted fit continues where it stopped

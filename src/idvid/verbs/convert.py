@@ -33,7 +33,9 @@ def convert(format_name: str, source: str, out: str, overrides: list[str], overw
             f"Format {format_name!r} cannot be read (export only).", f"Formats that read: {_formats('read')}."
         )
     converted: ConvertedModel = reader.read(Path(source))
-    cfg = config_packages.compose("config", [f"experiment={converted.experiment}", *overrides])
+    # scale=tiny: the converted weights bring their own architecture and VAE, which the toy demo's codec
+    # (the default scale) would replace.
+    cfg = config_packages.compose("config", [f"experiment={converted.experiment}", "scale=tiny", *overrides])
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     model_cfg["backbone"] = {**model_cfg["backbone"], **converted.backbone}
     model_cfg["injectors"] = converted.injectors
@@ -127,7 +129,7 @@ def main(verb: str, args: list[str]) -> None:
         parser.add_argument("overrides", nargs="*", help="Hydra overrides for the experiment config")
         options = parser.parse_args(args)
         path, experiment = convert(options.format, options.source, options.out, options.overrides, options.overwrite)
-        print(f"wrote {path}\nfine-tune it: python -m idvid fit experiment={experiment} init_from={path}")
+        print(f"wrote {path}\nfine-tune it: python -m idvid fit experiment={experiment} scale=tiny init_from={path}")
     elif verb == "consolidate":
         parser.add_argument("folder", help="a DeepSpeed checkpoint folder, e.g. outputs/<run>/checkpoints/last.ckpt")
         parser.add_argument("out", help="kit checkpoint file to write (.ckpt)")
