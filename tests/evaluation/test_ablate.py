@@ -46,6 +46,8 @@ def test_ablate_writes_table_3_marks_divergence_and_skips_finished_work(tmp_path
     assert set(rows) == {"plan_a", "plan_b"}
     plan_a, plan_b = rows["plan_a"], rows["plan_b"]
     assert plan_a["status"] == "ok"
+    # ablate's fits start from the tiny demo, which the default evaluation set reads (fit's default is toy).
+    assert "scale=tiny" in json.loads((out / "plan_a" / "fit_status.json").read_text())["command"]
     for column in ("CLIPScore", "low-freq log-amp", "high-freq log-amp"):
         assert math.isfinite(float(plan_a[column])), column
     assert plan_a["FaceSim-Cur"] == "unavailable"

@@ -3,7 +3,7 @@
 The experiments are ``experiments=[...]`` or a plugin's sweep (config group ``sweep``: the experiments,
 their overrides and the report's title, columns and notes). For each experiment, in ``<out>/<experiment>/``:
 
-1. **fit**: ``python -m idvid fit experiment=<name> hydra.run.dir=<out>/<name>/fit <overrides>`` in a
+1. **fit**: ``python -m idvid fit experiment=<name> scale=<scale> hydra.run.dir=<out>/<name>/fit <overrides>`` in a
    child process. A child process per experiment (rather than one ``--multirun``) keeps the sweep
    alive when one run diverges or crashes (Hydra's basic launcher stops at the first failing job),
    frees all memory between runs, and is exactly the command a user would type to redo one run.
