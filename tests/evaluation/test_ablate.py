@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import subprocess
 import time
 
 import pytest
@@ -112,6 +113,24 @@ def test_a_sweep_sets_the_experiments_and_the_report():
     assert list(cfg.experiments) == [f"plan_{letter}" for letter in "abcdefg"]
     assert "Table 3" in cfg.report.title and cfg.report.columns[0].metric == "facesim_arc"
     assert list(compose_ablate(["sweep=consisid_table3", "experiments=[plan_c]"]).experiments) == ["plan_c"]
+
+
+def test_fit_scale_is_the_scale_of_every_fit(tmp_path, monkeypatch):
+    """ablate's fits start from the tiny demo (what the default evaluation set reads); fit_scale changes it."""
+    from idvid.verbs import ablate as ablate_verb
+
+    commands = []
+
+    def child(command, **_):  # the fit's child process, not started: its command line is what is checked
+        commands.append(command)
+        return subprocess.CompletedProcess(command, returncode=1)
+
+    monkeypatch.setattr(ablate_verb.subprocess, "run", child)
+    for overrides, scale in (([], "scale=tiny"), (["fit_scale=toy"], "scale=toy")):
+        cfg = OmegaConf.to_container(compose_ablate(overrides))
+        status = ablate_verb.run_fit("plan_c", cfg, tmp_path / scale)
+        assert commands[-1][3:6] == ["fit", "experiment=plan_c", scale]
+        assert status["status"] == "failed" and status["reason"] == "exit code 1"
 
 
 def compose_ablate(overrides: list[str]):

@@ -3,7 +3,7 @@
 The experiments are ``experiments=[...]`` or a plugin's sweep (config group ``sweep``: the experiments,
 their overrides and the report's title, columns and notes). For each experiment, in ``<out>/<experiment>/``:
 
-1. **fit**: ``python -m idvid fit experiment=<name> scale=<scale> hydra.run.dir=<out>/<name>/fit <overrides>`` in a
+1. **fit**: ``python -m idvid fit experiment=<name> scale=<fit_scale> hydra.run.dir=<out>/<name>/fit <overrides>`` in a
    child process. A child process per experiment (rather than one ``--multirun``) keeps the sweep
    alive when one run diverges or crashes (Hydra's basic launcher stops at the first failing job),
    frees all memory between runs, and is exactly the command a user would type to redo one run.
@@ -131,7 +131,7 @@ def _manifest_references(manifest: str | None, count: int) -> list[tuple[str, np
 def run_fit(name: str, cfg: dict, folder: Path) -> dict[str, Any]:
     """Fit one experiment in a child process; returns its status record (also written to fit_status.json)."""
     run_dir = folder / "fit"
-    overrides = [f"experiment={name}", f"scale={cfg['scale']}", f"hydra.run.dir={run_dir}", *cfg["fit_overrides"]]
+    overrides = [f"experiment={name}", f"scale={cfg['fit_scale']}", f"hydra.run.dir={run_dir}", *cfg["fit_overrides"]]
     overrides += list((cfg.get("experiment_overrides") or {}).get(name, []))
     if (run_dir / "checkpoints" / "last.ckpt").exists():
         overrides.append("ckpt_path=last")  # an interrupted fit continues where it stopped
