@@ -8,6 +8,8 @@ the same fit and sampling otherwise) into ``<out>/untrained/``. Writes ``<out>/t
 plan's face-region spectrum averaged over seeds), and prints the table.
 
     python benchmarks/toy_ablation.py [--seeds 0 1 2] [--steps 300] [--plans plan_a plan_c] [--out DIR]
+    python benchmarks/toy_ablation.py --sweep toy --plans concatid standin --no-untrained \
+        '+experiment_overrides.standin=["model.trainable=all"]'     # ablate overrides go last
     python benchmarks/toy_ablation.py --smoke      # one plan, 2 steps, on the demo data, no untrained row (CI)
 """
 
@@ -30,8 +32,8 @@ from idvid.evaluation import frequency
 SMOKE_FIT = ["data=demo", "data.num_frames=5", "data.frame_stride=2", "trainer.max_steps=2"]
 
 
-def sweep_config(sweep: str, out: Path, smoke: bool) -> dict:
-    overrides = [f"sweep={sweep}", f"out={out}"]
+def sweep_config(sweep: str, out: Path, smoke: bool, extra: list[str]) -> dict:
+    overrides = [f"sweep={sweep}", f"out={out}", *extra]
     if smoke:
         overrides += ["eval_set.manifest=null", "eval_set.count=2", "eval_set.steps=2"]
     cfg = OmegaConf.to_container(config_packages.compose("ablate", overrides), resolve=True)
@@ -99,13 +101,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("ablation_toy"))
     parser.add_argument("--no-untrained", action="store_true", help="skip the untrained (lr 0) reference")
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("overrides", nargs="*", help="ablate config overrides, e.g. +experiment_overrides.X=[...]")
     args = parser.parse_args()
     out = args.out.absolute()
     if args.smoke:
         import tempfile
 
         out = Path(tempfile.mkdtemp(prefix="toy_ablation_smoke_"))
-    cfg = sweep_config(args.sweep, out, args.smoke)
+    cfg = sweep_config(args.sweep, out, args.smoke, args.overrides)
     plans = args.plans or cfg["experiments"]
     seeds = args.seeds
     extra = list(SMOKE_FIT) if args.smoke else []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import math
 import subprocess
@@ -113,6 +114,21 @@ def test_a_sweep_sets_the_experiments_and_the_report():
     assert list(cfg.experiments) == [f"plan_{letter}" for letter in "abcdefg"]
     assert "Table 3" in cfg.report.title and cfg.report.columns[0].metric == "facesim_arc"
     assert list(compose_ablate(["sweep=consisid_table3", "experiments=[plan_c]"]).experiments) == ["plan_c"]
+
+
+def test_the_kits_toy_sweep_takes_any_experiments_and_consisid_toy_is_it_with_the_plans():
+    toy = OmegaConf.to_container(compose_ablate(["sweep=toy", "experiments=[baseline]"]))
+    assert toy["experiments"] == ["baseline"] and "backbone=cogvideox_toy" in toy["fit_overrides"]
+    assert toy["eval_set"]["manifest"] == "${idvid.toy_manifest:heldout}"
+    assert toy["evaluate"]["metrics"] == ["pixel_identity", "frequency"]
+    if importlib.util.find_spec("idvid_consisid") is None:
+        return
+    plans = OmegaConf.to_container(compose_ablate(["sweep=consisid_toy"]))
+    assert plans.pop("experiments") == [f"plan_{letter}" for letter in "abcdefg"]
+    assert plans.pop("experiment_overrides") == {f"plan_{letter}": [] for letter in "abcdefg"}
+    assert "ConsisID" in plans["report"].pop("title")
+    toy.pop("experiments"), toy.pop("experiment_overrides"), toy["report"].pop("title")
+    assert plans == toy
 
 
 def test_fit_scale_is_the_scale_of_every_fit(tmp_path, monkeypatch):
