@@ -333,8 +333,9 @@ def ablate(cfg: dict | DictConfig) -> dict[str, dict]:
     if not cfg["experiments"]:
         raise ConfigError(
             "ablate: no experiments to run.",
-            "Name them (experiments=[plan_c,my_plan]) or choose a sweep a plugin ships "
-            f"(sweep=NAME; installed: {', '.join(installed_sweeps()) or 'none'}).",
+            "Name them (experiments=[plan_c,my_plan]) or choose a sweep that lists them "
+            f"(sweep=NAME; installed: {', '.join(installed_sweeps()) or 'none'}); a sweep of settings "
+            "only (such as the kit's toy) takes experiments=[...] as well.",
         )
     out = Path(cfg["out"]).absolute()
     out.mkdir(parents=True, exist_ok=True)
