@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,20 +28,16 @@ def test_photos_are_many_distinct_faces(photos):
     assert set(toy.HELDOUT_IDS) - {"t1-5"} <= set(lfw)
 
 
-def build_from(photos: dict[str, np.ndarray], names: tuple[str, ...], folder: Path) -> Path:
-    """The real builder, on a few of the toy photos (split by the real rule: toy.HELDOUT_IDS are held out)."""
-    original = toy.toy_photos
-    toy.toy_photos = lambda: {name: photos[name] for name in names}
-    try:
-        return toy.build_toy(folder)
-    finally:
-        toy.toy_photos = original
-
-
 @pytest.fixture(scope="module")
 def two_builds(tmp_path_factory, photos):
     """The real builder run twice on two faces, one held out (lfw-005) and one trained on (lfw-000)."""
-    return [build_from(photos, ("lfw-000", "lfw-005"), tmp_path_factory.mktemp(f"toy{i}")) for i in range(2)]
+    subset = {name: photos[name] for name in ("lfw-000", "lfw-005")}
+    original = toy.toy_photos
+    toy.toy_photos = lambda: subset
+    try:
+        return [toy.build_toy(tmp_path_factory.mktemp(f"toy{i}")) for i in range(2)]
+    finally:
+        toy.toy_photos = original
 
 
 @pytest.mark.slow
